@@ -1,0 +1,3 @@
+from flowtrace.cli import main
+
+main()

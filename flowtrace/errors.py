@@ -1,0 +1,67 @@
+"""One exception type for everything a user can cause, each with its own exit code.
+
+The CLI maps a FlowtraceError to one line on stderr and its exit status; anything
+else is a bug and keeps its traceback (shown with --traceback).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    ERROR = 1  # a generic failure the user can act on
+    USAGE = 2  # bad arguments (click uses 2 as well)
+    NOT_ROOT = 3  # needs root (CAP_NET_ADMIN / CAP_NET_RAW / CAP_SYS_ADMIN)
+    NO_DOCKER = 4  # the Docker engine does not answer
+    NOT_FOUND = 5  # unknown container, namespace, process, address or file
+    NOT_RUNNING = 6  # the container exists but is stopped
+    NO_PATH = 7  # no route / no interface between the endpoints
+    MISSING_TOOL = 8  # a system program or file flowtrace needs is absent
+    BAD_CAPTURE = 9  # a pcap set that cannot be read
+    NO_REPLY = 10  # a trace ran but not every probe was answered
+    INTERRUPTED = 130  # Ctrl-C: what was recorded is kept
+
+
+class FlowtraceError(Exception):
+    """An error with a one-line message meant for the user."""
+
+    status: ExitStatus = ExitStatus.ERROR
+
+    def __init__(self, message: str, status: ExitStatus | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class NotRootError(FlowtraceError):
+    status = ExitStatus.NOT_ROOT
+
+
+class DockerUnavailableError(FlowtraceError):
+    status = ExitStatus.NO_DOCKER
+
+
+class NotFoundError(FlowtraceError):
+    status = ExitStatus.NOT_FOUND
+
+
+class NotRunningError(FlowtraceError):
+    status = ExitStatus.NOT_RUNNING
+
+
+class NoPathError(FlowtraceError):
+    status = ExitStatus.NO_PATH
+
+
+class MissingToolError(FlowtraceError):
+    status = ExitStatus.MISSING_TOOL
+
+
+class CaptureFormatError(FlowtraceError):
+    status = ExitStatus.BAD_CAPTURE

@@ -1,0 +1,265 @@
+"""The data model every stage speaks: plain frozen dataclasses, no I/O.
+
+The flow is endpoints -> topology (Points) -> capture (Frames) -> decode (Sightings)
+-> correlate (Packets with NatEvents) -> Trace -> outputs.  Nothing here imports
+anything but the standard library, so notebooks and unit tests can build these
+objects from recorded data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Direction = Literal["request", "reply"]
+NatKind = Literal["SNAT", "DNAT"]
+
+#: Roles a point can play on a path, in the words the terminal view uses.
+ROLES = (
+    "source",  # the interface the probe leaves from (inside the source namespace)
+    "veth-peer",  # host side of a veth pair
+    "bridge",  # a Linux bridge (docker0, br-xxxx); captured in promiscuous mode
+    "egress",  # a routed exit interface of a namespace (e.g. the uplink)
+    "destination",  # the interface where the packet is delivered
+    "loopback",  # traffic inside one namespace
+    "named",  # a point the user named by hand (capture --point)
+)
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A network namespace flowtrace can enter: the path of its nsfs file.
+
+    `label` is what people call it ("c1", "host", "netns:lab", "pid:42");
+    `inode` identifies it (two paths may name the same namespace).
+    """
+
+    path: str
+    label: str
+    inode: int = 0
+    container: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What the user typed, resolved to a namespace and the addresses it owns."""
+
+    spec: str
+    netns: Namespace
+    addresses: tuple[str, ...] = ()
+    #: The address other endpoints should send to (first non-loopback IPv4).
+    ip: str | None = None
+    #: Transport port given with the spec (``c2:80``), if any.
+    port: int | None = None
+    #: Docker facts worth showing: network mode, networks, state.
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Point:
+    """One place a packet can be observed: an interface inside a namespace."""
+
+    id: str  # "c1/eth0", "host/docker0", "host/veth1a2b3c"
+    netns: Namespace
+    ifname: str
+    ifindex: int
+    role: str
+    #: Bridges forward frames to a packet socket only when in promiscuous mode.
+    promisc: bool = False
+    #: Link-layer type of the interface (pcap LINKTYPE_*; 1 = Ethernet).
+    linktype: int = 1
+    mac: str | None = None
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def description(self) -> str:
+        """The pcapng if_description: namespace, container and role."""
+        parts = [f"netns={self.netns.label}"]
+        if self.netns.container:
+            parts.append(f"container={self.netns.container}")
+        parts.append(f"role={self.role}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A raw frame as the kernel handed it to a capture socket."""
+
+    point: int  # index into the list of points of the capture
+    time_ns: int  # kernel timestamp, ns since the epoch
+    data: bytes
+    orig_len: int
+    #: True when the kernel says the frame was sent by this interface
+    #: (PACKET_OUTGOING), False when received, None when unknown.
+    outbound: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Headers:
+    """The IP and transport fields correlation and NAT diffs need.
+
+    Ports are None where the protocol has none; for ICMP echo the identifier
+    plays the part of a port (NAT rewrites it like one) and is kept in icmp_id.
+    """
+
+    version: int
+    src: str
+    dst: str
+    proto: int  # IP protocol number (1 ICMP, 6 TCP, 17 UDP, 58 ICMPv6)
+    ip_id: int
+    ttl: int
+    length: int  # IP total length
+    sport: int | None = None
+    dport: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    icmp_id: int | None = None
+    icmp_seq: int | None = None
+    tcp_seq: int | None = None
+    tcp_ack: int | None = None
+    tcp_flags: int | None = None
+    #: Digest of the transport payload: NAT never rewrites it.
+    payload_digest: bytes = b""
+    #: For ICMP errors: the headers of the packet the error quotes.
+    inner: Headers | None = None
+
+    @property
+    def proto_name(self) -> str:
+        return {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}.get(self.proto, str(self.proto))
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One packet seen at one point: where, when, and what its headers said there."""
+
+    point: str  # Point.id
+    time_ns: int
+    headers: Headers
+    outbound: bool | None = None
+    #: Position of the frame in its capture (file order), to find it again.
+    frame_index: int = -1
+
+    @property
+    def src(self) -> str:
+        return self.headers.src
+
+    @property
+    def dst(self) -> str:
+        return self.headers.dst
+
+    @property
+    def sport(self) -> int | None:
+        return self.headers.sport
+
+    @property
+    def dport(self) -> int | None:
+        return self.headers.dport
+
+
+@dataclass(frozen=True)
+class Address:
+    """An address and a port (or ICMP id) as NAT sees them."""
+
+    ip: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        if self.port is None:
+            return self.ip
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NatEvent:
+    """An address rewrite seen between two neighbouring sightings of one packet."""
+
+    kind: NatKind
+    between: tuple[str, str]  # (point before, point after)
+    before: Address
+    after: Address
+    #: The iptables/nftables rule responsible, as iptables-save prints it.
+    rule: str | None = None
+    #: The kernel's conntrack entry for the flow, as conntrack -L prints it.
+    conntrack: str | None = None
+
+
+@dataclass(frozen=True)
+class Packet:
+    """All sightings of one packet, in path order, and the rewrites between them."""
+
+    packet_id: int
+    direction: Direction
+    sightings: tuple[Sighting, ...]
+    nat: tuple[NatEvent, ...] = ()
+    #: Index of the probe this packet belongs to (a trace), or None (a capture).
+    probe: int | None = None
+
+    @property
+    def first(self) -> Sighting:
+        return self.sightings[0]
+
+    @property
+    def last(self) -> Sighting:
+        return self.sightings[-1]
+
+    def hop_deltas_ns(self) -> list[int]:
+        """Time from each sighting to the next, in path order."""
+        s = self.sightings
+        return [b.time_ns - a.time_ns for a, b in zip(s, s[1:], strict=False)]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one probe."""
+
+    probe: int
+    outcome: Literal["replied", "delivered", "lost", "refused", "unreachable"]
+    #: For "lost": the last point the request was seen at.
+    last_point: str | None = None
+    #: Free words: the reply kind, the rule that dropped it, an ICMP error.
+    detail: str = ""
+    rtt_ns: int | None = None
+
+    def __str__(self) -> str:
+        if self.outcome == "lost":
+            where = f" after {self.last_point}" if self.last_point else " before the first point"
+            text = f"lost{where}"
+        elif self.outcome == "delivered":
+            text = "delivered without reply"
+        else:
+            text = self.outcome
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+@dataclass(frozen=True)
+class PointStats:
+    """Kernel counters of one capture socket."""
+
+    point: str
+    packets: int = 0
+    drops: int = 0
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One trace or one analysed capture: what was watched and what was seen."""
+
+    points: tuple[Point, ...]
+    packets: tuple[Packet, ...]
+    verdicts: tuple[Verdict, ...] = ()
+    stats: tuple[PointStats, ...] = ()
+    #: Command, endpoints, versions, the pcap set's path: what manifest.json holds.
+    meta: dict[str, object] = field(default_factory=dict)
+    #: Plain sentences for the user: mode of a container, why there is no path...
+    notes: tuple[str, ...] = ()
+
+    def point(self, point_id: str) -> Point:
+        for p in self.points:
+            if p.id == point_id:
+                return p
+        raise KeyError(point_id)
+
+    @property
+    def nat_events(self) -> list[NatEvent]:
+        return [ev for pkt in self.packets for ev in pkt.nat]
