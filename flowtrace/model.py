@@ -9,6 +9,7 @@ objects from recorded data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Literal
 
 Direction = Literal["request", "reply"]
@@ -206,7 +207,7 @@ class Packet:
     def hop_deltas_ns(self) -> list[int]:
         """Time from each sighting to the next, in path order."""
         s = self.sightings
-        return [b.time_ns - a.time_ns for a, b in zip(s, s[1:], strict=False)]
+        return [b.time_ns - a.time_ns for a, b in pairwise(s)]
 
 
 @dataclass(frozen=True)
