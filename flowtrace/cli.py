@@ -43,8 +43,10 @@ def handle_errors(func: F) -> F:
         except PermissionError as exc:
             if show_traceback:
                 raise
-            _fail(f"permission denied ({exc.strerror or exc}): run flowtrace as root",
-                  int(ExitStatus.NOT_ROOT))
+            _fail(
+                f"permission denied ({exc.strerror or exc}): run flowtrace as root",
+                int(ExitStatus.NOT_ROOT),
+            )
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(int(ExitStatus.OK))
