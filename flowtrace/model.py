@@ -183,6 +183,9 @@ class NatEvent:
     rule: str | None = None
     #: The kernel's conntrack entry for the flow, as conntrack -L prints it.
     conntrack: str | None = None
+    #: Set on a reply's rewrite that undoes the request's translation
+    #: (a MASQUERADEd request's reply has its destination put back: DNAT, reverse_of SNAT).
+    reverse_of: NatKind | None = None
 
 
 @dataclass(frozen=True)
