@@ -19,7 +19,9 @@ from flowtrace.errors import NotFoundError, NotRootError
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
-HOST_NETNS = "/proc/1/ns/net"
+#: The namespace flowtrace was started in (the main thread never leaves it); on a Docker
+#: host that is the host namespace.  /proc/1 may be unreadable inside sandboxes.
+HOST_NETNS = "/proc/self/ns/net"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

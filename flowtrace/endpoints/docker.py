@@ -1,0 +1,143 @@
+"""Container facts from the Docker engine (Docker SDK), turned into namespaces.
+
+Docker is only asked when the user names a container (or when flowtrace wants names
+for namespaces it found), so netns:/pid:/host endpoints work with no engine at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from flowtrace.errors import (
+    DockerUnavailableError,
+    NoPathError,
+    NotFoundError,
+    NotRunningError,
+)
+
+
+@dataclass(frozen=True)
+class ContainerNet:
+    """What Docker says about one container's networking."""
+
+    name: str
+    id: str
+    pid: int
+    running: bool
+    status: str
+    network_mode: str  # "default", "bridge", "host", "none", "container:<id>", a network name
+    #: network name -> IPv4 address on it
+    addresses: dict[str, str]
+    #: "80/tcp" -> [(host ip, host port)]
+    ports: dict[str, list[tuple[str, int]]]
+
+
+@cache
+def _client() -> Any:
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise DockerUnavailableError(f"the docker Python package is missing ({exc})") from None
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except DockerException as exc:
+        raise DockerUnavailableError(
+            "the Docker engine does not answer (is dockerd running? scripts/setup.sh starts it)"
+            f": {_short(exc)}"
+        ) from None
+    return client
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def docker_available() -> bool:
+    try:
+        _client()
+    except DockerUnavailableError:
+        return False
+    return True
+
+
+def _from_attrs(attrs: dict[str, Any]) -> ContainerNet:
+    state = attrs.get("State", {})
+    host_config = attrs.get("HostConfig", {})
+    networks = attrs.get("NetworkSettings", {}).get("Networks") or {}
+    ports_raw = attrs.get("NetworkSettings", {}).get("Ports") or {}
+    ports: dict[str, list[tuple[str, int]]] = {}
+    for key, bindings in ports_raw.items():
+        if bindings:
+            ports[key] = [(b.get("HostIp") or "0.0.0.0", int(b["HostPort"])) for b in bindings]
+    return ContainerNet(
+        name=attrs.get("Name", "").lstrip("/"),
+        id=attrs.get("Id", ""),
+        pid=int(state.get("Pid") or 0),
+        running=bool(state.get("Running")),
+        status=str(state.get("Status", "unknown")),
+        network_mode=str(host_config.get("NetworkMode", "default")),
+        addresses={n: v["IPAddress"] for n, v in networks.items() if v.get("IPAddress")},
+        ports=ports,
+    )
+
+
+def inspect_container(spec: str) -> ContainerNet:
+    """Find a container by name or id; NotFoundError when there is none."""
+    from docker.errors import APIError, NotFound
+
+    client = _client()
+    try:
+        attrs = client.api.inspect_container(spec)
+    except NotFound:
+        raise NotFoundError(
+            f"no container named {spec!r} (an endpoint is a container, host, netns:NAME, "
+            "pid:N or an IP address)"
+        ) from None
+    except APIError as exc:
+        raise DockerUnavailableError(f"Docker refused to inspect {spec!r}: {_short(exc)}") from None
+    return _from_attrs(attrs)
+
+
+def running_containers() -> list[ContainerNet]:
+    """Every running container, for naming the namespaces flowtrace finds."""
+    client = _client()
+    return [_from_attrs(client.api.inspect_container(c["Id"])) for c in client.api.containers()]
+
+
+def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
+    """The namespace path of a running container, and plain notes about its network mode."""
+    info = inspect_container(spec)
+    notes: list[str] = []
+    mode = info.network_mode
+    if mode.startswith("container:"):
+        owner_ref = mode.split(":", 1)[1]
+        try:
+            owner = inspect_container(owner_ref)
+            owner_name = owner.name
+            owner_running = owner.running
+        except NotFoundError:
+            owner_name, owner_running = owner_ref[:12], False
+        notes.append(f"{info.name} shares the network namespace of container {owner_name}")
+        if not owner_running:
+            raise NoPathError(
+                f"{info.name}'s network belonged to container {owner_name}, which is not running: "
+                f"{info.name} is left with only lo"
+            )
+    if not info.running:
+        raise NotRunningError(
+            f"container {info.name} is {info.status}, not running: start it with "
+            f"`docker start {info.name}`"
+        )
+    if mode == "none":
+        raise NoPathError(
+            f"container {info.name} has network mode none: its namespace has no interface but lo, "
+            "so no packet can leave it"
+        )
+    if mode == "host":
+        notes.append(f"{info.name} uses network mode host: it shares the Docker host's namespace")
+    return info, f"/proc/{info.pid}/ns/net", notes

@@ -1,0 +1,178 @@
+"""Read a namespace's links, addresses and routes over netlink (pyroute2).
+
+Each call enters the namespace in a short-lived thread (endpoints.netns) and returns
+plain frozen records, so the path walker (topology.path) is pure logic over them and
+can be unit-tested on recorded states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flowtrace.endpoints.netns import run_in_netns
+
+RTN_LOCAL = 2
+RTN_UNREACHABLE = 7
+RTN_PROHIBIT = 8
+RTN_BLACKHOLE = 6
+
+IFF_UP = 0x1
+IFF_PROMISC = 0x100
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str  # "veth", "bridge", "macvlan", "" (physical / unknown)
+    master: int | None  # ifindex of the bridge it is enslaved to
+    peer_index: int | None  # IFLA_LINK: the veth peer's ifindex (or a macvlan's parent)
+    peer_nsid: int | None  # IFLA_LINK_NETNSID: which namespace the peer lives in
+    mac: str | None
+    up: bool
+    promiscuity: int
+    arptype: int = 1  # ARPHRD_ETHER = 1, ARPHRD_LOOPBACK = 772
+
+
+@dataclass(frozen=True)
+class IfAddress:
+    ip: str
+    prefixlen: int
+    index: int
+
+
+@dataclass(frozen=True)
+class NetnsState:
+    """Links and addresses of one namespace at one moment."""
+
+    links: tuple[Link, ...]
+    addresses: tuple[IfAddress, ...]
+
+    def link(self, index: int) -> Link | None:
+        for link in self.links:
+            if link.index == index:
+                return link
+        return None
+
+    def link_by_name(self, name: str) -> Link | None:
+        for link in self.links:
+            if link.name == name:
+                return link
+        return None
+
+    def owns(self, ip: str) -> bool:
+        return any(a.ip == ip for a in self.addresses)
+
+    def addresses_of(self, index: int) -> tuple[str, ...]:
+        return tuple(a.ip for a in self.addresses if a.index == index)
+
+    def ports_of(self, bridge_index: int) -> tuple[Link, ...]:
+        return tuple(link for link in self.links if link.master == bridge_index)
+
+
+@dataclass(frozen=True)
+class Route:
+    """The kernel's answer to `ip route get DST` in one namespace."""
+
+    kind: int  # RTN_* (1 unicast, 2 local, 7 unreachable ...)
+    oif: int | None
+    gateway: str | None
+    prefsrc: str | None
+
+    @property
+    def local(self) -> bool:
+        return self.kind == RTN_LOCAL
+
+
+def _attrs(msg: Any) -> dict[str, Any]:
+    return dict(msg.get("attrs", []))
+
+
+def _link_from_msg(msg: Any) -> Link:
+    attrs = _attrs(msg)
+    kind = ""
+    info = attrs.get("IFLA_LINKINFO")
+    if info is not None:
+        kind = dict(info.get("attrs", [])).get("IFLA_INFO_KIND", "") or ""
+    flags = int(msg.get("flags", 0))
+    return Link(
+        index=int(msg["index"]),
+        name=str(attrs.get("IFLA_IFNAME", "")),
+        kind=kind,
+        master=attrs.get("IFLA_MASTER"),
+        peer_index=attrs.get("IFLA_LINK"),
+        peer_nsid=attrs.get("IFLA_LINK_NETNSID"),
+        mac=attrs.get("IFLA_ADDRESS"),
+        up=bool(flags & IFF_UP),
+        promiscuity=int(attrs.get("IFLA_PROMISCUITY", 0) or 0),
+        arptype=int(msg.get("ifi_type", 1)),
+    )
+
+
+def _read_state() -> NetnsState:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = tuple(_link_from_msg(m) for m in ipr.get_links())
+        addrs = []
+        for m in ipr.get_addr():
+            attrs = _attrs(m)
+            ip = attrs.get("IFA_LOCAL") or attrs.get("IFA_ADDRESS")
+            if ip:
+                addrs.append(IfAddress(str(ip), int(m["prefixlen"]), int(m["index"])))
+    return NetnsState(links, tuple(addrs))
+
+
+def read_state(ns_path: str) -> NetnsState:
+    """Links and addresses of the namespace at ns_path."""
+    return run_in_netns(ns_path, _read_state)
+
+
+def _route_get(dst: str) -> Route:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            msgs = ipr.route("get", dst=dst)
+        except NetlinkError as exc:
+            # ENETUNREACH (101) / EHOSTUNREACH (113): no route at all
+            if exc.code in (101, 113, 22):
+                return Route(RTN_UNREACHABLE, None, None, None)
+            raise
+    msg = msgs[0]
+    attrs = _attrs(msg)
+    return Route(
+        int(msg["type"]), attrs.get("RTA_OIF"), attrs.get("RTA_GATEWAY"), attrs.get("RTA_PREFSRC")
+    )
+
+
+def route_get(ns_path: str, dst: str) -> Route:
+    """What the namespace's routing table does with a packet to dst."""
+    return run_in_netns(ns_path, _route_get, dst)
+
+
+def _nsid_of(target_path: str) -> int | None:
+    import os
+
+    from pyroute2 import IPRoute
+
+    fd = os.open(target_path, os.O_RDONLY)
+    try:
+        with IPRoute() as ipr:
+            msgs = ipr.get_netnsid(fd=fd)
+    finally:
+        os.close(fd)
+    if isinstance(msgs, dict):
+        value = msgs.get("nsid")
+    else:
+        value = _attrs(msgs[0]).get("NETNSA_NSID") if msgs else None
+    if value is None or int(value) < 0 or int(value) == 0xFFFFFFFF:
+        return None
+    return int(value)
+
+
+def nsid_of(ns_path: str, target_path: str) -> int | None:
+    """The id the namespace at ns_path gave to the namespace at target_path, if any."""
+    return run_in_netns(ns_path, _nsid_of, target_path)

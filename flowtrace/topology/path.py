@@ -1,0 +1,247 @@
+"""Walk the kernel's real state from a source namespace to a destination address.
+
+The walk asks the same questions the kernel answers when it forwards a packet: which
+interface does the route leave by, where is that veth's peer, which bridge is the peer
+enslaved to, which bridge port leads to the next hop, does this namespace own the
+address (and does a published port redirect it).  It reads state through a
+`KernelView`, so it is pure logic: tests give it recorded states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from flowtrace.errors import NoPathError
+from flowtrace.model import Namespace, Point
+from flowtrace.topology.kernel import (
+    RTN_BLACKHOLE,
+    RTN_PROHIBIT,
+    RTN_UNREACHABLE,
+    Link,
+    NetnsState,
+    Route,
+)
+
+MAX_HOPS = 16
+
+
+class KernelView(Protocol):
+    """What the walk needs to know about the machine."""
+
+    def namespaces(self) -> list[Namespace]: ...
+
+    def state(self, ns: Namespace) -> NetnsState: ...
+
+    def route(self, ns: Namespace, dst: str) -> Route: ...
+
+    def nsid(self, ns: Namespace, target: Namespace) -> int | None: ...
+
+
+#: (namespace that owns the address, address, port) -> (new address, new port, why) or None
+Redirect = Callable[[Namespace, str, int | None], tuple[str, int | None, str] | None]
+
+
+@dataclass
+class PathPlan:
+    """The observation points a packet from src to dst will cross, in order."""
+
+    points: list[Point] = field(default_factory=list)
+    src_ip: str | None = None
+    dst_ip: str = ""
+    dst_port: int | None = None
+    #: Where the walk ended when it reached the destination (None: it did not).
+    destination: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, ns: Namespace, link: Link, state: NetnsState, role: str) -> Point:
+        point_id = f"{ns.label}/{link.name}"
+        for existing in self.points:
+            if existing.id == point_id:
+                return existing
+        point = Point(
+            id=point_id,
+            netns=ns,
+            ifname=link.name,
+            ifindex=link.index,
+            role=role,
+            promisc=link.kind == "bridge",
+            linktype=1,
+            mac=link.mac,
+            addresses=state.addresses_of(link.index),
+        )
+        self.points.append(point)
+        return point
+
+    def set_role(self, point_id: str, role: str) -> None:
+        self.points = [replace(p, role=role) if p.id == point_id else p for p in self.points]
+
+
+def find_peer(view: KernelView, ns: Namespace, veth: Link) -> tuple[Namespace, Link] | None:
+    """The other end of a veth pair: IFLA_LINK plus the namespace IFLA_LINK_NETNSID names."""
+    if veth.peer_index is None:
+        return None
+    candidates = (
+        [ns] if veth.peer_nsid is None else [c for c in view.namespaces() if c.inode != ns.inode]
+    )
+    matches: list[tuple[Namespace, Link]] = []
+    for cand in candidates:
+        link = view.state(cand).link(veth.peer_index)
+        if link is not None and link.kind == "veth" and link.peer_index == veth.index:
+            matches.append((cand, link))
+    if len(matches) > 1 and veth.peer_nsid is not None:
+        matches = [m for m in matches if view.nsid(ns, m[0]) == veth.peer_nsid]
+    return matches[0] if matches else None
+
+
+def find_bridge_port(
+    view: KernelView, ns: Namespace, bridge: Link, target_ip: str
+) -> tuple[Link, Namespace, Link] | None:
+    """The bridge port whose far end owns target_ip: (port, far namespace, far link)."""
+    state = view.state(ns)
+    for port in state.ports_of(bridge.index):
+        if port.kind != "veth":
+            continue
+        peer = find_peer(view, ns, port)
+        if peer is not None and view.state(peer[0]).owns(target_ip):
+            return port, peer[0], peer[1]
+    return None
+
+
+def _route_or_fail(view: KernelView, ns: Namespace, dst: str, plan: PathPlan) -> Route | None:
+    route = view.route(ns, dst)
+    if route.kind in (RTN_UNREACHABLE, RTN_PROHIBIT, RTN_BLACKHOLE) or (
+        route.oif is None and not route.local
+    ):
+        plan.notes.append(f"{ns.label} has no route to {dst}")
+        return None
+    return route
+
+
+def plan_path(
+    view: KernelView,
+    src: Namespace,
+    dst_ip: str,
+    dst_port: int | None = None,
+    redirect: Redirect | None = None,
+) -> PathPlan:
+    """Every interface a packet from `src` to `dst_ip` crosses, in order."""
+    plan = PathPlan(dst_ip=dst_ip, dst_port=dst_port)
+    state = view.state(src)
+    route = view.route(src, dst_ip)
+    if route.local:
+        lo = next((link for link in state.links if link.arptype == 772), None)
+        if lo is None:
+            raise NoPathError(f"{src.label} owns {dst_ip} but has no loopback interface")
+        point = plan.add(src, lo, state, "loopback")
+        plan.src_ip = dst_ip
+        plan.destination = point.id
+        plan.notes.append(f"{dst_ip} belongs to {src.label} itself: the packet stays on lo")
+        return plan
+    if route.oif is None or route.kind in (RTN_UNREACHABLE, RTN_PROHIBIT, RTN_BLACKHOLE):
+        real = [link for link in state.links if link.arptype != 772]
+        if not real:
+            raise NoPathError(f"{src.label} has no interface but lo: no packet can leave it")
+        raise NoPathError(f"{src.label} has no route to {dst_ip}")
+    plan.src_ip = route.prefsrc
+    out = state.link(route.oif)
+    if out is None:
+        raise NoPathError(f"{src.label}: route to {dst_ip} names an unknown interface")
+    plan.add(src, out, state, "source")
+    ns, link, gateway = src, out, route.gateway
+    for _ in range(MAX_HOPS):
+        next_hop = gateway or plan.dst_ip
+        if link.kind == "bridge":
+            found = find_bridge_port(view, ns, link, next_hop)
+            if found is None:
+                plan.notes.append(
+                    f"no port of bridge {link.name} in {ns.label} leads to {next_hop}"
+                )
+                return plan
+            port, _, _ = found
+            plan.add(ns, port, view.state(ns), "veth-peer")
+            link = port
+        if link.kind != "veth":
+            plan.notes.append(
+                f"the packet leaves {ns.label} through {link.name} ({link.kind or 'device'}); "
+                "flowtrace cannot follow it further"
+            )
+            return plan
+        peer = find_peer(view, ns, link)
+        if peer is None:
+            plan.notes.append(f"cannot find the peer of veth {link.name} in {ns.label}")
+            return plan
+        ns, link = peer
+        state = view.state(ns)
+        master = state.link(link.master) if link.master else None
+        if master is not None and master.kind == "bridge":
+            plan.add(ns, link, state, "veth-peer")
+            ingress = plan.add(ns, master, state, "bridge")
+            ingress_link = master
+        else:
+            ingress_link = link
+            ingress = None
+        if state.owns(plan.dst_ip):
+            target = redirect(ns, plan.dst_ip, plan.dst_port) if redirect else None
+            if target is None:
+                if ingress is None:
+                    ingress = plan.add(ns, link, state, "destination")
+                plan.destination = ingress.id
+                return plan
+            plan.dst_ip, plan.dst_port, why = target
+            plan.notes.append(why)
+        route_in = _route_or_fail(view, ns, plan.dst_ip, plan)
+        if route_in is None:
+            if ingress is None:
+                plan.add(ns, link, state, "veth-peer")
+            return plan
+        if route_in.local:
+            point = ingress or plan.add(ns, link, state, "destination")
+            plan.destination = point.id
+            return plan
+        out = state.link(route_in.oif) if route_in.oif is not None else None
+        if out is None:
+            plan.notes.append(f"{ns.label}: route to {plan.dst_ip} names an unknown interface")
+            return plan
+        gateway = route_in.gateway
+        if out.index != ingress_link.index:
+            if ingress is None:
+                plan.add(ns, link, state, "veth-peer")
+            plan.add(ns, out, state, "bridge" if out.kind == "bridge" else "egress")
+        link = out
+    plan.notes.append(f"gave up after {MAX_HOPS} hops (a routing loop?)")
+    return plan
+
+
+class LiveView:
+    """A KernelView over the running kernel, caching each namespace's state."""
+
+    def __init__(self, namespaces: list[Namespace] | None = None) -> None:
+        self._namespaces = namespaces
+        self._states: dict[int, NetnsState] = {}
+
+    def namespaces(self) -> list[Namespace]:
+        if self._namespaces is None:
+            from flowtrace.endpoints.resolve import all_namespaces
+
+            self._namespaces = all_namespaces()
+        return self._namespaces
+
+    def state(self, ns: Namespace) -> NetnsState:
+        from flowtrace.topology.kernel import read_state
+
+        key = ns.inode or hash(ns.path)
+        if key not in self._states:
+            self._states[key] = read_state(ns.path)
+        return self._states[key]
+
+    def route(self, ns: Namespace, dst: str) -> Route:
+        from flowtrace.topology.kernel import route_get
+
+        return route_get(ns.path, dst)
+
+    def nsid(self, ns: Namespace, target: Namespace) -> int | None:
+        from flowtrace.topology.kernel import nsid_of
+
+        return nsid_of(ns.path, target.path)
