@@ -68,7 +68,202 @@ def cli(traceback: bool) -> None:
 # --- lab -------------------------------------------------------------------------------
 
 
+@cli.group("lab")
+def lab_group() -> None:
+    """The Docker lab: c1, c2, web on docker0; c3, c4 on ftlab; outside host ft-outside.
+
+    \b
+    web publishes TCP 8080 -> 80; ft-outside (203.0.113.2) reaches it at
+    203.0.113.1:8080 through Docker's DNAT, and containers reach ft-outside
+    through Docker's MASQUERADE, with no packet leaving the machine.
+    """
+
+
+@lab_group.command("up")
+@handle_errors
+def lab_up() -> None:
+    """Make whatever of the lab is missing (safe to run again)."""
+    from flowtrace import lab
+
+    state = lab.up()
+    click.echo(lab.render_changes(state.changes))
+    click.echo()
+    click.echo(lab.render_state(state))
+    click.echo()
+    click.echo(lab.render_summary(state))
+
+
+@lab_group.command("status")
+@handle_errors
+def lab_status() -> None:
+    """Show the lab; exit status 5 when part of it is missing or stopped."""
+    from flowtrace import lab
+
+    state = lab.status()
+    click.echo(lab.render_state(state))
+    click.echo()
+    click.echo(lab.render_summary(state))
+    if not state.complete:
+        sys.exit(int(ExitStatus.NOT_FOUND))
+
+
+@lab_group.command("down")
+@handle_errors
+def lab_down() -> None:
+    """Remove the lab's containers, network, image, namespace and veth, and nothing else."""
+    from flowtrace import lab
+
+    click.echo(lab.render_removed(lab.down()))
+
+
 # --- path / ping / tcp / udp ------------------------------------------------------------
+
+
+@cli.command("path")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@handle_errors
+def path_cmd(src: str, dst: str, as_json: bool) -> None:
+    """Print the observation points a packet from SRC to DST crosses, sending nothing.
+
+    DST may carry a port (c2:80, 203.0.113.1:8080) to follow a published port's DNAT.
+    """
+    from flowtrace import api
+
+    kind = "tcp" if ":" in dst.removeprefix("netns:").removeprefix("pid:") else "icmp"
+    points, notes = api.path(src, dst, kind)  # type: ignore[arg-type]
+    if as_json:
+        import json
+
+        from flowtrace.output.jsonout import point_dict
+
+        click.echo(
+            json.dumps({"points": [point_dict(p) for p in points], "notes": notes}, indent=2)
+        )
+        return
+    from rich.console import Console
+
+    from flowtrace.output.terminal import render_path
+
+    render_path(points, notes, Console(highlight=False, soft_wrap=True))
+
+
+def _trace_options(func: F) -> F:
+    options = [
+        click.option(
+            "-c",
+            "--count",
+            default=1,
+            show_default=True,
+            type=click.IntRange(1, 100000),
+            help="Probes to send.",
+        ),
+        click.option(
+            "-i",
+            "--interval",
+            default=1.0,
+            show_default=True,
+            type=click.FloatRange(0.0),
+            help="Seconds between probes.",
+        ),
+        click.option(
+            "--timeout",
+            default=2.0,
+            show_default=True,
+            type=click.FloatRange(0.01),
+            help="Seconds to wait for each probe's answer.",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print one JSON document (see README) instead of tables.",
+        ),
+        click.option(
+            "-o",
+            "--output",
+            type=click.Path(file_okay=False),
+            help="Folder for the pcap set [default: captures/<time>-<src>-<dst>/].",
+        ),
+        click.option("--no-record", is_flag=True, help="Do not write a pcap set."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_trace(
+    kind: str,
+    src: str,
+    dst: str,
+    count: int,
+    interval: float,
+    timeout: float,
+    as_json: bool,
+    output: str | None,
+    no_record: bool,
+) -> None:
+    from pathlib import Path
+
+    from flowtrace import api
+
+    name = {"icmp": "ping", "tcp": "tcp", "udp": "udp"}[kind]
+    options = api.TraceOptions(
+        kind=kind,  # type: ignore[arg-type]
+        count=count,
+        interval=interval,
+        timeout=timeout,
+        output_dir=Path(output) if output else None,
+        record=not no_record,
+        command=" ".join(["flowtrace", name, *sys.argv[2:]]),
+    )
+    result = api.run_trace(src, dst, options)
+    if as_json:
+        from flowtrace.output.jsonout import dumps
+
+        click.echo(dumps(result))
+    else:
+        from flowtrace.output.terminal import render_trace
+
+        render_trace(result)
+    if result.meta.get("interrupted"):
+        sys.exit(int(ExitStatus.INTERRUPTED))
+    if any(v.outcome not in ("replied", "refused") for v in result.verdicts):
+        sys.exit(int(ExitStatus.NO_REPLY))
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@_trace_options
+@handle_errors
+def ping(src: str, dst: str, **opts: Any) -> None:
+    """Send ICMP echo from SRC to DST and follow each packet hop by hop.
+
+    Exit status 0 when every probe was answered, 10 when some were not.
+    """
+    _run_trace("icmp", src, dst, **opts)
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", metavar="DST:PORT")
+@_trace_options
+@handle_errors
+def tcp(src: str, dst: str, **opts: Any) -> None:
+    """Send a TCP SYN from SRC to DST:PORT; see the SYN-ACK or RST, and any DNAT on the way."""
+    _run_trace("tcp", src, dst, **opts)
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", metavar="DST:PORT")
+@_trace_options
+@handle_errors
+def udp(src: str, dst: str, **opts: Any) -> None:
+    """Send a UDP datagram from SRC to DST:PORT and follow it (and any answer or ICMP error)."""
+    _run_trace("udp", src, dst, **opts)
 
 
 # --- capture / analyze / plot -------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""The library face: path(), trace(), and (see capture/analyze modules) the rest.
+
+The CLI and notebooks call these with plain values and get model objects back.
+Stages run in order: endpoints -> topology -> capture (all sockets ready) -> probe ->
+correlate -> NAT attribution; the pcap set is written as probes complete, so an
+interrupted trace still leaves a readable set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flowtrace.errors import FlowtraceError, NoPathError
+from flowtrace.model import Endpoint, Namespace, Point, Trace
+from flowtrace.probe import ProbeKind
+
+if TYPE_CHECKING:
+    from flowtrace.topology.path import LiveView, PathPlan
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """Everything a trace needs to know, converted from CLI flags or notebook arguments."""
+
+    kind: ProbeKind = "icmp"
+    count: int = 1
+    interval: float = 0.2
+    timeout: float = 2.0
+    output_dir: Path | None = None  # the pcap set folder; None: captures/<time>-<src>-<dst>/
+    record: bool = True  # write a pcap set at all
+    command: str = ""
+    extra_meta: dict[str, object] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise FlowtraceError(f"bad count {self.count}: send at least one probe")
+        if self.interval < 0:
+            raise FlowtraceError(f"bad interval {self.interval}: it cannot be negative")
+        if self.timeout <= 0:
+            raise FlowtraceError(f"bad timeout {self.timeout}: it must be positive")
+
+
+@dataclass(frozen=True)
+class Route:
+    """A resolved pair of endpoints and the path between them."""
+
+    src: Endpoint
+    dst: Endpoint
+    #: The address and port probes are sent to (before any DNAT on the way).
+    dst_ip: str
+    dst_port: int | None
+    plan: PathPlan
+
+
+def choose_destination_ip(view: LiveView, src: Namespace, dst: Endpoint) -> str:
+    """The destination address the source reaches most directly (on-link first)."""
+    candidates = [
+        a
+        for a in dst.addresses
+        if ipaddress.ip_address(a).version == 4 and not ipaddress.ip_address(a).is_loopback
+    ]
+    if dst.ip and dst.spec == dst.ip:
+        return dst.ip  # the user named the address
+    if not candidates:
+        raise NoPathError(f"{dst.spec} has no IPv4 address: only lo")
+    for ip in candidates:
+        route = view.route(src, ip)
+        if route.local or (route.oif is not None and route.gateway is None):
+            return ip
+    return dst.ip or candidates[0]
+
+
+def docker_redirect(
+    kind: ProbeKind,
+) -> Callable[[Namespace, str, int | None], tuple[str, int | None, str] | None]:
+    """Predict a published port's DNAT: Docker maps host ports to container ports."""
+
+    def redirect(ns: Namespace, ip: str, port: int | None) -> tuple[str, int | None, str] | None:
+        if port is None or kind == "icmp" or ns.label != "host":
+            return None
+        from flowtrace.endpoints.docker import docker_available, running_containers
+
+        if not docker_available():
+            return None
+        for c in running_containers():
+            for key, bindings in c.ports.items():
+                cport, _, proto = key.partition("/")
+                if proto != kind:
+                    continue
+                for host_ip, host_port in bindings:
+                    if host_port == port and host_ip in ("0.0.0.0", "::", "", ip):
+                        target = next(iter(c.addresses.values()), None)
+                        if target:
+                            why = (
+                                f"{ip}:{port} is published by container {c.name}: "
+                                f"DNAT to {target}:{cport}"
+                            )
+                            return target, int(cport), why
+        return None
+
+    return redirect
+
+
+def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Route:
+    """Resolve both endpoints and walk the kernel state between them."""
+    from flowtrace.endpoints.resolve import resolve
+    from flowtrace.topology.path import LiveView, plan_path
+
+    src = resolve(src_spec)
+    dst = resolve(dst_spec, allow_port=True)
+    if kind in ("tcp", "udp") and dst.port is None:
+        raise FlowtraceError(f"{kind} needs a destination port: {dst_spec}:PORT")
+    if kind == "icmp" and dst.port is not None:
+        raise FlowtraceError(f"ping takes no port ({dst_spec}): use flowtrace tcp for ports")
+    view = LiveView()
+    dst_ip = choose_destination_ip(view, src.netns, dst)
+    plan = plan_path(view, src.netns, dst_ip, dst.port, docker_redirect(kind))
+    if plan.src_ip is None:
+        plan.src_ip = src.ip
+    if not plan.points:
+        raise NoPathError(f"no path from {src_spec} to {dst_spec}")
+    return Route(src, dst, dst_ip, dst.port, plan)
+
+
+def path(src: str, dst: str, kind: ProbeKind = "icmp") -> tuple[list[Point], list[str]]:
+    """The observation points a packet from src to dst crosses, and notes on the way."""
+    route = resolve_route(src, dst, kind)
+    notes = list(route.src.notes) + list(route.dst.notes) + route.plan.notes
+    return route.plan.points, notes
+
+
+def trace(
+    src: str,
+    dst: str,
+    kind: ProbeKind = "icmp",
+    count: int = 1,
+    interval: float = 0.2,
+    timeout: float = 2.0,
+    output_dir: str | Path | None = None,
+    record: bool = True,
+    on_probe: Callable[[int], None] | None = None,
+) -> Trace:
+    """Send `count` marked probes from src to dst and follow each one hop by hop."""
+    options = TraceOptions(
+        kind=kind,
+        count=count,
+        interval=interval,
+        timeout=timeout,
+        output_dir=Path(output_dir) if output_dir is not None else None,
+        record=record,
+        command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}",
+    )
+    return run_trace(src, dst, options, on_probe)
+
+
+def run_trace(
+    src: str, dst: str, options: TraceOptions, on_probe: Callable[[int], None] | None = None
+) -> Trace:
+    from flowtrace.tracer import Tracer
+
+    options.check()
+    route = resolve_route(src, dst, options.kind)
+    tracer = Tracer(route, options)
+    return tracer.run(on_probe)
+
+
+def load(path: str | Path | Sequence[str | Path]) -> Trace:
+    """Open a recorded pcap set (a folder, a pcapng, or several pcap files) as a Trace."""
+    from flowtrace.analyze import analyze
+
+    return analyze(path).trace

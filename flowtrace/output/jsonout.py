@@ -1,0 +1,127 @@
+"""The --json document: one stable JSON object per trace or analysis (see README).
+
+Field names are part of the interface: add fields, never rename or remove them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+from flowtrace import __version__
+from flowtrace.model import NatEvent, Packet, Point, Sighting, Trace
+
+SCHEMA_VERSION = 1
+
+
+def point_dict(point: Point) -> dict[str, Any]:
+    return {
+        "id": point.id,
+        "netns": point.netns.label,
+        "ifname": point.ifname,
+        "ifindex": point.ifindex,
+        "role": point.role,
+        "container": point.netns.container,
+        "addresses": list(point.addresses),
+    }
+
+
+def sighting_dict(s: Sighting) -> dict[str, Any]:
+    h = s.headers
+    return {
+        "point": s.point,
+        "time_ns": s.time_ns,
+        "proto": h.proto_name,
+        "src": h.src,
+        "dst": h.dst,
+        "sport": h.sport,
+        "dport": h.dport,
+        "icmp_id": h.icmp_id,
+        "icmp_type": h.icmp_type,
+        "ip_id": h.ip_id,
+        "ttl": h.ttl,
+        "direction": None if s.outbound is None else ("out" if s.outbound else "in"),
+    }
+
+
+def nat_dict(ev: NatEvent) -> dict[str, Any]:
+    return {
+        "kind": ev.kind,
+        "between": list(ev.between),
+        "before": {"ip": ev.before.ip, "port": ev.before.port},
+        "after": {"ip": ev.after.ip, "port": ev.after.port},
+        "reverse_of": ev.reverse_of,
+        "rule": ev.rule,
+        "conntrack": ev.conntrack,
+    }
+
+
+def packet_dict(pkt: Packet) -> dict[str, Any]:
+    deltas = pkt.hop_deltas_ns()
+    return {
+        "id": pkt.packet_id,
+        "probe": pkt.probe,
+        "direction": pkt.direction,
+        "sightings": [sighting_dict(s) for s in pkt.sightings],
+        "hop_deltas_ns": deltas,
+        "nat": [nat_dict(ev) for ev in pkt.nat],
+    }
+
+
+def hop_summary(trace: Trace) -> list[dict[str, Any]]:
+    """min/median/max of each hop's delta over all packets, per direction."""
+    hops: dict[tuple[str, str, str], list[int]] = {}
+    for pkt in trace.packets:
+        for a, b in zip(pkt.sightings, pkt.sightings[1:], strict=False):
+            hops.setdefault((pkt.direction, a.point, b.point), []).append(b.time_ns - a.time_ns)
+    return [
+        {
+            "direction": d,
+            "from": a,
+            "to": b,
+            "count": len(v),
+            "min_ns": min(v),
+            "median_ns": int(statistics.median(v)),
+            "max_ns": max(v),
+        }
+        for (d, a, b), v in hops.items()
+    ]
+
+
+def trace_dict(trace: Trace) -> dict[str, Any]:
+    verdicts = [
+        {
+            "probe": v.probe,
+            "outcome": v.outcome,
+            "last_point": v.last_point,
+            "detail": v.detail,
+            "rtt_ns": v.rtt_ns,
+            "text": str(v),
+        }
+        for v in trace.verdicts
+    ]
+    outcomes = [v.outcome for v in trace.verdicts]
+    answered = sum(1 for o in outcomes if o in ("replied", "refused"))
+    return {
+        "schema": SCHEMA_VERSION,
+        "flowtrace": __version__,
+        "meta": trace.meta,
+        "points": [point_dict(p) for p in trace.points],
+        "packets": [packet_dict(p) for p in trace.packets],
+        "verdict": {
+            "sent": len(outcomes),
+            "answered": answered,
+            "loss_percent": round(100.0 * (len(outcomes) - answered) / len(outcomes), 1)
+            if outcomes
+            else None,
+            "probes": verdicts,
+        },
+        "hops": hop_summary(trace),
+        "stats": [{"point": s.point, "packets": s.packets, "drops": s.drops} for s in trace.stats],
+        "notes": list(trace.notes),
+    }
+
+
+def dumps(trace: Trace) -> str:
+    return json.dumps(trace_dict(trace), indent=2, default=str)

@@ -1,0 +1,210 @@
+"""What a person reads in the terminal: hop tables, NAT rewrites, verdicts, a summary.
+
+Built with rich; when stdout is not a terminal rich prints plain text of the same
+shape, so the output pipes into less or a file cleanly.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, Verdict
+
+FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
+
+
+def _us(ns: int) -> str:
+    return f"{ns / 1000:,.1f}"
+
+
+def endpoint_text(s: Sighting, which: str) -> str:
+    h = s.headers
+    ip = h.src if which == "src" else h.dst
+    port = h.sport if which == "src" else h.dport
+    if port is not None:
+        return str(Address(ip, port))
+    if h.icmp_id is not None and h.icmp_type in (0, 8):
+        return f"{ip} id={h.icmp_id}"
+    return ip
+
+
+def nat_text(ev: NatEvent) -> str:
+    rev = f" (undoes {ev.reverse_of})" if ev.reverse_of else ""
+    return f"{ev.kind} {ev.before} -> {ev.after}{rev}"
+
+
+def describe(s: Sighting) -> str:
+    h = s.headers
+    if h.proto == 1:
+        kinds = {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"}
+        return f"icmp {kinds.get(h.icmp_type or -1, f'type {h.icmp_type}')} seq={h.icmp_seq}"
+    if h.proto == 6:
+        flags = h.tcp_flags or 0
+        names = [n for bit, n in ((2, "SYN"), (16, "ACK"), (4, "RST"), (1, "FIN")) if flags & bit]
+        return f"tcp {'+'.join(names) or 'no flags'}"
+    return h.proto_name
+
+
+def packet_table(pkt: Packet, points: dict[str, Point]) -> Table:
+    title = f"packet {pkt.packet_id}: {pkt.direction}, {describe(pkt.first)}"
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("point")
+    table.add_column("where")
+    table.add_column("t µs", justify="right")
+    table.add_column("Δ µs", justify="right")
+    table.add_column("src -> dst")
+    table.add_column("rewritten here")
+    start = pkt.first.time_ns
+    prev: Sighting | None = None
+    for i, s in enumerate(pkt.sightings, 1):
+        point = points.get(s.point)
+        where = ""
+        if point is not None:
+            where = point.netns.container or point.netns.label
+            where = f"{where} ({point.role})"
+        changes = [nat_text(ev) for ev in pkt.nat if ev.between[1] == s.point]
+        table.add_row(
+            str(i),
+            s.point,
+            where,
+            _us(s.time_ns - start),
+            "" if prev is None else _us(s.time_ns - prev.time_ns),
+            f"{endpoint_text(s, 'src')} -> {endpoint_text(s, 'dst')}",
+            Text("; ".join(changes), style="bold yellow") if changes else "",
+        )
+        prev = s
+    return table
+
+
+def verdict_line(v: Verdict) -> Text:
+    style = {"replied": "green", "refused": "yellow", "delivered": "yellow"}.get(v.outcome, "red")
+    rtt = f" in {_us(v.rtt_ns)} µs" if v.rtt_ns is not None else ""
+    return Text(f"probe {v.probe + 1}: {v}{rtt}", style=style)
+
+
+def _nat_details(events: Iterable[NatEvent]) -> list[str]:
+    lines = []
+    for ev in events:
+        lines.append(f"{nat_text(ev)} between {ev.between[0]} and {ev.between[1]}")
+        if ev.rule:
+            lines.append(f"    rule:      {ev.rule}")
+        if ev.conntrack:
+            lines.append(f"    conntrack: {ev.conntrack}")
+    return lines
+
+
+def hop_stats_table(trace: Trace) -> Table | None:
+    rows: dict[tuple[str, str, str], list[int]] = {}
+    for pkt in trace.packets:
+        for a, b in zip(pkt.sightings, pkt.sightings[1:], strict=False):
+            rows.setdefault((pkt.direction, a.point, b.point), []).append(b.time_ns - a.time_ns)
+    if not rows:
+        return None
+    table = Table(title="per-hop latency", title_justify="left", show_edge=False, pad_edge=False)
+    for name, justify in (
+        ("dir", "left"),
+        ("hop", "left"),
+        ("n", "right"),
+        ("min µs", "right"),
+        ("median µs", "right"),
+        ("max µs", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for (direction, from_point, to_point), values in rows.items():
+        table.add_row(
+            direction,
+            f"{from_point} -> {to_point}",
+            str(len(values)),
+            _us(min(values)),
+            _us(int(statistics.median(values))),
+            _us(max(values)),
+        )
+    return table
+
+
+def render_path(points: list[Point], notes: Iterable[str], console: Console) -> None:
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("point")
+    table.add_column("netns")
+    table.add_column("role")
+    table.add_column("addresses")
+    for i, p in enumerate(points, 1):
+        label = p.netns.label + (
+            f" (container {p.netns.container})"
+            if p.netns.container and p.netns.container != p.netns.label
+            else ""
+        )
+        role = p.role + (" [promiscuous capture]" if p.promisc else "")
+        table.add_row(str(i), p.id, label, role, ", ".join(p.addresses))
+    console.print(table)
+    for note in notes:
+        console.print(f"note: {note}")
+
+
+def render_trace(trace: Trace, console: Console | None = None) -> None:
+    console = console or Console(highlight=False, soft_wrap=True)
+    points = {p.id: p for p in trace.points}
+    header = trace.meta.get("title")
+    if header:
+        console.print(Text(str(header), style="bold"))
+    for note in trace.notes:
+        console.print(f"note: {note}")
+    console.print("path: " + " -> ".join(p.id for p in trace.points))
+    by_probe: dict[int | None, list[Packet]] = {}
+    for pkt in trace.packets:
+        by_probe.setdefault(pkt.probe, []).append(pkt)
+    verdicts = {v.probe: v for v in trace.verdicts}
+    shown_events: set[tuple[str, str, str]] = set()
+    for probe, packets in sorted(by_probe.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        full = probe is None or probe < FULL_TABLES_UP_TO
+        for pkt in packets:
+            if full:
+                console.print()
+                console.print(packet_table(pkt, points))
+        if probe is not None and probe in verdicts:
+            if full:
+                console.print()
+            console.print(verdict_line(verdicts[probe]))
+        for line in _nat_details(
+            ev
+            for pkt in packets
+            for ev in pkt.nat
+            if (ev.kind, ev.between[0], ev.between[1]) not in shown_events
+        ):
+            console.print(line, style="yellow")
+        for pkt in packets:
+            for ev in pkt.nat:
+                shown_events.add((ev.kind, ev.between[0], ev.between[1]))
+    for probe, verdict in sorted(verdicts.items()):
+        if probe not in by_probe:
+            console.print(verdict_line(verdict))
+    stats = hop_stats_table(trace) if len(trace.verdicts) > 1 else None
+    if stats is not None:
+        console.print()
+        console.print(stats)
+    if trace.verdicts:
+        answered = sum(1 for v in trace.verdicts if v.outcome in ("replied", "refused"))
+        sent = len(trace.verdicts)
+        loss = 100.0 * (sent - answered) / sent
+        rtts = [v.rtt_ns for v in trace.verdicts if v.rtt_ns is not None]
+        rtt = ""
+        if rtts:
+            rtt = (
+                f", rtt min/median/max {_us(min(rtts))}/{_us(int(statistics.median(rtts)))}"
+                f"/{_us(max(rtts))} µs"
+            )
+        console.print()
+        console.print(f"{sent} probes, {answered} answered, {loss:.0f}% loss{rtt}")
+    drops = [s for s in trace.stats if s.drops]
+    for s in drops:
+        console.print(f"warning: {s.point}: the kernel dropped {s.drops} packets", style="red")
+    pcap = trace.meta.get("pcap")
+    if pcap:
+        console.print(f"pcap set: {pcap}")

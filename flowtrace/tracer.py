@@ -1,0 +1,347 @@
+"""One trace: open every capture point, send marked probes, follow each one.
+
+The order matters and is the point of the tool: all capture sockets are bound (with
+their BPF filter) before the first probe leaves, so nothing the probe does can be
+missed; probes go out one at a time and each waits for its answer at the source
+point (or its timeout); what was seen is correlated and appended to the pcap set
+probe by probe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from flowtrace.model import Frame, NatEvent, Packet, Point, PointStats, Sighting, Trace, Verdict
+from flowtrace.probe import ProbePlan, open_sender, send_probe
+
+if TYPE_CHECKING:
+    from flowtrace.api import Route, TraceOptions
+    from flowtrace.output.traceset import TraceRecorder
+
+POLL_S = 0.002
+RETIRE_MS = 2  # ring blocks hand over frames at least this often
+SETTLE_S = 0.03  # after the answer: let the other rings hand over their frames
+
+
+class Tracer:
+    def __init__(self, route: Route, options: TraceOptions) -> None:
+        self.route = route
+        self.options = options
+        self.points: list[Point] = list(route.plan.points)
+        self.point_ids = [p.id for p in self.points]
+        self.source_point = self.points[0].id
+        self.probe = ProbePlan.new(
+            options.kind, route.plan.src_ip or "", route.dst_ip, route.dst_port
+        )
+        self.frames: list[Frame] = []
+        self.sightings: list[Sighting] = []
+        self.packets: list[Packet] = []
+        self.verdicts: list[Verdict] = []
+        self.sent_at: dict[int, int] = {}
+        self._decoded_upto = 0
+        self._written_upto = 0
+        self._next_packet_id = 1
+        self._ip_ids: dict[int, int] = {}  # request IP ID -> probe number
+        self.recorder: TraceRecorder | None = None
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def run(self, on_probe: Callable[[int], None] | None = None) -> Trace:
+        from flowtrace.capture.session import CaptureSession
+
+        opts = self.options
+        session = CaptureSession(
+            self.points,
+            self.probe.capture_filter(opts.count),
+            None,
+            keep_frames=True,
+            workers=0,
+            ring_mb=4,
+            retire_ms=RETIRE_MS,
+        )
+        interrupted = False
+        stats: list[PointStats] = []
+        session.start()  # the barrier: every point is capturing from here on
+        try:
+            if opts.record:
+                self.recorder = self._open_recorder()
+            sender = open_sender(self.route.src.netns.path)
+            try:
+                for seq in range(opts.count):
+                    started = time.monotonic()
+                    self._send(sender, seq)
+                    self._wait_for_answer(session, seq)
+                    self._settle(session, seq)
+                    if on_probe:
+                        on_probe(seq)
+                    if seq + 1 < opts.count:
+                        time.sleep(max(0.0, opts.interval - (time.monotonic() - started)))
+            finally:
+                sender.close()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            session.stop()
+            stats = session.snapshot()
+            self._absorb(session.frames())
+            self._flush_chunk(final=True)
+            self._finish_verdicts()
+            if self.recorder is not None:
+                self.recorder.close(
+                    stats, {"verdicts": [str(v) for v in self.verdicts], "interrupted": interrupted}
+                )
+        return self._trace(stats, interrupted)
+
+    def _open_recorder(self) -> TraceRecorder:
+        from flowtrace.output.traceset import TraceRecorder
+        from flowtrace.pcap.pcapset import new_set_dir
+
+        directory = self.options.output_dir
+        if directory is None or (directory.exists() and any(directory.iterdir())):
+            base = directory if directory is not None else None
+            directory = new_set_dir(base, self.route.src.spec, self.route.dst.spec)
+        manifest: dict[str, Any] = {
+            "command": self.options.command,
+            "kind": self.options.kind,
+            "src": {
+                "spec": self.route.src.spec,
+                "netns": self.route.src.netns.label,
+                "ip": self.route.plan.src_ip,
+            },
+            "dst": {
+                "spec": self.route.dst.spec,
+                "netns": self.route.dst.netns.label,
+                "ip": self.route.dst_ip,
+                "port": self.route.dst_port,
+            },
+            "count": self.options.count,
+            "capture_filter": self.probe.capture_filter(self.options.count),
+            "notes": self._notes(),
+        }
+        names: list[tuple[str, list[str]]] = []
+        for p in self.points:
+            if p.netns.container:
+                names.extend((ip, [p.netns.container]) for ip in p.addresses)
+        return TraceRecorder(directory, self.points, manifest, names)
+
+    def _send(self, sender: Any, seq: int) -> None:
+        packet = self.probe.build(seq)
+        self._ip_ids[int.from_bytes(packet[4:6], "big")] = seq
+        self.sent_at[seq] = time.time_ns()
+        send_probe(sender, packet, self.route.dst_ip)
+
+    def _wait_for_answer(self, session: Any, seq: int) -> None:
+        deadline = time.monotonic() + self.options.timeout
+        while time.monotonic() < deadline:
+            self._absorb(session.frames())
+            if self._answered_at_source(seq):
+                return
+            time.sleep(POLL_S)
+
+    def _settle(self, session: Any, seq: int) -> None:
+        time.sleep(SETTLE_S)
+        self._absorb(session.frames())
+        self._flush_chunk()
+
+    # --- decoding and correlation -----------------------------------------------------------
+
+    def _absorb(self, frames: Sequence[Frame]) -> None:
+        """Take frames the session has handed over since last time and decode them."""
+        from flowtrace.correlate.decode import decode_frame
+
+        if len(frames) <= len(self.frames):
+            return
+        new = frames[len(self.frames) :]
+        base = len(self.frames)
+        self.frames.extend(new)
+        for i, f in enumerate(new, base):
+            headers = decode_frame(f.data, self.points[f.point].linktype)
+            if headers is not None:
+                self.sightings.append(
+                    Sighting(self.point_ids[f.point], f.time_ns, headers, f.outbound, i)
+                )
+
+    def _answered_at_source(self, seq: int) -> bool:
+        for s in self.sightings[self._decoded_upto :]:
+            if s.point == self.source_point and s.outbound is not True and self._answers(s, seq):
+                return True
+        return False
+
+    def _answers(self, s: Sighting, seq: int) -> bool:
+        h = s.headers
+        if h.proto == 1 and h.icmp_type == 0:
+            return h.icmp_seq == seq & 0xFFFF
+        if h.proto == 1 and h.inner is not None:
+            return self._ip_ids.get(h.inner.ip_id) == seq
+        if h.proto == 6 and h.tcp_ack is not None and (h.tcp_flags or 0) & 0x14:
+            return h.tcp_ack == (self.probe.seq_mark(seq) + 1) & 0xFFFFFFFF
+        if h.proto == 17:
+            return h.dport == self.probe.sport
+        return False
+
+    def _probe_of(self, pkt: Packet) -> int | None:
+        h = pkt.first.headers
+        if h.ip_id in self._ip_ids and pkt.direction == "request":
+            return self._ip_ids[h.ip_id]
+        if h.proto == 1 and h.icmp_type in (0, 8) and h.icmp_seq is not None:
+            return h.icmp_seq if h.icmp_seq < self.options.count else None
+        if h.proto == 1 and h.inner is not None:
+            return self._ip_ids.get(h.inner.ip_id)
+        if h.proto == 6:
+            for seq in range(self.options.count):
+                isn = self.probe.seq_mark(seq)
+                if (
+                    h.tcp_seq in (isn, (isn + 1) & 0xFFFFFFFF)
+                    or h.tcp_ack == (isn + 1) & 0xFFFFFFFF
+                ):
+                    return seq
+        # a UDP answer: the newest probe sent before it
+        earlier = [k for k, t in self.sent_at.items() if t <= pkt.first.time_ns]
+        return max(earlier) if earlier else None
+
+    def _flush_chunk(self, final: bool = False) -> None:
+        """Correlate the sightings since the last flush and append them to the pcap set."""
+        from flowtrace.correlate.match import correlate
+
+        chunk = self.sightings[self._decoded_upto :]
+        frames_chunk = {i: self.frames[i] for i in range(self._written_upto, len(self.frames))}
+        self._decoded_upto = len(self.sightings)
+        self._written_upto = len(self.frames)
+        if not chunk and not frames_chunk:
+            return
+        packets = []
+        for pkt in correlate(chunk, self.point_ids):
+            pkt = replace(pkt, packet_id=self._next_packet_id, probe=self._probe_of(pkt))
+            self._next_packet_id += 1
+            packets.append(pkt)
+        packets = self._attribute_nat(packets)
+        self.packets.extend(packets)
+        if self.recorder is not None:
+            self.recorder.write(frames_chunk, packets)
+
+    # --- NAT: the rule and the conntrack entry ------------------------------------------------
+
+    def _attribute_nat(self, packets: list[Packet]) -> list[Packet]:
+        by_id = {p.id: p for p in self.points}
+        out = []
+        forward: dict[tuple[str, str, str], NatEvent] = {}
+        for pkt in packets:
+            events = []
+            for ev in pkt.nat:
+                a, b = by_id.get(ev.between[0]), by_id.get(ev.between[1])
+                if a is None or b is None:
+                    events.append(ev)
+                    continue
+                ns_point = b if ev.kind == "SNAT" else a
+                if ev.reverse_of is None:
+                    ev = self._explain(ev, pkt, ns_point, a, b)
+                    forward[(ev.kind, ev.between[1], ev.between[0])] = ev
+                else:
+                    twin = next((f for f in forward.values() if f.kind == ev.reverse_of), None)
+                    if twin is not None:
+                        ev = replace(ev, rule=twin.rule, conntrack=twin.conntrack)
+                events.append(ev)
+            out.append(replace(pkt, nat=tuple(events)))
+        return out
+
+    def _explain(self, ev: NatEvent, pkt: Packet, ns_point: Point, a: Point, b: Point) -> NatEvent:
+        from flowtrace.errors import FlowtraceError
+        from flowtrace.topology.conntrack import find_entry
+        from flowtrace.topology.nat_rules import attribute, read_ruleset
+
+        before = next((s for s in pkt.sightings if s.point == ev.between[0]), pkt.first)
+        h = before.headers
+        rule = conntrack = None
+        try:
+            ruleset = read_ruleset(ns_point.netns.path)
+            in_iface = a.ifname if a.netns.inode == ns_point.netns.inode else None
+            out_iface = b.ifname if b.netns.inode == ns_point.netns.inode else None
+            rule = attribute(ruleset, ev, h.proto_name, in_iface, out_iface)
+        except FlowtraceError as exc:
+            rule = f"(rules not readable: {exc.message})"
+        try:
+            conntrack = find_entry(
+                ns_point.netns.path, h.proto_name, h.src, h.dst, h.sport, h.dport, h.icmp_id
+            )
+        except FlowtraceError as exc:
+            conntrack = f"(conntrack not readable: {exc.message})"
+        return replace(ev, rule=rule, conntrack=conntrack)
+
+    # --- verdicts -----------------------------------------------------------------------------
+
+    def _finish_verdicts(self) -> None:
+        self.verdicts = [self._verdict(seq) for seq in sorted(self.sent_at)]
+
+    def _verdict(self, seq: int) -> Verdict:
+        mine = [p for p in self.packets if p.probe == seq]
+        requests = [p for p in mine if p.direction == "request"]
+        replies = [p for p in mine if p.direction == "reply"]
+        destination = self.route.plan.destination
+        if not requests:
+            return Verdict(seq, "lost", None, "not seen leaving the source")
+        request = requests[0]
+        start = _at(request.sightings, self.source_point)
+        for reply in replies:
+            end = _at(reply.sightings, self.source_point)
+            h = reply.first.headers
+            if end is None:
+                continue
+            rtt = end - start if start is not None else None
+            if h.proto == 1 and h.icmp_type == 0:
+                return Verdict(seq, "replied", None, "echo reply", rtt)
+            if h.proto == 6 and (h.tcp_flags or 0) & 0x12 == 0x12:
+                return Verdict(seq, "replied", None, "SYN-ACK: the port is open", rtt)
+            if h.proto == 6 and (h.tcp_flags or 0) & 0x04:
+                return Verdict(seq, "refused", None, f"RST from {h.src}: the port is closed", rtt)
+            if h.proto == 1:
+                kind = {3: "destination unreachable", 11: "time exceeded"}.get(
+                    h.icmp_type or -1, f"icmp type {h.icmp_type}"
+                )
+                return Verdict(
+                    seq, "unreachable", None, f"{kind} (code {h.icmp_code}) from {h.src}", rtt
+                )
+            return Verdict(seq, "replied", None, f"{h.proto_name} answer", rtt)
+        if replies:
+            last = replies[0].last.point
+            return Verdict(seq, "lost", last, "the answer was lost on its way back")
+        seen = {s.point for s in request.sightings}
+        if destination and destination in seen:
+            return Verdict(seq, "delivered", destination, "no answer came back")
+        return Verdict(seq, "lost", request.last.point, f"no sighting after {request.last.point}")
+
+    def _notes(self) -> list[str]:
+        return list(self.route.src.notes) + list(self.route.dst.notes) + list(self.route.plan.notes)
+
+    def _trace(self, stats: list[PointStats], interrupted: bool) -> Trace:
+        kind = {"icmp": "ping", "tcp": "tcp", "udp": "udp"}[self.options.kind]
+        target = f"{self.route.dst_ip}" + (f":{self.route.dst_port}" if self.route.dst_port else "")
+        meta: dict[str, object] = {
+            "title": f"flowtrace {kind} {self.route.src.spec} -> {self.route.dst.spec} ({target})",
+            "command": self.options.command,
+            "src": self.route.src.spec,
+            "dst": self.route.dst.spec,
+            "dst_ip": self.route.dst_ip,
+            "dst_port": self.route.dst_port,
+            "kind": self.options.kind,
+            "interrupted": interrupted,
+        }
+        if self.recorder is not None:
+            meta["pcap"] = str(self.recorder.path)
+        return Trace(
+            tuple(self.points),
+            tuple(self.packets),
+            tuple(self.verdicts),
+            tuple(stats),
+            meta,
+            tuple(self._notes()),
+        )
+
+
+def _at(sightings: Iterable[Sighting], point: str) -> int | None:
+    for s in sightings:
+        if s.point == point:
+            return s.time_ns
+    return None
