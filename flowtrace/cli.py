@@ -70,7 +70,10 @@ def cli(traceback: bool) -> None:
 
 @cli.group("lab")
 def lab_group() -> None:
-    """The Docker lab: c1, c2, web on docker0; c3, c4 on ftlab; outside host ft-outside.
+    """The Docker lab to trace through: c1..c4, web, ftlab and ft-outside.
+
+    \b
+    c1, c2, web are on docker0; c3, c4 on the user-defined network ftlab.
 
     \b
     web publishes TCP 8080 -> 80; ft-outside (203.0.113.2) reaches it at
@@ -110,10 +113,16 @@ def lab_status() -> None:
 @lab_group.command("down")
 @handle_errors
 def lab_down() -> None:
-    """Remove the lab's containers, network, image, namespace and veth, and nothing else."""
+    """Remove everything the lab made, and nothing else."""
     from flowtrace import lab
 
-    click.echo(lab.render_removed(lab.down()))
+    try:
+        removed = lab.down()
+    except lab.LabPartlyRemovedError as exc:
+        if exc.removed:
+            click.echo(lab.render_removed(exc.removed))
+        raise
+    click.echo(lab.render_removed(removed))
 
 
 # --- path / ping / tcp / udp ------------------------------------------------------------
@@ -208,7 +217,6 @@ def _run_trace(
 
     from flowtrace import api
 
-    name = {"icmp": "ping", "tcp": "tcp", "udp": "udp"}[kind]
     options = api.TraceOptions(
         kind=kind,  # type: ignore[arg-type]
         count=count,
@@ -216,7 +224,7 @@ def _run_trace(
         timeout=timeout,
         output_dir=Path(output) if output else None,
         record=not no_record,
-        command=" ".join(["flowtrace", name, *sys.argv[2:]]),
+        command=" ".join(["flowtrace", *sys.argv[1:]]),
     )
     result = api.run_trace(src, dst, options)
     if as_json:
@@ -267,6 +275,190 @@ def udp(src: str, dst: str, **opts: Any) -> None:
 
 
 # --- capture / analyze / plot -------------------------------------------------------------
+
+
+def _stats_table(stats: list[Any], elapsed: float) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        show_edge=False,
+        pad_edge=False,
+        title_justify="left",
+        title=f"capturing for {elapsed:.1f} s (Ctrl-C stops, the set is kept)",
+    )
+    for name in ("point", "packets", "pps", "MB", "kernel drops"):
+        table.add_column(name, justify="left" if name == "point" else "right")
+    for s in stats:
+        rate = s.packets / elapsed if elapsed > 0 else 0.0
+        table.add_row(
+            s.point,
+            f"{s.packets:,}",
+            f"{rate:,.0f}",
+            f"{s.bytes / 1e6:,.2f}",
+            f"{s.drops:,}",
+            style="red" if s.drops else None,
+        )
+    return table
+
+
+@cli.command("capture")
+@click.argument("src", required=False)
+@click.argument("dst", required=False)
+@click.option(
+    "--point",
+    "points",
+    multiple=True,
+    metavar="ENDPOINT/IFNAME",
+    help="Capture on this interface too (repeatable): c1/eth0, host/docker0, ...",
+)
+@click.option(
+    "-f",
+    "--filter",
+    "filter_expr",
+    metavar="EXPR",
+    help="tcpdump filter expression, compiled to a kernel BPF filter.",
+)
+@click.option(
+    "-d",
+    "--duration",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Stop after this many seconds.",
+)
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(min=1),
+    help="Stop after this many packets (over all points).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False),
+    help="Folder for the pcap set [default: captures/<time>-<src>-<dst>/].",
+)
+@handle_errors
+def capture_cmd(
+    src: str | None,
+    dst: str | None,
+    points: tuple[str, ...],
+    filter_expr: str | None,
+    duration: float | None,
+    count: int | None,
+    output: str | None,
+) -> None:
+    """Record all matching traffic on every point between SRC and DST (or on --point ones).
+
+    Runs until --duration, --count or Ctrl-C; the pcap set is valid even when interrupted.
+    """
+    from rich.console import Console
+    from rich.live import Live
+
+    from flowtrace.capturing import capture
+
+    console = Console(highlight=False, soft_wrap=True)
+    live: Live | None = None
+    if console.is_terminal:
+        live = Live(console=console, auto_refresh=False, transient=False)
+        live.start()
+
+    def on_tick(stats: list[Any], elapsed: float) -> None:
+        if live is not None:
+            live.update(_stats_table(stats, elapsed), refresh=True)
+
+    try:
+        result = capture(
+            src,
+            dst,
+            points,
+            filter_expr,
+            duration,
+            count,
+            output,
+            on_tick,
+            command=" ".join(["flowtrace", *sys.argv[1:]]),
+        )
+    finally:
+        if live is not None:
+            live.stop()
+    if live is None:
+        console.print(_stats_table(result.stats, result.duration_s))
+    for note in result.notes:
+        console.print(f"note: {note}")
+    total = sum(s.packets for s in result.stats)
+    drops = sum(s.drops for s in result.stats)
+    console.print(
+        f"{total:,} packets on {len(result.points)} points in "
+        f"{result.duration_s:.1f} s, {drops:,} dropped by the kernel"
+    )
+    console.print(f"pcap set: {result.pcapng}")
+    if result.interrupted:
+        sys.exit(int(ExitStatus.INTERRUPTED))
+
+
+SHOWN_PACKETS = 10  # packets listed hop by hop by default; the rest are summarised
+
+
+@cli.command("analyze")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Stream one JSON document: points, packets, flows, NAT events, hops.",
+)
+@click.option(
+    "--packets/--no-packets",
+    "show_packets",
+    default=None,
+    help="List every packet hop by hop (default: the first 10; with --json all, "
+    "--no-packets leaves them out).",
+)
+@handle_errors
+def analyze_cmd(paths: tuple[str, ...], as_json: bool, show_packets: bool | None) -> None:
+    """Correlate a recorded set offline: flows, each packet's hops, NAT events, hop latency.
+
+    PATHS: a pcap set folder, a pcapng (several interfaces), or several pcap files (one point
+    each).
+    """
+    from flowtrace.analyze import analyze, summary_dict
+
+    target = paths[0] if len(paths) == 1 else list(paths)
+    if as_json:
+        import json
+
+        from flowtrace.output.jsonout import packet_dict
+
+        out = sys.stdout
+        emit_packets = show_packets is not False
+        out.write('{"packets": [')
+        first = True
+
+        def on_packet(pkt: Any) -> None:
+            nonlocal first
+            if emit_packets:
+                out.write(("\n" if first else ",\n") + json.dumps(packet_dict(pkt)))
+                first = False
+
+        analysis = analyze(target, keep_packets=False, on_packet=on_packet)
+        summary = summary_dict(analysis)
+        summary["packet_count"] = summary.pop("packets")
+        out.write("],\n")
+        out.write(json.dumps(summary, indent=1)[1:].lstrip())
+        out.write("\n")
+        return
+    from rich.console import Console
+
+    from flowtrace.output.terminal import render_analysis
+
+    shown: list[Any] = []
+    limit = None if show_packets else (0 if show_packets is False else SHOWN_PACKETS)
+
+    def keep(pkt: Any) -> None:
+        if limit is None or len(shown) < limit:
+            shown.append(pkt)
+
+    analysis = analyze(target, keep_packets=False, on_packet=keep)
+    render_analysis(analysis, shown, Console(highlight=False, soft_wrap=True))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -22,14 +23,15 @@ def _us(ns: int) -> str:
     return f"{ns / 1000:,.1f}"
 
 
-def endpoint_text(s: Sighting, which: str) -> str:
+def endpoint_text(s: Sighting, which: str, icmp_id: int | None = None) -> str:
+    """An address with its port; an ICMP id only where it differs from the packet's first."""
     h = s.headers
     ip = h.src if which == "src" else h.dst
     port = h.sport if which == "src" else h.dport
     if port is not None:
         return str(Address(ip, port))
-    if h.icmp_id is not None and h.icmp_type in (0, 8):
-        return f"{ip} id={h.icmp_id}"
+    if h.icmp_id is not None and h.icmp_id != icmp_id and h.icmp_type in (0, 8):
+        return f"{ip} (id {h.icmp_id})"
     return ip
 
 
@@ -42,7 +44,9 @@ def describe(s: Sighting) -> str:
     h = s.headers
     if h.proto == 1:
         kinds = {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"}
-        return f"icmp {kinds.get(h.icmp_type or -1, f'type {h.icmp_type}')} seq={h.icmp_seq}"
+        kind = -1 if h.icmp_type is None else h.icmp_type
+        text = f"icmp {kinds.get(kind, f'type {h.icmp_type}')}"
+        return text + (f" seq={h.icmp_seq}" if h.icmp_type in (0, 8) else "")
     if h.proto == 6:
         flags = h.tcp_flags or 0
         names = [n for bit, n in ((2, "SYN"), (16, "ACK"), (4, "RST"), (1, "FIN")) if flags & bit]
@@ -51,33 +55,42 @@ def describe(s: Sighting) -> str:
 
 
 def packet_table(pkt: Packet, points: dict[str, Point]) -> Table:
+    first = pkt.first.headers
     title = f"packet {pkt.packet_id}: {pkt.direction}, {describe(pkt.first)}"
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    if first.icmp_id is not None and first.icmp_type in (0, 8):
+        title += f" id={first.icmp_id}"
+    table = Table(
+        title=title,
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+        box=None,
+        header_style="bold",
+    )
     table.add_column("#", justify="right")
-    table.add_column("point")
-    table.add_column("where")
-    table.add_column("t µs", justify="right")
-    table.add_column("Δ µs", justify="right")
-    table.add_column("src -> dst")
-    table.add_column("rewritten here")
+    table.add_column("point", no_wrap=True)
+    table.add_column("role", no_wrap=True)
+    table.add_column("t µs", justify="right", no_wrap=True)
+    table.add_column("Δ µs", justify="right", no_wrap=True)
+    table.add_column("src -> dst", no_wrap=True)
+    if pkt.nat:
+        table.add_column("rewritten here")
     start = pkt.first.time_ns
     prev: Sighting | None = None
     for i, s in enumerate(pkt.sightings, 1):
         point = points.get(s.point)
-        where = ""
-        if point is not None:
-            where = point.netns.container or point.netns.label
-            where = f"{where} ({point.role})"
         changes = [nat_text(ev) for ev in pkt.nat if ev.between[1] == s.point]
-        table.add_row(
+        cells: list[str | Text] = [
             str(i),
             s.point,
-            where,
+            point.role if point is not None else "",
             _us(s.time_ns - start),
             "" if prev is None else _us(s.time_ns - prev.time_ns),
-            f"{endpoint_text(s, 'src')} -> {endpoint_text(s, 'dst')}",
-            Text("; ".join(changes), style="bold yellow") if changes else "",
-        )
+            f"{endpoint_text(s, 'src', first.icmp_id)} -> {endpoint_text(s, 'dst', first.icmp_id)}",
+        ]
+        if pkt.nat:
+            cells.append(Text("; ".join(changes), style="bold yellow") if changes else "")
+        table.add_row(*cells)
         prev = s
     return table
 
@@ -201,10 +214,93 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
                 f"/{_us(max(rtts))} µs"
             )
         console.print()
-        console.print(f"{sent} probes, {answered} answered, {loss:.0f}% loss{rtt}")
+        noun = "probe" if sent == 1 else "probes"
+        console.print(f"{sent} {noun}, {answered} answered, {loss:.0f}% loss{rtt}")
     drops = [s for s in trace.stats if s.drops]
     for s in drops:
         console.print(f"warning: {s.point}: the kernel dropped {s.drops} packets", style="red")
     pcap = trace.meta.get("pcap")
     if pcap:
         console.print(f"pcap set: {pcap}")
+
+
+def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> None:
+    """Summary of an offline analysis: sources, flows, NAT events, hop latency, some packets."""
+    trace = analysis.trace
+    console.print(Text(f"{', '.join(analysis.sources)}", style="bold"))
+    console.print(
+        f"{analysis.frames:,} frames ({analysis.undecoded:,} not IP), "
+        f"{analysis.packet_count:,} packets on {len(trace.points)} points"
+    )
+    if analysis.truncated:
+        console.print(
+            "warning: the file ends inside a block (the writer was killed); "
+            "everything before it was read",
+            style="red",
+        )
+    render_path(list(trace.points), [], console)
+    points = {p.id: p for p in trace.points}
+    for pkt in shown:
+        console.print()
+        console.print(packet_table(pkt, points))
+    if analysis.packet_count > len(shown) and shown:
+        console.print(
+            f"... and {analysis.packet_count - len(shown):,} more packets "
+            "(--packets lists them all)"
+        )
+    flows = sorted(analysis.flows.values(), key=lambda f: -(f.requests + f.replies))
+    if flows:
+        table = Table(
+            title=f"flows ({len(flows):,})", title_justify="left", show_edge=False, pad_edge=False
+        )
+        for name in ("proto", "initiator", "responder", "requests", "replies", "NAT"):
+            table.add_column(name, justify="right" if name in ("requests", "replies") else "left")
+        for f in flows[:20]:
+            proto, src, sport, dst, dport = f.key
+            table.add_row(
+                proto,
+                str(Address(src, sport)),
+                str(Address(dst, dport)),
+                f"{f.requests:,}",
+                f"{f.replies:,}",
+                ", ".join(sorted(f.nat)),
+            )
+        console.print()
+        console.print(table)
+        if len(flows) > 20:
+            console.print(f"... and {len(flows) - 20:,} more flows")
+    if analysis.nat:
+        console.print()
+        console.print("NAT rewrites:", style="bold")
+        for ev, n in analysis.nat.values():
+            console.print(
+                f"  {nat_text(ev)} between {ev.between[0]} and {ev.between[1]} ({n:,} packets)",
+                style="yellow",
+            )
+    if analysis.hops:
+        table = Table(
+            title="per-hop latency", title_justify="left", show_edge=False, pad_edge=False
+        )
+        table.add_column("dir")
+        table.add_column("hop")
+        for name in ("n", "min µs", "median µs", "p99 µs", "max µs"):
+            table.add_column(name, justify="right")
+        for (direction, a, b), stats in analysis.hops.items():
+            s = stats.summary()
+            table.add_row(
+                direction,
+                f"{a} -> {b}",
+                f"{s['count']:,}",
+                _us(s["min_ns"]),
+                _us(s["median_ns"]),
+                _us(s["p99_ns"]),
+                _us(s["max_ns"]),
+            )
+        console.print()
+        console.print(table)
+    for s in trace.stats:
+        if s.drops:
+            console.print(
+                f"warning: {s.point}: the kernel dropped {s.drops:,} packets during the capture",
+                style="red",
+            )

@@ -231,9 +231,17 @@ class LiveView:
     def state(self, ns: Namespace) -> NetnsState:
         from flowtrace.topology.kernel import read_state
 
+        from flowtrace.errors import NotFoundError
+
         key = ns.inode or hash(ns.path)
         if key not in self._states:
-            self._states[key] = read_state(ns.path)
+            try:
+                self._states[key] = read_state(ns.path)
+            except NotFoundError:
+                if ns.label == "host" or ns.container or not ns.label.startswith("pid:"):
+                    raise
+                # a short-lived process's namespace vanished while we looked: nothing there
+                self._states[key] = NetnsState((), ())
         return self._states[key]
 
     def route(self, ns: Namespace, dst: str) -> Route:
