@@ -243,6 +243,8 @@ class PointStats:
     point: str
     packets: int = 0
     drops: int = 0
+    #: Bytes on the wire (original lengths) of the captured packets.
+    bytes: int = 0
 
 
 @dataclass(frozen=True)

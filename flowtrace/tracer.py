@@ -86,7 +86,7 @@ class Tracer:
         finally:
             session.stop()
             stats = session.snapshot()
-            self._absorb(session.frames())
+            self._absorb(session.frames(since=len(self.frames)))
             self._flush_chunk(final=True)
             self._finish_verdicts()
             if self.recorder is not None:
@@ -136,25 +136,22 @@ class Tracer:
     def _wait_for_answer(self, session: Any, seq: int) -> None:
         deadline = time.monotonic() + self.options.timeout
         while time.monotonic() < deadline:
-            self._absorb(session.frames())
+            self._absorb(session.frames(since=len(self.frames)))
             if self._answered_at_source(seq):
                 return
             time.sleep(POLL_S)
 
     def _settle(self, session: Any, seq: int) -> None:
         time.sleep(SETTLE_S)
-        self._absorb(session.frames())
+        self._absorb(session.frames(since=len(self.frames)))
         self._flush_chunk()
 
     # --- decoding and correlation -----------------------------------------------------------
 
-    def _absorb(self, frames: Sequence[Frame]) -> None:
-        """Take frames the session has handed over since last time and decode them."""
+    def _absorb(self, new: Sequence[Frame]) -> None:
+        """Decode the frames the session handed over since last time."""
         from flowtrace.correlate.decode import decode_frame
 
-        if len(frames) <= len(self.frames):
-            return
-        new = frames[len(self.frames) :]
         base = len(self.frames)
         self.frames.extend(new)
         for i, f in enumerate(new, base):

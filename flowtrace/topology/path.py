@@ -229,9 +229,8 @@ class LiveView:
         return self._namespaces
 
     def state(self, ns: Namespace) -> NetnsState:
-        from flowtrace.topology.kernel import read_state
-
         from flowtrace.errors import NotFoundError
+        from flowtrace.topology.kernel import read_state
 
         key = ns.inode or hash(ns.path)
         if key not in self._states:

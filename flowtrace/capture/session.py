@@ -1,0 +1,622 @@
+"""A capture over many observation points at once, written as one pcapng.
+
+The session is the barrier the tracer relies on: start() opens, filters and binds
+a ring on every point before it returns, so any packet sent afterwards is seen.
+Then "pumps" read the rings block by block and append whole pcapng blocks, one
+os.write per ring block, to a file opened with O_APPEND; a write of whole blocks
+lands whole, so the file is a valid pcapng at every moment, and several processes
+can append to it side by side.
+
+Per-packet Python work is the whole cost of a capture, so for bulk capture the
+rings are split between forked worker processes (they inherit the rings the parent
+opened and mapped); the tracer uses one in-process thread and keeps the frames in
+memory as well.  Counters live in anonymous shared memory: each ring has exactly
+one reader, which is the only writer of that ring's counters, and the parent reads
+them at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import select
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
+from pathlib import Path
+from types import FrameType, TracebackType
+
+from flowtrace import __version__
+from flowtrace.capture.bpf import DEFAULT_SNAPLEN, compile_filter
+from flowtrace.capture.ring import (
+    CAPTURE_RETIRE_MS,
+    CAPTURE_RING_MB,
+    TRACE_RETIRE_MS,
+    TRACE_RING_MB,
+    PacketRing,
+    RingGeometry,
+)
+from flowtrace.errors import FlowtraceError
+from flowtrace.model import Frame, Point, PointStats
+from flowtrace.pcap.pcapng import (
+    enhanced_packet_block,
+    interface_description_block,
+    interface_statistics_block,
+    section_header_block,
+)
+
+#: Per-point counter slots in shared memory.
+_CAPTURED, _BYTES, _RECEIVED, _DROPPED, _STATE = range(5)
+_FIELDS = 5
+#: Point states.
+STATE_OK, STATE_DOWN, STATE_GONE = 0, 1, 2
+#: How often a ring's reader collects the kernel's counters (drops show up live).
+STATS_INTERVAL_S = 0.5
+TICK_S = 0.5
+_POLL_ERRORS = select.POLLERR | select.POLLHUP | select.POLLNVAL
+_orig_len = itemgetter(2)
+_WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class _SharedCounters:
+    """Per-point counters in anonymous shared memory, visible across fork.
+
+    Each slot has exactly one writer (the reader of that ring, or the parent once
+    the readers are gone), so no locking is needed; aligned 8-byte stores are atomic.
+    The last slot holds the errno of a failed write to the output, if any.
+    """
+
+    def __init__(self, points: int) -> None:
+        self._map = mmap.mmap(-1, (points * _FIELDS + 1) * 8)
+        self._values = memoryview(self._map).cast("q")
+        self._write_error_slot = points * _FIELDS
+
+    def add(self, point: int, field: int, amount: int) -> None:
+        self._values[point * _FIELDS + field] += amount
+
+    def set(self, point: int, field: int, value: int) -> None:
+        self._values[point * _FIELDS + field] = value
+
+    def get(self, point: int, field: int) -> int:
+        return self._values[point * _FIELDS + field]
+
+    @property
+    def write_error(self) -> int:
+        return self._values[self._write_error_slot]
+
+    @write_error.setter
+    def write_error(self, value: int) -> None:
+        self._values[self._write_error_slot] = value
+
+    def close(self) -> None:
+        self._values.release()
+        self._map.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write everything; a regular file only returns short on a full disk."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class _Pump:
+    """Reads a set of rings until woken, then drains what the kernel still holds.
+
+    Runs as the session's thread or as the body of a forked worker, so it sticks
+    to os.write, poll and the shared counters: nothing that takes a lock another
+    thread of the parent might have held at fork time.
+    """
+
+    def __init__(
+        self,
+        rings: Sequence[tuple[int, PacketRing]],
+        counters: _SharedCounters,
+        *,
+        out_fd: int | None,
+        wake_fd: int,
+        keep: list[Frame] | None,
+        retire_ms: int,
+        parent_pid: int | None = None,
+    ) -> None:
+        self._rings = list(rings)
+        self._counters = counters
+        self._out_fd = out_fd
+        self._wake_fd = wake_fd
+        self._keep = keep
+        self._retire_ms = retire_ms
+        self._parent_pid = parent_pid
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish at its next wake-up (a worker's SIGTERM handler)."""
+        self._stop_requested = True
+
+    def run(self) -> None:
+        poller = select.poll()
+        by_fd: dict[int, tuple[int, PacketRing]] = {}
+        for index, ring in self._rings:
+            by_fd[ring.fileno()] = (index, ring)
+            poller.register(ring.fileno(), select.POLLIN | select.POLLERR)
+        poller.register(self._wake_fd, select.POLLIN)
+        next_stats = time.monotonic() + STATS_INTERVAL_S
+        woken = False
+        while not (woken or self._stop_requested or self._orphaned()):
+            for fd, mask in poller.poll(int(STATS_INTERVAL_S * 1000)):
+                if fd == self._wake_fd:
+                    woken = True
+                    continue
+                index, ring = by_fd[fd]
+                self._consume(index, ring)
+                if mask & _POLL_ERRORS:
+                    self._on_error(index, ring)
+            now = time.monotonic()
+            if now >= next_stats:
+                self._collect_stats()
+                next_stats = now + STATS_INTERVAL_S
+        self._drain()
+        self._collect_stats()
+
+    def _orphaned(self) -> bool:
+        """A worker whose parent died (SIGKILL) stops instead of capturing forever."""
+        return self._parent_pid is not None and os.getppid() != self._parent_pid
+
+    def _consume(self, index: int, ring: PacketRing) -> None:
+        """Turn every ready block of one ring into one write (and kept Frames)."""
+        counters = self._counters
+        for _ in range(ring.geometry.block_count):
+            frames = ring.read_block()
+            if frames is None:
+                return
+            if self._out_fd is not None:
+                blob = b"".join(
+                    [
+                        enhanced_packet_block(index, time_ns, data, orig_len, outbound)
+                        for time_ns, data, orig_len, outbound in frames
+                    ]
+                )
+                try:
+                    _write_all(self._out_fd, blob)
+                except OSError as exc:
+                    counters.write_error = exc.errno or -1
+                    self._out_fd = None
+            if self._keep is not None:
+                self._keep.extend(
+                    [
+                        Frame(index, time_ns, data, orig_len, outbound)
+                        for time_ns, data, orig_len, outbound in frames
+                    ]
+                )
+            counters.add(index, _CAPTURED, len(frames))
+            counters.add(index, _BYTES, sum(map(_orig_len, frames)))
+            if counters.get(index, _STATE) == STATE_DOWN:
+                counters.set(index, _STATE, STATE_OK)
+
+    def _on_error(self, index: int, ring: PacketRing) -> None:
+        """ENETDOWN: the link went down (it may come back) or was deleted (it won't).
+
+        Reading the error clears it.  A deleted interface's ring stays in the poll
+        set: its last, part-filled block still retires and is read like any other.
+        """
+        error = ring.take_error()
+        if ring.interface_gone():
+            self._counters.set(index, _STATE, STATE_GONE)
+        elif error:
+            self._counters.set(index, _STATE, STATE_DOWN)
+
+    def _collect_stats(self) -> None:
+        for index, ring in self._rings:
+            received, dropped = ring.read_stats()
+            self._counters.add(index, _RECEIVED, received)
+            self._counters.add(index, _DROPPED, dropped)
+
+    def _drain(self) -> None:
+        """Read what the kernel still holds: a part-filled block retires after retire_ms."""
+        deadline = time.monotonic() + (2 * self._retire_ms + 50) / 1000
+        poller = select.poll()
+        for _, ring in self._rings:
+            poller.register(ring.fileno(), select.POLLIN)
+        while True:
+            for index, ring in self._rings:
+                self._consume(index, ring)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not any(ring.pending() for _, ring in self._rings):
+                return
+            poller.poll(max(1, int(min(remaining, self._retire_ms / 1000) * 1000)))
+
+
+class CaptureSession:
+    """Capture on many points at once into one pcapng (and/or memory).
+
+    keep_frames=True is the tracer's mode: one in-process reader thread, small
+    rings that hand frames over within a few ms, frames() returns them.  Otherwise
+    the rings are split between `workers` forked processes (default: one per
+    point, at most one per CPU); workers=0 reads them in a thread instead.
+    """
+
+    def __init__(
+        self,
+        points: Sequence[Point],
+        filter_expr: str | None,
+        output: Path | None,
+        *,
+        keep_frames: bool = False,
+        workers: int | None = None,
+        ring_mb: float | None = None,
+        retire_ms: int | None = None,
+    ) -> None:
+        if not points:
+            raise FlowtraceError("nothing to capture: no observation points")
+        if keep_frames and workers:
+            raise ValueError("keep_frames needs the in-process reader (workers=0)")
+        self.points = tuple(points)
+        self.filter_expr = filter_expr.strip() if filter_expr and filter_expr.strip() else None
+        self.output = Path(output) if output is not None else None
+        self.keep_frames = keep_frames
+        if workers is None:
+            workers = 0 if keep_frames else min(len(self.points), os.cpu_count() or 1)
+        self.workers = max(0, min(workers, len(self.points)))
+        self.geometry = RingGeometry.for_size(
+            ring_mb if ring_mb is not None else (TRACE_RING_MB if keep_frames else CAPTURE_RING_MB),
+            retire_ms
+            if retire_ms is not None
+            else (TRACE_RETIRE_MS if keep_frames else CAPTURE_RETIRE_MS),
+        )
+        # Compile now: a bad expression fails before anything is opened.
+        self._programs = {
+            linktype: compile_filter(self.filter_expr, linktype, DEFAULT_SNAPLEN)
+            for linktype in {p.linktype for p in self.points}
+        }
+        #: True when run() ended because of Ctrl-C or SIGTERM.
+        self.interrupted = False
+        self._rings: list[PacketRing] = []
+        self._counters: _SharedCounters | None = None
+        self._out_fd: int | None = None
+        self._wake: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_error: list[BaseException] = []
+        self._worker_pids: dict[int, list[int]] = {}
+        self._frames: list[Frame] = []
+        self._final: list[PointStats] | None = None
+        self._final_states: list[int] = []
+        self._write_failure = 0
+        self._notes: list[str] = []
+        self._started = False
+        self._stopped = False
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open every point's ring, write the pcapng header, start the readers.
+
+        When this returns, any packet crossing any point is captured.
+        """
+        if self._started:
+            return
+        try:
+            for point in self.points:
+                program = self._programs[point.linktype]
+                self._rings.append(PacketRing.open(point, program, self.geometry))
+            self._counters = _SharedCounters(len(self.points))
+            if self.output is not None:
+                self._out_fd = self._open_output(self.output)
+            self._wake = os.pipe()
+            self._started = True
+            if self.workers == 0:
+                self._start_thread()
+            else:
+                self._start_workers()
+        except BaseException:
+            self._started = True
+            with contextlib.suppress(Exception):
+                self.stop()
+            raise
+
+    def _open_output(self, path: Path) -> int:
+        try:
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
+            )
+        except OSError as exc:
+            raise FlowtraceError(f"cannot write {path}: {exc.strerror}") from None
+        header = [section_header_block(f"flowtrace {__version__}")]
+        for point in self.points:
+            header.append(
+                interface_description_block(
+                    point.id,
+                    point.description,
+                    linktype=point.linktype,
+                    snaplen=DEFAULT_SNAPLEN,
+                    tsresol_ns=True,
+                    filter_expr=self.filter_expr,
+                    mac=_mac_bytes(point.mac),
+                )
+            )
+        _write_all(fd, b"".join(header))
+        return fd
+
+    def _pump(self, indexes: Sequence[int], parent_pid: int | None) -> _Pump:
+        assert self._counters is not None and self._wake is not None
+        return _Pump(
+            [(i, self._rings[i]) for i in indexes],
+            self._counters,
+            out_fd=self._out_fd,
+            wake_fd=self._wake[0],
+            keep=self._frames if self.keep_frames else None,
+            retire_ms=self.geometry.retire_ms,
+            parent_pid=parent_pid,
+        )
+
+    def _start_thread(self) -> None:
+        pump = self._pump(range(len(self.points)), None)
+
+        def body() -> None:
+            try:
+                pump.run()
+            except BaseException as exc:  # reported by stop()
+                self._thread_error.append(exc)
+
+        self._thread = threading.Thread(target=body, name="flowtrace-capture", daemon=True)
+        self._thread.start()
+
+    def _start_workers(self) -> None:
+        parent = os.getpid()
+        for worker in range(self.workers):
+            indexes = list(range(worker, len(self.points), self.workers))
+            pump = self._pump(indexes, parent)
+            # Hold Ctrl-C and SIGTERM until the worker has its own handlers.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+            try:
+                pid = os.fork()
+                if pid == 0:  # the worker: never returns
+                    _worker_main(pump, held)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            self._worker_pids[pid] = indexes
+
+    def stop(self) -> None:
+        """Stop the intake, drain, collect the final counters, append one ISB per point.
+
+        Frames that crossed a point before stop() was called are kept; none after.
+        Idempotent; safe to call from a finally after Ctrl-C.
+        """
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        counters = self._counters
+        try:
+            for ring in self._rings:
+                ring.shut_intake()
+            if self._wake is not None:
+                os.write(self._wake[1], b"x")
+            drain_s = (2 * self.geometry.retire_ms + 50) / 1000
+            if self._thread is not None:
+                self._thread.join(drain_s + STATS_INTERVAL_S + 5)
+            self._reap_workers(drain_s + STATS_INTERVAL_S + 5)
+            if counters is not None:
+                for index, ring in enumerate(self._rings):
+                    received, dropped = ring.read_stats()
+                    counters.add(index, _RECEIVED, received)
+                    counters.add(index, _DROPPED, dropped)
+                if self._out_fd is not None and not counters.write_error:
+                    self._write_statistics(counters)
+        finally:
+            self._release(counters)
+        if self._thread_error:
+            raise self._thread_error[0]
+        if self._write_failure:
+            raise FlowtraceError(f"cannot write {self.output}: {os.strerror(self._write_failure)}")
+
+    def _reap_workers(self, timeout_s: float) -> None:
+        """Wait for every worker; one that hangs is terminated, one that died is noted."""
+        deadline = time.monotonic() + timeout_s
+        for pid, indexes in self._worker_pids.items():
+            status = _wait_pid(pid, deadline)
+            if status is None:
+                os.kill(pid, signal.SIGKILL)
+                status = _wait_pid(pid, time.monotonic() + 5)
+            if status is not None and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+                names = ", ".join(self.points[i].id for i in indexes)
+                how = (
+                    f"signal {os.WTERMSIG(status)}"
+                    if os.WIFSIGNALED(status)
+                    else f"status {os.waitstatus_to_exitcode(status)}"
+                )
+                self._notes.append(f"the capture worker for {names} died ({how})")
+
+    def _write_statistics(self, counters: _SharedCounters) -> None:
+        now = time.time_ns()
+        blocks = []
+        for index, point in enumerate(self.points):
+            state = counters.get(index, _STATE)
+            blocks.append(
+                interface_statistics_block(
+                    index,
+                    now,
+                    counters.get(index, _RECEIVED),
+                    counters.get(index, _DROPPED),
+                    comment=f"{point.id} went away during the capture"
+                    if state == STATE_GONE
+                    else None,
+                )
+            )
+        assert self._out_fd is not None
+        _write_all(self._out_fd, b"".join(blocks))
+
+    def _release(self, counters: _SharedCounters | None) -> None:
+        self._write_failure = counters.write_error if counters is not None else 0
+        if counters is not None:
+            self._final = self._read_counters(counters)
+            self._final_states = [counters.get(i, _STATE) for i in range(len(self.points))]
+            counters.close()
+            self._counters = None
+        for ring in self._rings:
+            ring.close()
+        if self._out_fd is not None:
+            os.close(self._out_fd)
+            self._out_fd = None
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
+
+    def __enter__(self) -> CaptureSession:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- the `flowtrace capture` loop ---------------------------------------------------
+
+    def run(
+        self,
+        duration: float | None = None,
+        count: int | None = None,
+        on_tick: Callable[[list[PointStats]], None] | None = None,
+    ) -> list[PointStats]:
+        """Capture until `duration` seconds, at least `count` packets in all, or Ctrl-C.
+
+        Calls on_tick with live counters about twice a second; SIGTERM ends the run
+        like Ctrl-C.  Always stops the session and returns the final counters.
+        """
+        self.start()
+        deadline = None if duration is None else time.monotonic() + duration
+        next_tick = time.monotonic()
+        try:
+            with _sigterm_as_interrupt():
+                while True:
+                    stats = self.snapshot()
+                    now = time.monotonic()
+                    if on_tick is not None and now >= next_tick:
+                        on_tick(stats)
+                        next_tick = now + TICK_S
+                    if count is not None and sum(s.packets for s in stats) >= count:
+                        break
+                    if deadline is not None and now >= deadline:
+                        break
+                    if len(self.gone_points()) == len(self.points):
+                        break
+                    pause = 0.05 if deadline is None else min(0.05, max(0.0, deadline - now))
+                    time.sleep(pause)
+        except KeyboardInterrupt:
+            self.interrupted = True
+        finally:
+            self.stop()
+        return self.snapshot()
+
+    # --- what was seen ------------------------------------------------------------------
+
+    def snapshot(self) -> list[PointStats]:
+        """Live per-point counters: frames captured, bytes on the wire, kernel drops."""
+        if self._counters is not None:
+            return self._read_counters(self._counters)
+        if self._final is not None:
+            return list(self._final)
+        return [PointStats(point=p.id) for p in self.points]
+
+    def _read_counters(self, counters: _SharedCounters) -> list[PointStats]:
+        return [
+            PointStats(
+                point=point.id,
+                packets=counters.get(i, _CAPTURED),
+                drops=counters.get(i, _DROPPED),
+                bytes=counters.get(i, _BYTES),
+            )
+            for i, point in enumerate(self.points)
+        ]
+
+    def gone_points(self) -> list[str]:
+        """Ids of the points whose interface was deleted during the capture."""
+        if self._counters is not None:
+            states = [self._counters.get(i, _STATE) for i in range(len(self.points))]
+        else:
+            states = self._final_states
+        return [p.id for p, s in zip(self.points, states, strict=False) if s == STATE_GONE]
+
+    def notes(self) -> list[str]:
+        """Plain sentences about what went wrong on the way (gone interfaces, dead workers)."""
+        gone = [f"{point} went away during the capture" for point in self.gone_points()]
+        return gone + list(self._notes)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return list(self._worker_pids)
+
+    def frames(self, since: int = 0) -> list[Frame]:
+        """Frames read so far, from position `since` on, in the order read.
+
+        The order is the kernel's per point; points interleave block by block.
+        A poller that remembers how many it has seen passes that as `since`.
+        """
+        if not self.keep_frames:
+            raise RuntimeError("frames() needs CaptureSession(..., keep_frames=True)")
+        return self._frames[since:]
+
+
+def _worker_main(pump: _Pump, signal_mask: set[int | signal.Signals]) -> None:
+    """Body of a forked worker: Ctrl-C is the parent's business, SIGTERM stops cleanly."""
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: pump.request_stop())
+        signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
+        pump.run()
+        code = 0
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.write(2, traceback.format_exc().encode(errors="replace"))
+    finally:
+        os._exit(code)
+
+
+def _wait_pid(pid: int, deadline: float) -> int | None:
+    """waitpid with a deadline: the raw status, or None if still running."""
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While capturing from the main thread, SIGTERM ends the run like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _mac_bytes(mac: str | None) -> bytes | None:
+    """'02:42:ac:11:00:02' -> 6 bytes for if_MACaddr; anything else -> None."""
+    if not mac:
+        return None
+    try:
+        raw = bytes.fromhex(mac.replace(":", "").replace("-", ""))
+    except ValueError:
+        return None
+    return raw if len(raw) == 6 else None

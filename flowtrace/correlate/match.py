@@ -1,0 +1,315 @@
+"""Group sightings of one packet across observation points, as a stream.
+
+Input: sightings from every capture point (one shared kernel clock), in roughly
+time order: several capture processes append to one file, so order is only
+promised within half the window.  Output: Packets, each with its sightings in
+path order, its direction and the NAT rewrites between neighbouring sightings.
+
+Memory stays flat for endless input: a reorder buffer holds half a window of
+sightings, open packets live at most one window, and flows idle for longer than
+`flow_timeout_ns` are forgotten.  A packet comes out once nothing can join it any
+more: 1.5 windows of stream time after its first sighting.  A sighting later than
+half a window is still placed, but may start a packet of its own.
+
+Rules:
+- Sightings with the same fingerprint (fingerprint.py) belong to one packet while
+  they fall within `window_ns` of its first sighting.  A second sighting at a point
+  the packet was already seen at in the same direction starts a new packet (a
+  retransmission); the other way it is the same packet passing again (a loopback
+  device shows each packet outgoing then incoming; a bridge shows a hairpinned
+  packet going up and coming back).
+- Direction follows conntrack: a packet's flow tuple is its tuple at its first
+  point; it is a reply when that tuple is the reverse of a request's tuple at any
+  point (its last point, once NAT has been applied).  Echo requests and SYNs are
+  requests and echo replies and SYN-ACKs replies whatever came before; an ICMP
+  error answers the packet it quotes; otherwise the side that sent a flow's first
+  packet is its requester.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+
+from flowtrace.correlate.fingerprint import fingerprint
+from flowtrace.correlate.nat import Rewrite, nat_events, undo_rewrites
+from flowtrace.model import Direction, Headers, NatEvent, NatKind, Packet, Sighting
+
+DEFAULT_WINDOW_NS = 2_000_000_000
+DEFAULT_FLOW_TIMEOUT_NS = 300_000_000_000
+#: Without direction flags, a loopback device's two sightings of one packet are told
+#: from a retransmission by the time between them: microseconds against milliseconds.
+LOOPBACK_TWIN_NS = 1_000_000
+
+_NAT_MEMO_LIMIT = 1 << 14
+
+_TCP_SYN = 0x02
+_TCP_ACK = 0x10
+_ECHO_REQUESTS = {1: frozenset((8, 13, 15, 17)), 58: frozenset((128,))}
+_ECHO_REPLIES = {1: frozenset((0, 14, 16, 18)), 58: frozenset((129,))}
+
+FlowTuple = tuple[int, str, int | None, str, int | None]
+
+
+def flow_tuple(h: Headers) -> FlowTuple:
+    """(protocol, source, source port, destination, destination port) as conntrack keys it.
+
+    The ICMP echo identifier stands for both ports, so a reply's tuple is the exact
+    reverse of its request's.
+    """
+    if h.icmp_id is not None:
+        return (h.proto, h.src, h.icmp_id, h.dst, h.icmp_id)
+    return (h.proto, h.src, h.sport, h.dst, h.dport)
+
+
+def _reverse(t: FlowTuple) -> FlowTuple:
+    return (t[0], t[3], t[4], t[1], t[2])
+
+
+class _Building:
+    """A packet still collecting sightings."""
+
+    __slots__ = ("at", "first_ns", "key", "sightings", "twice")
+
+    def __init__(self, key: Hashable, first: Sighting) -> None:
+        self.key = key
+        self.first_ns = first.time_ns
+        self.sightings = [first]
+        self.at = {first.point: first}  # the first sighting at each point
+        self.twice: set[str] = set()  # points that saw it a second time
+
+    def take(self, s: Sighting) -> bool:
+        """Add s if it can be another sighting of this packet; False if it starts a new one."""
+        earlier = self.at.get(s.point)
+        if earlier is None:
+            self.at[s.point] = s
+        elif s.point in self.twice or not _seen_again(earlier, s):
+            return False
+        else:
+            self.twice.add(s.point)
+        self.sightings.append(s)
+        return True
+
+
+def _seen_again(earlier: Sighting, s: Sighting) -> bool:
+    """s is the same packet passing a point it already passed, the other way.
+
+    A loopback device shows every packet twice (outgoing, then incoming), and a
+    bridge shows a hairpinned packet going up to the host and coming back down.
+    What looks the same at one point in the same direction is a retransmission,
+    and an exact reverse of the tuple (unless it is its own reverse, as on
+    loopback) is an answer.  Without direction flags only
+    the loopback case is recognised: the same tuple within LOOPBACK_TWIN_NS.
+    """
+    before, now = flow_tuple(earlier.headers), flow_tuple(s.headers)
+    if earlier.outbound is not None and s.outbound is not None:
+        answer = now != before and now == _reverse(before)
+        return earlier.outbound != s.outbound and not answer
+    return now == before and abs(s.time_ns - earlier.time_ns) <= LOOPBACK_TWIN_NS
+
+
+class _Flow:
+    """What is known about one connection: when last seen, and its request's rewrites."""
+
+    __slots__ = ("last_ns", "request_nat", "undone")
+
+    def __init__(self, now_ns: int) -> None:
+        self.last_ns = now_ns
+        self.request_nat: tuple[NatEvent, ...] = ()
+        self.undone: dict[Rewrite, NatKind] = {}  # what a reply's rewrite undoes
+
+
+class Correlator:
+    """Feed sightings one at a time; take packets as they complete.
+
+    `add` returns the packets that can no longer grow; `finish` returns the rest.
+    Packet ids are 1, 2, 3... in order of first sighting.
+    """
+
+    def __init__(
+        self,
+        point_order: Sequence[str] | None = None,
+        window_ns: int = DEFAULT_WINDOW_NS,
+        flow_timeout_ns: int = DEFAULT_FLOW_TIMEOUT_NS,
+    ) -> None:
+        if window_ns <= 0:
+            raise ValueError("window_ns must be positive")
+        self.window_ns = window_ns
+        self.flow_timeout_ns = flow_timeout_ns
+        self._disorder_ns = window_ns // 2
+        order = list(point_order or ())
+        self._rank = {p: i for i, p in enumerate(order)}
+        self._unranked = len(order)
+        # The reorder buffer: sightings that arrive in time order queue up; the few
+        # that arrive after a later one wait in a heap.
+        self._in_order: deque[Sighting] = deque()
+        self._late: list[tuple[int, int, Sighting]] = []
+        self._arrivals = 0
+        self._newest_ns: int | None = None
+        self._nat_memo: dict[tuple[object, ...], NatEvent] = {}
+        self._open: deque[_Building] = deque()  # by first sighting
+        self._latest: dict[Hashable, _Building] = {}  # newest open packet per fingerprint
+        self._requests: dict[FlowTuple, _Flow] = {}  # tuples a requester sends
+        self._replies: dict[FlowTuple, _Flow] = {}  # tuples its peer answers with
+        self._swept_ns: int | None = None
+        self._next_id = 1
+
+    @property
+    def held(self) -> int:
+        """Sightings held right now (buffered or in open packets): bounded by the window."""
+        buffered = len(self._in_order) + len(self._late)
+        return buffered + sum(len(b.sightings) for b in self._open)
+
+    @property
+    def flows(self) -> int:
+        """Flow tuples remembered for telling requests from replies."""
+        return len(self._requests)
+
+    def add(self, s: Sighting) -> list[Packet]:
+        """Take one sighting; return the packets it completed (often none)."""
+        t = s.time_ns
+        if self._newest_ns is None or t >= self._newest_ns:
+            self._newest_ns = t
+            self._in_order.append(s)
+        else:
+            heapq.heappush(self._late, (t, self._arrivals, s))
+            self._arrivals += 1
+        done: list[Packet] = []
+        self._release(self._newest_ns - self._disorder_ns, done)
+        return done
+
+    def finish(self) -> list[Packet]:
+        """End of input: place what is buffered and return every packet still open."""
+        done: list[Packet] = []
+        if self._newest_ns is not None:
+            self._release(self._newest_ns, done)
+        while self._open:
+            done.append(self._emit(self._open.popleft()))
+        return done
+
+    def _release(self, horizon_ns: int, done: list[Packet]) -> None:
+        """Place buffered sightings up to horizon_ns, merging the queue and the heap."""
+        in_order, late = self._in_order, self._late
+        while True:
+            if (
+                late
+                and late[0][0] <= horizon_ns
+                and (not in_order or late[0][0] < in_order[0].time_ns)
+            ):
+                self._place(heapq.heappop(late)[2], done)
+            elif in_order and in_order[0].time_ns <= horizon_ns:
+                self._place(in_order.popleft(), done)
+            else:
+                return
+
+    def _place(self, s: Sighting, done: list[Packet]) -> None:
+        """Put one sighting (in time order) into its packet, closing expired packets first."""
+        oldest_open = s.time_ns - self.window_ns
+        open_packets = self._open
+        while open_packets and open_packets[0].first_ns < oldest_open:
+            done.append(self._emit(open_packets.popleft()))
+        key = fingerprint(s.headers)
+        building = self._latest.get(key)
+        if building is None or not building.take(s):
+            building = self._latest[key] = _Building(key, s)
+            open_packets.append(building)
+
+    def _emit(self, building: _Building) -> Packet:
+        if self._latest.get(building.key) is building:
+            del self._latest[building.key]
+        sightings = building.sightings
+        rank, unranked = self._rank, self._unranked
+        if len(sightings) > 1:
+            sightings.sort(key=lambda s: (s.time_ns, rank.get(s.point, unranked), not s.outbound))
+        direction, flow = self._direction(sightings)
+        if direction == "reply" and len(sightings) > 1:
+            sightings.sort(key=lambda s: (s.time_ns, -rank.get(s.point, -1), not s.outbound))
+        if len(self._nat_memo) > _NAT_MEMO_LIMIT:
+            self._nat_memo.clear()
+        if direction == "request":
+            nat = nat_events(sightings, direction, None, self._nat_memo)
+            if nat and nat != flow.request_nat:
+                flow.request_nat = nat
+                flow.undone = undo_rewrites(nat)
+        else:
+            nat = nat_events(sightings, direction, flow.undone, self._nat_memo)
+        packet = Packet(self._next_id, direction, tuple(sightings), nat)
+        self._next_id += 1
+        return packet
+
+    # --- direction ------------------------------------------------------------------------
+
+    def _direction(self, sightings: list[Sighting]) -> tuple[Direction, _Flow]:
+        """Request or reply, and the flow the packet belongs to (registered as seen)."""
+        now = sightings[0].time_ns
+        self._sweep(now)
+        h = sightings[0].headers
+        if h.inner is not None:  # an ICMP error: it answers the packet it quotes
+            quoted = flow_tuple(h.inner)
+            flow = self._requests.get(quoted) or self._replies.get(quoted) or _Flow(now)
+            return ("request" if quoted in self._replies else "reply"), flow
+        first = flow_tuple(h)
+        direction = _direction_by_header(h)
+        if direction is None:
+            if first in self._requests:
+                direction = "request"
+            elif first in self._replies:
+                direction = "reply"
+            else:
+                direction = "request"  # the first packet of a flow names its requester
+        flow = self._requests.get(first) or self._replies.get(first) or _Flow(now)
+        flow.last_ns = now
+        self._register(sightings, direction, flow)
+        return direction, flow
+
+    def _register(self, sightings: Sequence[Sighting], direction: Direction, flow: _Flow) -> None:
+        """Remember every tuple the packet had along its path, and the reverse of each."""
+        same, other = (
+            (self._requests, self._replies)
+            if direction == "request"
+            else (self._replies, self._requests)
+        )
+        previous = None
+        for s in sightings:
+            t = flow_tuple(s.headers)
+            if t != previous:
+                same[t] = flow
+                other[_reverse(t)] = flow
+                previous = t
+
+    def _sweep(self, now_ns: int) -> None:
+        """Forget flows idle for longer than the flow timeout (amortised: every quarter)."""
+        if self._swept_ns is None:
+            self._swept_ns = now_ns
+            return
+        if now_ns - self._swept_ns < self.flow_timeout_ns // 4:
+            return
+        self._swept_ns = now_ns
+        oldest = now_ns - self.flow_timeout_ns
+        self._requests = {t: f for t, f in self._requests.items() if f.last_ns >= oldest}
+        self._replies = {t: f for t, f in self._replies.items() if f.last_ns >= oldest}
+
+
+def _direction_by_header(h: Headers) -> Direction | None:
+    """Echo requests and SYNs ask, echo replies and SYN-ACKs answer, whatever came before."""
+    if h.icmp_type is not None and h.proto in _ECHO_REQUESTS:
+        if h.icmp_type in _ECHO_REQUESTS[h.proto]:
+            return "request"
+        if h.icmp_type in _ECHO_REPLIES[h.proto]:
+            return "reply"
+    elif h.proto == 6 and h.tcp_flags is not None and h.tcp_flags & _TCP_SYN:
+        return "reply" if h.tcp_flags & _TCP_ACK else "request"
+    return None
+
+
+def correlate(
+    sightings: Iterable[Sighting],
+    point_order: Sequence[str] | None = None,
+    window_ns: int = DEFAULT_WINDOW_NS,
+) -> Iterator[Packet]:
+    """Group sightings into packets, yielding each once it can no longer grow."""
+    correlator = Correlator(point_order, window_ns)
+    for s in sightings:
+        yield from correlator.add(s)
+    yield from correlator.finish()

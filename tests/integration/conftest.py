@@ -1,0 +1,136 @@
+"""Shared fixtures for tests on the real kernel and Docker engine.
+
+`lab` brings the Docker lab up once per session and returns its LabState.  Several
+pytest sessions may run on one machine at once (several engineers, one dockerd), so
+each session holds a shared lock on LAB_USERS_LOCK while it uses the lab; the last
+session out takes the lab down, and only if the lab was not already up before it
+started.  Tests that take the lab down themselves ask for `lab_exclusive`: they run
+last in the session (after every test that relies on `lab`), wait until no other
+session uses the lab, and bring it back up when they finish.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from flowtrace import lab as lab_module
+from flowtrace.lab import LabState
+
+LAB_USERS_LOCK = "/run/lock/flowtrace-lab.users"
+#: How long a destructive lab test waits for other sessions to finish with the lab.
+EXCLUSIVE_WAIT_S = float(os.environ.get("FLOWTRACE_LAB_WAIT", "300"))
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "lab_destructive: takes the shared lab down; runs after every other test",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the tests that take the lab down after all the tests that rely on it."""
+    keep = [item for item in items if item.get_closest_marker("lab_destructive") is None]
+    last = [item for item in items if item.get_closest_marker("lab_destructive") is not None]
+    items[:] = keep + last
+
+
+@pytest.fixture(autouse=True)
+def _integration_needs_root(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("integration") and not is_root():
+        pytest.skip("integration test: needs root (namespaces, veths, the Docker engine)")
+
+
+@pytest.fixture(scope="session")
+def root() -> None:
+    """Skip (not fail) what needs root when the tests run as another user."""
+    if not is_root():
+        pytest.skip("needs root (namespaces, veths, the Docker engine)")
+
+
+class LabUsers:
+    """This session's hold on the lab: shared while testing, exclusive to take it down."""
+
+    def __init__(self) -> None:
+        os.makedirs(os.path.dirname(LAB_USERS_LOCK), exist_ok=True)
+        self._file = open(LAB_USERS_LOCK, "a")  # noqa: SIM115 - held for the whole session
+        fcntl.flock(self._file, fcntl.LOCK_SH)
+
+    def try_exclusive(self) -> bool:
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def exclusive(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while not self.try_exclusive():
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"another test session has used the flowtrace lab for over {wait_s:.0f} s "
+                    f"(it holds {LAB_USERS_LOCK}); set FLOWTRACE_LAB_WAIT to wait longer"
+                )
+            time.sleep(0.5)
+
+    def shared(self) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@pytest.fixture(scope="session")
+def lab_users(root: None) -> Iterator[LabUsers]:
+    users = LabUsers()
+    try:
+        yield users
+    finally:
+        users.close()
+
+
+@pytest.fixture(scope="session")
+def _lab_found_up(lab_users: LabUsers) -> bool:
+    """Whether the lab was whole before this session touched it."""
+    return lab_module.status().complete
+
+
+@pytest.fixture(scope="session")
+def lab(lab_users: LabUsers, _lab_found_up: bool) -> Iterator[LabState]:
+    """The lab, up for the whole session; taken down at the end if this session made it."""
+    state = lab_module.up()
+    yield state
+    if not _lab_found_up and lab_users.try_exclusive():
+        lab_module.down()
+
+
+@pytest.fixture
+def lab_now(lab: LabState) -> LabState:
+    """The lab as it is at this moment (container PIDs and ids can change)."""
+    state = lab_module.status()
+    return state if state.complete else lab_module.up()
+
+
+@pytest.fixture
+def lab_exclusive(lab: LabState, lab_users: LabUsers) -> Iterator[None]:
+    """Sole use of the lab for a test that takes it down; the lab is back up afterwards.
+
+    Mark such a test `lab_destructive` so it runs after the tests that rely on `lab`.
+    """
+    lab_users.exclusive(EXCLUSIVE_WAIT_S)
+    try:
+        yield
+    finally:
+        try:
+            lab_module.up()
+        finally:
+            lab_users.shared()

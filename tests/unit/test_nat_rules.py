@@ -1,0 +1,338 @@
+"""The iptables-save parser and rule attribution, on rulesets recorded from Docker 20.10 here.
+
+tests/data/iptables-save-docker-default.txt: `iptables-save` with only the default bridge.
+tests/data/iptables-save-docker-published.txt: plus a user network (br-ad42cc5d303a,
+10.231.7.0/24), a container publishing 8080->80/tcp (172.17.0.2) and one publishing
+5353/udp (10.231.7.2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowtrace.errors import MissingToolError
+from flowtrace.model import Address, NatEvent
+from flowtrace.topology.nat_rules import (
+    PacketView,
+    RulesetFormatError,
+    attribute,
+    explains,
+    find_drop_rule,
+    parse_iptables_save,
+    parse_rule,
+    read_ruleset,
+    rule_matches,
+)
+
+DATA = Path(__file__).parent.parent / "data"
+DEFAULT = parse_iptables_save((DATA / "iptables-save-docker-default.txt").read_text())
+PUBLISHED = parse_iptables_save((DATA / "iptables-save-docker-published.txt").read_text())
+USER_BRIDGE = "br-ad42cc5d303a"
+HOST = {"198.51.100.1", "172.17.0.1", "10.231.7.1", "127.0.0.1"}  # the host's addresses
+
+MASQUERADE_DEFAULT = "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
+PUBLISH_8080 = (
+    "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
+)
+
+
+def snat(before: Address, after: Address) -> NatEvent:
+    return NatEvent("SNAT", ("host/docker0", "host/eth0"), before, after)
+
+
+def dnat(before: Address, after: Address) -> NatEvent:
+    return NatEvent("DNAT", ("host/eth0", "host/docker0"), before, after)
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def test_recorded_default_ruleset_tables_chains_and_policies() -> None:
+    assert set(DEFAULT.tables) == {"filter", "nat"}
+    nat = DEFAULT.nat.chains
+    assert list(nat) == ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "DOCKER"]
+    assert nat["PREROUTING"].policy == "ACCEPT" and nat["DOCKER"].policy is None
+    assert DEFAULT.filter.chains["FORWARD"].policy == "DROP"
+    assert [r.text for r in DEFAULT.rules("nat")] == [
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+        "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER",
+        MASQUERADE_DEFAULT,
+        "-A DOCKER -i docker0 -j RETURN",
+    ]
+    assert len(DEFAULT.rules("filter")) == 11
+
+
+def test_matches_and_targets_are_parsed() -> None:
+    masquerade = DEFAULT.nat.chains["POSTROUTING"].rules[0]
+    assert masquerade.target == "MASQUERADE"
+    assert [(c.kind, c.negated, c.text) for c in masquerade.criteria] == [
+        ("source", False, "-s 172.17.0.0/16"),
+        ("out", True, "! -o docker0"),
+    ]
+    publish = PUBLISHED.nat.chains["DOCKER"].rules[2]
+    assert publish.text == PUBLISH_8080
+    assert publish.option("--to-destination") == "172.17.0.2:80"
+    assert [(c.kind, c.negated) for c in publish.criteria] == [
+        ("in", True),
+        ("proto", False),
+        ("dport", False),
+    ]
+    local = DEFAULT.nat.chains["OUTPUT"].rules[0]
+    assert [(c.kind, c.negated, c.names) for c in local.criteria][1] == (
+        "dst-type",
+        False,
+        ("LOCAL",),
+    )
+    established = DEFAULT.filter.chains["FORWARD"].rules[2]
+    assert established.criteria[1].kind == "ctstate"
+    assert established.criteria[1].names == ("RELATED", "ESTABLISHED")
+
+
+def test_comments_counters_multiport_and_unknown_matches() -> None:
+    rule = parse_rule(
+        "[12:3456] -A PREROUTING -i eth0 -p tcp -m multiport --dports 80,443,8000:8100 "
+        '-m mark ! --mark 0x1 -m comment --comment "web: to the lb" -j DNAT '
+        "--to-destination 10.0.0.5-10.0.0.7"
+    )
+    assert rule.chain == "PREROUTING" and rule.comment == "web: to the lb"
+    assert rule.text.startswith("-A PREROUTING -i eth0")
+    kinds = [(c.kind, c.negated) for c in rule.criteria]
+    assert kinds == [("in", False), ("proto", False), ("dport", False), ("unknown", True)]
+    assert rule.criteria[2].ports == ((80, 80), (443, 443), (8000, 8100))
+    assert parse_rule("-A X -p udp --sport 1024: -j RETURN").criteria[1].ports == ((1024, 65535),)
+
+
+def test_malformed_input_is_a_clear_error() -> None:
+    with pytest.raises(RulesetFormatError, match="outside a table"):
+        parse_iptables_save("-A POSTROUTING -j MASQUERADE\n")
+    with pytest.raises(RulesetFormatError, match="cannot read"):
+        parse_iptables_save("*nat\n:POSTROUTING ACCEPT [0:0]\nbogus line\nCOMMIT\n")
+    with pytest.raises(RulesetFormatError):
+        parse_rule('-A X -m comment --comment "unterminated')
+    assert parse_iptables_save("").tables == {}
+    assert parse_iptables_save("").nat.chains == {}
+
+
+# --- NAT attribution ----------------------------------------------------------------------
+
+
+def test_masquerade_of_a_container_going_out() -> None:
+    event = snat(Address("172.17.0.2", 7), Address("198.51.100.1", 7))
+    assert attribute(DEFAULT, event, "icmp", None, "eth0", HOST) == MASQUERADE_DEFAULT
+    assert attribute(PUBLISHED, event, "icmp", None, "eth0", HOST) == MASQUERADE_DEFAULT
+
+
+def test_masquerade_of_the_user_network() -> None:
+    event = snat(Address("10.231.7.2", 40000), Address("198.51.100.1", 40000))
+    assert attribute(PUBLISHED, event, "tcp", None, "eth0", HOST) == (
+        f"-A POSTROUTING -s 10.231.7.0/24 ! -o {USER_BRIDGE} -j MASQUERADE"
+    )
+
+
+def test_masquerade_must_use_an_address_of_the_namespace() -> None:
+    event = snat(Address("172.17.0.2", 7), Address("203.0.113.50", 7))
+    assert attribute(DEFAULT, event, "icmp", None, "eth0", HOST) is None
+    # Without the namespace's addresses the rule cannot be checked, and is taken.
+    assert attribute(DEFAULT, event, "icmp", None, "eth0") == MASQUERADE_DEFAULT
+
+
+def test_no_masquerade_between_containers_on_the_bridge() -> None:
+    event = snat(Address("172.17.0.2", 7), Address("172.17.0.1", 7))
+    assert attribute(DEFAULT, event, "icmp", None, "docker0", HOST) is None
+
+
+def test_published_port_dnat_from_outside() -> None:
+    event = dnat(Address("198.51.100.1", 8080), Address("172.17.0.2", 80))
+    peer = Address("203.0.113.2", 5555)
+    assert attribute(PUBLISHED, event, "tcp", "eth0", None, HOST, peer=peer) == PUBLISH_8080
+    # The udp rule of the user network explains nothing here; the wrong port neither.
+    assert attribute(PUBLISHED, event, "udp", "eth0", None, HOST, peer=peer) is None
+    wrong_port = dnat(Address("198.51.100.1", 8081), Address("172.17.0.2", 80))
+    assert attribute(PUBLISHED, wrong_port, "tcp", "eth0", None, HOST, peer=peer) is None
+
+
+def test_published_port_dnat_for_a_locally_generated_packet_uses_output() -> None:
+    event = dnat(Address("198.51.100.1", 8080), Address("172.17.0.2", 80))
+    assert attribute(PUBLISHED, event, "tcp", None, "docker0", HOST) == PUBLISH_8080
+    loopback = dnat(Address("127.0.0.1", 8080), Address("172.17.0.2", 80))
+    assert attribute(PUBLISHED, loopback, "tcp", None, "lo", HOST) is None  # ! -d 127.0.0.0/8
+
+
+def test_return_from_docker0_hides_the_publishing_rule() -> None:
+    event = dnat(Address("172.17.0.1", 8080), Address("172.17.0.2", 80))
+    assert attribute(PUBLISHED, event, "tcp", "docker0", None, HOST) is None
+
+
+def test_dst_type_local_needs_a_local_destination() -> None:
+    event = dnat(Address("203.0.113.77", 8080), Address("172.17.0.2", 80))
+    assert attribute(PUBLISHED, event, "tcp", "eth0", None, HOST) is None
+    # With the addresses unknown it may be local: the rule is still the best answer.
+    assert attribute(PUBLISHED, event, "tcp", "eth0", None) == PUBLISH_8080
+
+
+def test_hairpin_masquerade_rule_of_a_published_port() -> None:
+    event = NatEvent(
+        "SNAT",
+        ("host/docker0", "host/veth"),
+        Address("172.17.0.2", 41000),
+        Address("172.17.0.1", 41000),
+    )
+    rule = attribute(PUBLISHED, event, "tcp", None, "docker0", HOST, peer=Address("172.17.0.2", 80))
+    assert rule == (
+        "-A POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE"
+    )
+
+
+HANDWRITTEN = parse_iptables_save("""
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:LB - [0:0]
+:SKIP - [0:0]
+-A PREROUTING -p tcp -m mark --mark 0x9 -j RETURN
+-A PREROUTING -p tcp --dport 80 -g LB
+-A PREROUTING -p tcp --dport 80 -j DNAT --to-destination 10.0.0.80
+-A PREROUTING -p tcp --dport 81 -j ACCEPT
+-A PREROUTING -p tcp --dport 81 -j DNAT --to-destination 10.0.0.81
+-A PREROUTING -p tcp --dport 82 -j REDIRECT --to-ports 3128
+-A PREROUTING -d 203.0.113.0/24 -j NETMAP --to 10.9.0.0/24
+-A LB -s 203.0.113.0/24 -j SKIP
+-A LB -p tcp -j DNAT --to-destination 10.0.0.5-10.0.0.7:8000-8010
+-A SKIP -j RETURN
+-A POSTROUTING -o eth1 -p udp -j SNAT --to-source 198.51.100.20-198.51.100.29:1024-2047
+-A POSTROUTING -o eth1 -j SNAT --to-source 198.51.100.9
+-A POSTROUTING -o eth2 -j MASQUERADE --to-ports 30000-31000
+COMMIT
+""")
+
+
+def test_a_maybe_match_does_not_hide_later_rules_but_can_be_the_answer() -> None:
+    # `-m mark` cannot be evaluated: its RETURN must not stop the walk.
+    event = dnat(Address("198.51.100.1", 80), Address("10.0.0.6", 8005))
+    rule = attribute(HANDWRITTEN, event, "tcp", "eth0", None, peer=Address("192.168.1.9", 999))
+    assert rule == "-A LB -p tcp -j DNAT --to-destination 10.0.0.5-10.0.0.7:8000-8010"
+
+
+def test_ranges_in_dnat_and_snat_targets() -> None:
+    outside = dnat(Address("198.51.100.1", 80), Address("10.0.0.8", 8005))
+    assert attribute(HANDWRITTEN, outside, "tcp", "eth0", None) is None  # 10.0.0.8 not in range
+    udp = snat(Address("10.0.0.3", 5000), Address("198.51.100.25", 1500))
+    assert attribute(HANDWRITTEN, udp, "udp", None, "eth1") == (
+        "-A POSTROUTING -o eth1 -p udp -j SNAT --to-source 198.51.100.20-198.51.100.29:1024-2047"
+    )
+    tcp = snat(Address("10.0.0.3", 5000), Address("198.51.100.9", 5000))
+    assert attribute(HANDWRITTEN, tcp, "tcp", None, "eth1") == (
+        "-A POSTROUTING -o eth1 -j SNAT --to-source 198.51.100.9"
+    )
+
+
+def test_accept_in_the_nat_table_ends_the_walk() -> None:
+    event = dnat(Address("198.51.100.1", 81), Address("10.0.0.81", 81))
+    assert attribute(HANDWRITTEN, event, "tcp", "eth0", None) is None
+
+
+def test_goto_chain_returns_to_the_callers_caller() -> None:
+    # From 203.0.113.0/24, LB jumps to SKIP, which returns; LB carries on to its DNAT.
+    event = dnat(Address("198.51.100.1", 80), Address("10.0.0.5", 8000))
+    peer = Address("203.0.113.4", 1234)
+    assert attribute(HANDWRITTEN, event, "tcp", "eth0", None, peer=peer) == (
+        "-A LB -p tcp -j DNAT --to-destination 10.0.0.5-10.0.0.7:8000-8010"
+    )
+    # When LB (reached by -g) ends, PREROUTING does not go on: its next DNAT never runs.
+    unreachable = dnat(Address("198.51.100.1", 80), Address("10.0.0.80", 80))
+    assert attribute(HANDWRITTEN, unreachable, "tcp", "eth0", None, peer=peer) is None
+
+
+def test_redirect_netmap_and_masquerade_port_ranges() -> None:
+    redirect = dnat(Address("203.0.113.9", 82), Address("198.51.100.1", 3128))
+    assert attribute(HANDWRITTEN, redirect, "tcp", "eth0", None, HOST) == (
+        "-A PREROUTING -p tcp --dport 82 -j REDIRECT --to-ports 3128"
+    )
+    netmap = dnat(Address("203.0.113.17", None), Address("10.9.0.17", None))
+    assert attribute(HANDWRITTEN, netmap, "icmp", "eth0", None) == (
+        "-A PREROUTING -d 203.0.113.0/24 -j NETMAP --to 10.9.0.0/24"
+    )
+    masquerade = snat(Address("10.0.0.3", 5000), Address("198.51.100.1", 30500))
+    assert attribute(HANDWRITTEN, masquerade, "tcp", None, "eth2", HOST) is not None
+    off_range = snat(Address("10.0.0.3", 5000), Address("198.51.100.1", 5000))
+    assert attribute(HANDWRITTEN, off_range, "tcp", None, "eth2", HOST) is None
+
+
+def test_explains_compares_kinds_and_values() -> None:
+    (rule,) = [r for r in PUBLISHED.rules("nat") if r.text == PUBLISH_8080]
+    good = dnat(Address("198.51.100.1", 8080), Address("172.17.0.2", 80))
+    assert explains(rule, good)
+    assert not explains(rule, snat(good.before, good.after))
+    assert not explains(rule, dnat(good.before, Address("172.17.0.2", 81)))
+
+
+def test_rule_matching_is_three_valued() -> None:
+    rule = parse_rule("-A X -s 10.0.0.0/8 ! -i docker0 -p tcp --dport 80 -m set --match-set a src")
+    assert rule_matches(rule, PacketView(6, "10.1.2.3", None, 1, 80, "eth0")) is None
+    assert rule_matches(rule, PacketView(6, "11.1.2.3", None, 1, 80, "eth0")) is False
+    assert rule_matches(rule, PacketView(6, "10.1.2.3", None, 1, 80, "docker0")) is False
+    wildcard = parse_rule("-A X -i veth+ -j ACCEPT")
+    assert rule_matches(wildcard, PacketView(6, in_iface="veth1a2b")) is True
+    assert rule_matches(wildcard, PacketView(6, in_iface=None)) is False
+
+
+# --- drop attribution ---------------------------------------------------------------------
+
+
+def test_isolation_between_two_docker_networks_drops() -> None:
+    rule = find_drop_rule(
+        PUBLISHED, "tcp", "10.231.7.2", "172.17.0.2", 40000, 80, USER_BRIDGE, "docker0"
+    )
+    assert rule == "-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP"
+
+
+def test_unpublished_port_from_outside_falls_to_the_forward_policy() -> None:
+    rule = find_drop_rule(
+        PUBLISHED, "tcp", "203.0.113.2", "172.17.0.2", 5555, 81, "eth0", "docker0"
+    )
+    assert rule == "-P FORWARD DROP"
+    published = find_drop_rule(
+        PUBLISHED, "tcp", "203.0.113.2", "172.17.0.2", 5555, 80, "eth0", "docker0"
+    )
+    assert published is None
+    answer = find_drop_rule(
+        PUBLISHED,
+        "tcp",
+        "203.0.113.2",
+        "172.17.0.2",
+        5555,
+        81,
+        "eth0",
+        "docker0",
+        ctstate="ESTABLISHED",
+    )
+    assert answer is None
+
+
+def test_input_and_output_chains_and_reject() -> None:
+    ruleset = parse_iptables_save(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        "-A INPUT -p tcp --dport 22 -j REJECT --reject-with tcp-reset\n"
+        "-A OUTPUT -d 203.0.113.0/24 -j DROP\nCOMMIT\n"
+    )
+    assert find_drop_rule(ruleset, "tcp", "203.0.113.2", "198.51.100.1", 1, 22, "eth0", None) == (
+        "-A INPUT -p tcp --dport 22 -j REJECT --reject-with tcp-reset"
+    )
+    assert find_drop_rule(ruleset, "udp", "198.51.100.1", "203.0.113.2", 1, 53, None, "eth0") == (
+        "-A OUTPUT -d 203.0.113.0/24 -j DROP"
+    )
+    assert (
+        find_drop_rule(ruleset, "tcp", "203.0.113.2", "198.51.100.1", 1, 23, "eth0", None) is None
+    )
+
+
+def test_missing_iptables_save_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without iptables-save
+    with pytest.raises(MissingToolError, match="iptables-save is not installed"):
+        read_ruleset("/proc/self/ns/net")
