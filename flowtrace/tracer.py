@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from flowtrace.output.traceset import TraceRecorder
 
 POLL_S = 0.002
-RETIRE_MS = 2  # ring blocks hand over frames at least this often
+RETIRE_MS = 4  # ring blocks hand over frames at least this often
 SETTLE_S = 0.03  # after the answer: let the other rings hand over their frames
 
 
@@ -59,7 +59,7 @@ class Tracer:
             None,
             keep_frames=True,
             workers=0,
-            ring_mb=4,
+            ring_mb=2,
             retire_ms=RETIRE_MS,
         )
         interrupted = False

@@ -51,8 +51,10 @@ MIB = 1 << 20
 CAPTURE_RING_MB = 32
 CAPTURE_RETIRE_MS = 60
 #: Tracing: a few MB and blocks that retire quickly, so probes show up at once.
-TRACE_RING_MB = 4
+TRACE_RING_MB = 2
 TRACE_RETIRE_MS = 8
+#: 16 KiB blocks: 2 MB hold 128 of them, so the tracer may stall 128 x retire_ms.
+TRACE_BLOCK_SIZE = 16 * 1024
 
 # struct tpacket_req3: block size, block count, frame size, frame count,
 # retire_blk_tov (ms), sizeof_priv, feature_req_word.
@@ -84,7 +86,9 @@ class RingGeometry:
     frame_size: int = 2048
 
     @classmethod
-    def for_size(cls, ring_mb: float, retire_ms: int) -> RingGeometry:
+    def for_size(
+        cls, ring_mb: float, retire_ms: int, block_size: int | None = None
+    ) -> RingGeometry:
         """Many modest blocks rather than a few big ones.
 
         The kernel retires a block when it is full *or* retire_ms after it was
@@ -92,11 +96,14 @@ class RingGeometry:
         number of blocks times retire_ms is how long a reader may stall before the
         kernel drops.  256 KiB blocks (128 in a 32 MB ring: 7.7 s at 60 ms) for
         bulk rings, 128 KiB for small ones; either holds a 64 KiB GSO frame whole.
+        The tracer asks for small blocks: its probes are small, and many blocks
+        let it stall longer while allocating (and freeing) less.
         """
         if ring_mb <= 0 or retire_ms <= 0:
             raise ValueError("ring size and retire timeout must be positive")
         ring_bytes = int(ring_mb * MIB)
-        block_size = MIB // 4 if ring_bytes >= 16 * MIB else MIB // 8
+        if block_size is None:
+            block_size = MIB // 4 if ring_bytes >= 16 * MIB else MIB // 8
         return cls(block_size, max(2, ring_bytes // block_size), retire_ms)
 
     @property

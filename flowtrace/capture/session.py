@@ -35,6 +35,7 @@ from flowtrace.capture.bpf import DEFAULT_SNAPLEN, compile_filter
 from flowtrace.capture.ring import (
     CAPTURE_RETIRE_MS,
     CAPTURE_RING_MB,
+    TRACE_BLOCK_SIZE,
     TRACE_RETIRE_MS,
     TRACE_RING_MB,
     PacketRing,
@@ -266,6 +267,7 @@ class CaptureSession:
             retire_ms
             if retire_ms is not None
             else (TRACE_RETIRE_MS if keep_frames else CAPTURE_RETIRE_MS),
+            TRACE_BLOCK_SIZE if keep_frames else None,
         )
         # Compile now: a bad expression fails before anything is opened.
         self._programs = {
@@ -455,8 +457,12 @@ class CaptureSession:
             self._final_states = [counters.get(i, _STATE) for i in range(len(self.points))]
             counters.close()
             self._counters = None
-        for ring in self._rings:
-            ring.close()
+        # Closing a packet socket waits for an RCU grace period: close them side by side.
+        closers = [threading.Thread(target=ring.close) for ring in self._rings]
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join()
         if self._out_fd is not None:
             os.close(self._out_fd)
             self._out_fd = None

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, Verdict
+from flowtrace.output.frames import nat_label
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
 
@@ -36,8 +37,7 @@ def endpoint_text(s: Sighting, which: str, icmp_id: int | None = None) -> str:
 
 
 def nat_text(ev: NatEvent) -> str:
-    rev = f" (undoes {ev.reverse_of})" if ev.reverse_of else ""
-    return f"{ev.kind} {ev.before} -> {ev.after}{rev}"
+    return nat_label(ev)
 
 
 def describe(s: Sighting) -> str:
@@ -54,45 +54,52 @@ def describe(s: Sighting) -> str:
     return h.proto_name
 
 
-def packet_table(pkt: Packet, points: dict[str, Point]) -> Table:
+def packet_table(pkt: Packet, points: dict[str, Point]) -> Text:
+    """One packet hop by hop, as aligned plain lines; a rewrite is shown under its hop.
+
+    Plain lines rather than a table: a NAT line would squeeze a table column into
+    unreadable shreds on an 80-column terminal.
+    """
     first = pkt.first.headers
     title = f"packet {pkt.packet_id}: {pkt.direction}, {describe(pkt.first)}"
     if first.icmp_id is not None and first.icmp_type in (0, 8):
         title += f" id={first.icmp_id}"
-    table = Table(
-        title=title,
-        title_justify="left",
-        show_edge=False,
-        pad_edge=False,
-        box=None,
-        header_style="bold",
-    )
-    table.add_column("#", justify="right")
-    table.add_column("point", no_wrap=True)
-    table.add_column("role", no_wrap=True)
-    table.add_column("t µs", justify="right", no_wrap=True)
-    table.add_column("Δ µs", justify="right", no_wrap=True)
-    table.add_column("src -> dst", no_wrap=True)
-    if pkt.nat:
-        table.add_column("rewritten here")
     start = pkt.first.time_ns
+    rows = []
     prev: Sighting | None = None
     for i, s in enumerate(pkt.sightings, 1):
         point = points.get(s.point)
-        changes = [nat_text(ev) for ev in pkt.nat if ev.between[1] == s.point]
-        cells: list[str | Text] = [
-            str(i),
-            s.point,
-            point.role if point is not None else "",
-            _us(s.time_ns - start),
-            "" if prev is None else _us(s.time_ns - prev.time_ns),
-            f"{endpoint_text(s, 'src', first.icmp_id)} -> {endpoint_text(s, 'dst', first.icmp_id)}",
-        ]
-        if pkt.nat:
-            cells.append(Text("; ".join(changes), style="bold yellow") if changes else "")
-        table.add_row(*cells)
+        rows.append(
+            (
+                str(i),
+                s.point,
+                point.role if point is not None else "",
+                _us(s.time_ns - start),
+                "" if prev is None else _us(s.time_ns - prev.time_ns),
+                f"{endpoint_text(s, 'src', first.icmp_id)} -> {endpoint_text(s, 'dst', first.icmp_id)}",
+            )
+        )
         prev = s
-    return table
+    header = ("#", "point", "role", "t µs", "Δ µs", "src -> dst")
+    widths = [max(len(r[c]) for r in [*rows, header]) for c in range(len(header))]
+    right = {0, 3, 4}
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if k in right else c.ljust(w)
+            for k, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = Text(title + "\n", style="bold")
+    out.append(line(header) + "\n", style="dim")
+    indent = sum(widths[:5]) + 2 * 5
+    for s, row in zip(pkt.sightings, rows, strict=True):
+        out.append(line(row) + "\n")
+        for ev in pkt.nat:
+            if ev.between[1] == s.point:
+                out.append(" " * indent + "^ " + nat_text(ev) + "\n", style="bold yellow")
+    out.rstrip()
+    return out
 
 
 def verdict_line(v: Verdict) -> Text:
@@ -105,6 +112,11 @@ def _nat_details(events: Iterable[NatEvent]) -> list[str]:
     lines = []
     for ev in events:
         lines.append(f"{nat_text(ev)} between {ev.between[0]} and {ev.between[1]}")
+        if ev.reverse_of:
+            lines.append(
+                f"    the reply's rewrite undoes the {ev.reverse_of} above (same conntrack entry)"
+            )
+            continue
         if ev.rule:
             lines.append(f"    rule:      {ev.rule}")
         if ev.conntrack:
@@ -185,16 +197,15 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
             if full:
                 console.print()
             console.print(verdict_line(verdicts[probe]))
-        for line in _nat_details(
-            ev
-            for pkt in packets
-            for ev in pkt.nat
-            if (ev.kind, ev.between[0], ev.between[1]) not in shown_events
-        ):
-            console.print(line, style="yellow")
+        fresh: list[NatEvent] = []
         for pkt in packets:
             for ev in pkt.nat:
-                shown_events.add((ev.kind, ev.between[0], ev.between[1]))
+                key = (ev.kind, ev.between[0], ev.between[1])
+                if key not in shown_events:
+                    shown_events.add(key)
+                    fresh.append(ev)
+        for line in _nat_details(fresh):
+            console.print(line, style="yellow")
     for probe, verdict in sorted(verdicts.items()):
         if probe not in by_probe:
             console.print(verdict_line(verdict))
