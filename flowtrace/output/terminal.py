@@ -76,7 +76,8 @@ def packet_table(pkt: Packet, points: dict[str, Point]) -> Text:
                 point.role if point is not None else "",
                 _us(s.time_ns - start),
                 "" if prev is None else _us(s.time_ns - prev.time_ns),
-                f"{endpoint_text(s, 'src', first.icmp_id)} -> {endpoint_text(s, 'dst', first.icmp_id)}",
+                f"{endpoint_text(s, 'src', first.icmp_id)} -> "
+                f"{endpoint_text(s, 'dst', first.icmp_id)}",
             )
         )
         prev = s
