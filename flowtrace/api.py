@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flowtrace.errors import FlowtraceError, NoPathError
+from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
 from flowtrace.model import Endpoint, Namespace, Point, Trace
 from flowtrace.probe import ProbeKind
 
@@ -114,9 +114,11 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
     src = resolve(src_spec)
     dst = resolve(dst_spec, allow_port=True)
     if kind in ("tcp", "udp") and dst.port is None:
-        raise FlowtraceError(f"{kind} needs a destination port: {dst_spec}:PORT")
+        raise FlowtraceError(f"{kind} needs a destination port: {dst_spec}:PORT", ExitStatus.USAGE)
     if kind == "icmp" and dst.port is not None:
-        raise FlowtraceError(f"ping takes no port ({dst_spec}): use flowtrace tcp for ports")
+        raise FlowtraceError(
+            f"ping takes no port ({dst_spec}): use flowtrace tcp for ports", ExitStatus.USAGE
+        )
     view = LiveView()
     dst_ip = choose_destination_ip(view, src.netns, dst)
     plan = plan_path(view, src.netns, dst_ip, dst.port, docker_redirect(kind))

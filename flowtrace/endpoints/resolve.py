@@ -12,7 +12,7 @@ import re
 from dataclasses import replace
 
 from flowtrace.endpoints.netns import HOST_NETNS, netns_inode
-from flowtrace.errors import FlowtraceError, NotFoundError, NotRootError
+from flowtrace.errors import ExitStatus, FlowtraceError, NotFoundError, NotRootError
 from flowtrace.model import Endpoint, Namespace
 
 NETNS_RUN_DIR = "/run/netns"
@@ -26,7 +26,9 @@ def split_port(spec: str) -> tuple[str, int | None]:
         return spec, None
     if head.startswith(("netns:", "pid:")) or head.count(":") == 0:
         if not tail.isdigit() or not 0 < int(tail) < 65536:
-            raise FlowtraceError(f"bad port {tail!r} in {spec!r}: give a number from 1 to 65535")
+            raise FlowtraceError(
+                f"bad port {tail!r} in {spec!r}: give a number from 1 to 65535", ExitStatus.USAGE
+            )
         return head, int(tail)
     return spec, None
 
@@ -49,7 +51,7 @@ def _named_netns(name: str) -> Namespace:
 
 def _pid_netns(pid_text: str) -> Namespace:
     if not pid_text.isdigit():
-        raise FlowtraceError(f"bad process id {pid_text!r}: pid:N takes a number")
+        raise FlowtraceError(f"bad process id {pid_text!r}: pid:N takes a number", ExitStatus.USAGE)
     path = f"/proc/{int(pid_text)}/ns/net"
     if not os.path.exists(f"/proc/{int(pid_text)}"):
         raise NotFoundError(f"no process with pid {pid_text}")
@@ -123,10 +125,14 @@ def resolve(spec: str, *, allow_port: bool = False) -> Endpoint:
     _require_root()
     name, port = split_port(spec.strip())
     if port is not None and not allow_port:
-        raise FlowtraceError(f"{spec!r}: a port only makes sense for tcp/udp destinations")
+        raise FlowtraceError(
+            f"{spec!r}: a port only makes sense for tcp/udp destinations", ExitStatus.USAGE
+        )
     notes: tuple[str, ...] = ()
     if not name:
-        raise FlowtraceError("empty endpoint: give a container, host, netns:NAME, pid:N or an IP")
+        raise FlowtraceError(
+            "empty endpoint: give a container, host, netns:NAME, pid:N or an IP", ExitStatus.USAGE
+        )
     if name == "host":
         ns = host_namespace()
     elif name.startswith("netns:"):
@@ -145,7 +151,8 @@ def resolve(spec: str, *, allow_port: bool = False) -> Endpoint:
             ns = replace(host_namespace(), container=info.name)
     else:
         raise FlowtraceError(
-            f"cannot read endpoint {spec!r}: give a container, host, netns:NAME, pid:N or an IP"
+            f"cannot read endpoint {spec!r}: give a container, host, netns:NAME, pid:N or an IP",
+            ExitStatus.USAGE,
         )
     addresses = _addresses(ns)
     return Endpoint(spec, ns, addresses, _primary(addresses), port, notes)
