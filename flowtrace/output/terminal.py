@@ -155,20 +155,19 @@ def hop_stats_table(trace: Trace) -> Table | None:
 
 
 def render_path(points: list[Point], notes: Iterable[str], console: Console) -> None:
-    table = Table(show_edge=False, pad_edge=False)
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     table.add_column("#", justify="right")
-    table.add_column("point")
-    table.add_column("netns")
-    table.add_column("role")
+    table.add_column("point", no_wrap=True)
+    table.add_column("netns", no_wrap=True)
+    table.add_column("role", no_wrap=True)
     table.add_column("addresses")
     for i, p in enumerate(points, 1):
-        label = p.netns.label + (
-            f" (container {p.netns.container})"
-            if p.netns.container and p.netns.container != p.netns.label
-            else ""
-        )
-        role = p.role + (" [promiscuous capture]" if p.promisc else "")
-        table.add_row(str(i), p.id, label, role, ", ".join(p.addresses))
+        label = p.netns.label
+        if p.netns.container and p.netns.container != p.netns.label:
+            label += f" (container {p.netns.container})"
+        role = p.role + (" (promiscuous)" if p.promisc else "")
+        shown = [a for a in p.addresses if not a.lower().startswith("fe80:")]
+        table.add_row(str(i), p.id, label, role, ", ".join(shown))
     console.print(table)
     for note in notes:
         console.print(f"note: {note}")
