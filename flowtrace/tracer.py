@@ -310,7 +310,14 @@ class Tracer:
         return Verdict(seq, "lost", request.last.point, f"no sighting after {request.last.point}")
 
     def _notes(self) -> list[str]:
-        return list(self.route.src.notes) + list(self.route.dst.notes) + list(self.route.plan.notes)
+        notes = list(self.route.src.notes) + list(self.route.dst.notes)
+        notes += list(self.route.plan.notes)
+        if self.options.kind == "tcp":
+            notes.append(
+                "flowtrace sends a bare SYN: the source's kernel, which opened no "
+                "connection, answers a SYN-ACK with a RST"
+            )
+        return notes
 
     def _trace(self, stats: list[PointStats], interrupted: bool) -> Trace:
         kind = {"icmp": "ping", "tcp": "tcp", "udp": "udp"}[self.options.kind]
