@@ -9,16 +9,28 @@ of fixed size) are kept, so memory does not grow with the set's length.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flowtrace.errors import CaptureFormatError, NotFoundError
-from flowtrace.model import Namespace, NatEvent, Packet, Point, PointStats, Sighting, Trace
+from flowtrace.model import (
+    Headers,
+    Namespace,
+    NatEvent,
+    Packet,
+    Point,
+    PointStats,
+    Sighting,
+    Trace,
+    Verdict,
+)
 
 FlowKey = tuple[str, str, int | None, str, int | None]
+Outcome = Literal["replied", "delivered", "lost", "refused", "unreachable"]
 
 
 @dataclass
@@ -70,6 +82,162 @@ def _flow_key(pkt: Packet) -> FlowKey:
     return (h.proto_name, h.dst, h.dport if h.dport is not None else h.icmp_id, h.src, h.sport)
 
 
+#: Manifest "kind" of a set a trace wrote (a capture's is "capture").
+TRACE_KINDS = ("icmp", "tcp", "udp")
+#: probe.ProbePlan.seq_mark: probe N's TCP initial sequence number is the mark + N * this.
+PROBE_ISN_STEP = 0x10000
+_ICMP_ECHO_TYPES = (0, 8)
+_TCP_SYN, _TCP_ACK = 0x02, 0x10
+_VERDICT_TEXT = re.compile(
+    r"(?P<outcome>replied|refused|unreachable|delivered|lost)"
+    r"(?: without reply| after (?P<last>\S+)| before the first point)?"
+    r"(?: \((?P<detail>.*)\))?"
+)
+_OUTCOMES: dict[str, Outcome] = {
+    "replied": "replied",
+    "delivered": "delivered",
+    "lost": "lost",
+    "refused": "refused",
+    "unreachable": "unreachable",
+}
+
+
+class PacketIds:
+    """Packet ids as the set recorded them (epb_packetid), else fresh ones; never repeated.
+
+    Keeping the recorded id makes packet N of a loaded trace the packet that Wireshark's
+    `frame.packet_id == N` shows.  Ids only grow: a packet keeps its recorded id when
+    all its sightings carry that one id and it is above every id handed out so far
+    (always so in a set flowtrace wrote), so staying unique needs no memory.
+    """
+
+    def __init__(self) -> None:
+        self.highest = 0
+
+    def assign(self, recorded: set[int | None]) -> int:
+        only = next(iter(recorded)) if len(recorded) == 1 else None
+        self.highest = only if only is not None and only > self.highest else self.highest + 1
+        return self.highest
+
+
+class ProbeNumbers:
+    """Probe numbers of a trace's set, read back from the marks the tracer put in each probe.
+
+    The pcapng stores no probe numbers, but the probes carry them in fields NAT leaves
+    alone: an echo request's ICMP sequence number is its probe number (the reply echoes
+    it); a TCP probe's initial sequence number is the trace's mark + probe * 0x10000 (the
+    SYN-ACK acknowledges ISN + 1, the source's RST continues at ISN + 1), the mark being
+    the first SYN's ISN.  An ICMP error takes the number of the packet it quotes.
+    Anything else (a UDP datagram; answers carry no mark) belongs to the latest probe
+    started before it, since a trace sends one probe at a time and waits for its answer.
+    """
+
+    def __init__(self, kind: str, count: int, source: str | None) -> None:
+        self.kind = kind
+        self.count = count
+        self.source = source  # the point probes leave from: the path's first
+        self.mark: int | None = None
+        self.latest: int | None = None
+        self.udp_started = 0
+        self.sent_ns: dict[int, int] = {}  # probe -> request seen leaving the source
+        self.answered_ns: dict[int, int] = {}  # probe -> first answer back at the source
+
+    @classmethod
+    def for_set(cls, manifest: dict[str, Any] | None) -> ProbeNumbers | None:
+        """Numbering for a set a trace wrote; None for captures and foreign files."""
+        if not manifest:
+            return None
+        kind, count = manifest.get("kind"), manifest.get("count")
+        if kind not in TRACE_KINDS or not isinstance(count, int) or count < 1:
+            return None
+        points = manifest.get("points") or []
+        source = points[0].get("id") if points and isinstance(points[0], dict) else None
+        return cls(str(kind), count, source)
+
+    def number(self, pkt: Packet) -> int | None:
+        """The probe `pkt` belongs to (packets must come in order of first sighting)."""
+        probe = self._marked(pkt.first.headers, pkt.direction)
+        if probe is None and self._starts_udp_probe(pkt):
+            probe = self.udp_started
+            self.udp_started += 1
+        if probe is None:
+            probe = self.latest
+        elif self.latest is None or probe > self.latest:
+            self.latest = probe
+        if probe is not None:
+            self._note_times(pkt, probe)
+        return probe
+
+    def _marked(self, h: Headers, direction: str) -> int | None:
+        if h.inner is not None:
+            return self._marked(h.inner, "quoted")
+        if h.proto == 1 and h.icmp_type in _ICMP_ECHO_TYPES and h.icmp_seq is not None:
+            return h.icmp_seq if h.icmp_seq < self.count else None
+        if h.proto == 6 and h.tcp_seq is not None:
+            return self._from_isn(h, direction)
+        return None
+
+    def _from_isn(self, h: Headers, direction: str) -> int | None:
+        flags = h.tcp_flags
+        syn = flags is not None and flags & _TCP_SYN and not flags & _TCP_ACK
+        if syn or direction == "quoted":
+            isn = h.tcp_seq
+        elif direction == "reply" and h.tcp_ack is not None:
+            isn = h.tcp_ack - 1
+        else:
+            isn = (h.tcp_seq or 0) - 1
+        if isn is None:
+            return None
+        if self.mark is None:
+            if not syn:
+                return None
+            self.mark = isn & 0xFFFFFFFF
+        offset = (isn - self.mark) & 0xFFFFFFFF
+        probe = offset // PROBE_ISN_STEP
+        return probe if offset % PROBE_ISN_STEP == 0 and probe < self.count else None
+
+    def _starts_udp_probe(self, pkt: Packet) -> bool:
+        return (
+            pkt.direction == "request"
+            and pkt.first.headers.proto == 17
+            and self.source in (None, pkt.first.point)
+        )
+
+    def _note_times(self, pkt: Packet, probe: int) -> None:
+        at_source = next((s.time_ns for s in pkt.sightings if s.point == self.source), None)
+        if at_source is None:
+            return
+        times = self.sent_ns if pkt.direction == "request" else self.answered_ns
+        times.setdefault(probe, at_source)
+
+    def verdicts(self, texts: Sequence[object]) -> tuple[Verdict, ...]:
+        """The manifest's verdicts (one text per probe, in order) with round trips measured."""
+        verdicts = []
+        for probe, text in enumerate(texts):
+            sent, answered = self.sent_ns.get(probe), self.answered_ns.get(probe)
+            rtt = answered - sent if sent is not None and answered is not None else None
+            verdict = verdict_from_text(probe, str(text), rtt)
+            if verdict is not None:
+                verdicts.append(verdict)
+        return tuple(verdicts)
+
+
+def verdict_from_text(probe: int, text: str, rtt_ns: int | None = None) -> Verdict | None:
+    """Read back str(Verdict), the form a trace's manifest keeps; None if it is not one.
+
+    The round trip counts only for probes that were answered ("lost" and "delivered"
+    have none, whatever `rtt_ns` says).
+    """
+    match = _VERDICT_TEXT.fullmatch(text.strip())
+    if match is None:
+        return None
+    outcome = _OUTCOMES[match["outcome"]]
+    answered = outcome in ("replied", "refused", "unreachable")
+    return Verdict(
+        probe, outcome, match["last"], match["detail"] or "", rtt_ns if answered else None
+    )
+
+
 def _points_from(reader: Any, manifest: dict[str, Any] | None) -> list[Point]:
     by_name = {}
     if manifest:
@@ -116,6 +284,10 @@ def analyze(
     reader = open_capture(paths if len(paths) > 1 else paths[0])
     analysis = Analysis(trace=Trace((), ()))
     kept: list[Packet] = []
+    # The set's own packet ids by frame, held only until the frame's packet comes out.
+    recorded_ids: dict[int, int] = {}
+    packet_ids = PacketIds()
+    probes = ProbeNumbers.for_set(manifest)
     with reader:
         points = _points_from(reader, manifest)
         order = [p.id for p in points]
@@ -138,9 +310,17 @@ def analyze(
                 if headers is None:
                     analysis.undecoded += 1
                     continue
+                if rec.packet_id is not None:
+                    recorded_ids[index] = rec.packet_id
                 yield Sighting(names[rec.interface], rec.time_ns, headers, rec.outbound, index)
 
         for pkt in correlate(sightings(), order, window_ns):
+            recorded = {recorded_ids.pop(s.frame_index, None) for s in pkt.sightings}
+            pkt = replace(
+                pkt,
+                packet_id=packet_ids.assign(recorded),
+                probe=probes.number(pkt) if probes is not None else None,
+            )
             analysis.packet_count += 1
             if on_packet is not None:
                 on_packet(pkt)
@@ -178,9 +358,16 @@ def analyze(
         if i < len(points)
     )
     meta: dict[str, object] = {"title": f"flowtrace analyze {path}", "source": str(path)}
+    verdicts: tuple[Verdict, ...] = ()
     if manifest:
         meta["manifest"] = manifest
-    analysis.trace = Trace(tuple(points), tuple(kept), (), point_stats, meta)
+        texts = manifest.get("verdicts")
+        if probes is not None and isinstance(texts, list):
+            verdicts = probes.verdicts(texts)
+    # Path order as the manifest lists it (the file may describe interfaces otherwise).
+    rank = {point_id: i for i, point_id in enumerate(order)}
+    path_points = sorted(points, key=lambda p: rank.get(p.id, len(rank)))
+    analysis.trace = Trace(tuple(path_points), tuple(kept), verdicts, point_stats, meta)
     return analysis
 
 

@@ -461,6 +461,37 @@ def analyze_cmd(paths: tuple[str, ...], as_json: bool, show_packets: bool | None
     render_analysis(analysis, shown, Console(highlight=False, soft_wrap=True))
 
 
+@cli.command("plot")
+@click.argument("path", type=click.Path())
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The image to write: FILE.png or FILE.svg.",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["timeline", "latency", "both"]),
+    default="both",
+    show_default=True,
+    help="timeline: each packet's walk along the path; latency: per-hop boxes; "
+    "both: FILE-timeline.png and FILE-latency.png.",
+)
+@handle_errors
+def plot_cmd(path: str, output: str, kind: str) -> None:
+    """Draw a recorded set: the hop timeline and the per-hop latency, as PNG or SVG.
+
+    PATH: a pcap set folder (as trace and capture write them), a pcapng or a pcap file.
+    """
+    from flowtrace.api import load
+    from flowtrace.output.plot import image_format, render
+
+    image_format(output)  # a wrong extension fails before the set is read
+    for written in render(load(path), output, kind):  # type: ignore[arg-type]
+        click.echo(str(written))
+
+
 def main() -> None:
     cli(prog_name="flowtrace")
 

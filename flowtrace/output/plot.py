@@ -44,6 +44,13 @@ PNG_DPI = 150
 NOTEBOOK_DPI = 100
 #: Above this many packets a direction is drawn as faint lines plus its bold median path.
 OVERLAY_FROM = 4
+#: Line styles of a direction's packet kinds, in order of appearance (SYN, then RST...).
+KIND_STYLES = ("-", "--", ":", "-.")
+_TCP_FLAG_NAMES = ((0x02, "SYN"), (0x10, "ACK"), (0x04, "RST"), (0x01, "FIN"))
+_ICMP_KINDS = {
+    1: {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"},
+    58: {128: "echo request", 129: "echo reply", 1: "unreachable", 3: "time exceeded"},
+}
 
 #: A hop is called slow when its median is this many times the typical hop's median and
 #: this many µs above it: a veth hop at 10 µs beside bridge hops at 3 µs is not news.
@@ -99,6 +106,32 @@ def _netns_label(trace: Trace, point_id: str) -> str:
 def _probe_key(packet: Packet) -> tuple[int, int]:
     """Packets of one probe share a time origin; a captured packet (no probe) is its own."""
     return (0, packet.probe) if packet.probe is not None else (1, packet.packet_id)
+
+
+def packet_kind(packet: Packet) -> str:
+    """What a packet is, in a word or two: "SYN", "SYN+ACK", "RST", "echo request", "udp"."""
+    h = packet.first.headers
+    if h.proto == 6 and h.tcp_flags is not None:
+        names = [name for bit, name in _TCP_FLAG_NAMES if h.tcp_flags & bit]
+        return "+".join(names) or "no flags"
+    if h.proto in _ICMP_KINDS and h.icmp_type is not None:
+        return _ICMP_KINDS[h.proto].get(h.icmp_type, f"{h.proto_name} type {h.icmp_type}")
+    return h.proto_name
+
+
+def _kinds_by_direction(packets: Iterable[Packet]) -> dict[str, list[str]]:
+    """Each direction's packet kinds in order of first appearance.
+
+    A TCP probe sends a SYN and then (its kernel having no socket) a RST, both requests:
+    drawn or summarised together they would make one median of two different packets.
+    """
+    kinds: dict[str, list[str]] = {}
+    for packet in packets:
+        seen = kinds.setdefault(packet.direction, [])
+        kind = packet_kind(packet)
+        if kind not in seen:
+            seen.append(kind)
+    return kinds
 
 
 def _title(trace: Trace, shown: int | None = None, legend_note: str = "") -> str:
@@ -168,7 +201,7 @@ def _nat_marks(
     packets: Sequence[Packet], rows: dict[str, int], offset_us: Callable[[Packet, int], float]
 ) -> list[_NatMark]:
     """Group the packets' NAT events by hop and rewrite; place each group at its median time."""
-    groups: dict[tuple[str, str, str], list[tuple[NatEvent, float]]] = {}
+    groups: dict[tuple[str, str, str], list[tuple[NatEvent, float, str]]] = {}
     for packet in packets:
         for event in packet.nat:
             hop = nat_hop_index(packet, event)
@@ -176,10 +209,10 @@ def _nat_marks(
                 continue
             ip_only = replace(event, before=Address(event.before.ip), after=Address(event.after.ip))
             key = (packet.direction, packet.sightings[hop].point, nat_label(ip_only))
-            groups.setdefault(key, []).append((event, offset_us(packet, hop)))
+            groups.setdefault(key, []).append((event, offset_us(packet, hop), packet_kind(packet)))
     marks = []
     for (_direction, point, ip_text), members in groups.items():
-        labels = {nat_label(event) for event, _ in members}
+        labels = {nat_label(event) for event, _, _ in members}
         text = labels.pop() if len(labels) == 1 else f"{ip_text}, ports vary"
         details = []
         rule = members[0][0].rule
@@ -188,11 +221,16 @@ def _nat_marks(
             details.append(
                 "rule: " + ("-j " + rule.split(" -j ", 1)[1] if " -j " in rule else rule)
             )
-        if len(members) > 1:
+        kinds = Counter(kind for _, _, kind in members)
+        if len(kinds) > 1:
+            details.append(" + ".join(f"{n} {kind}" for kind, n in kinds.items()))
+        elif len(members) > 1:
             details.append(f"{len(members)} packets")
         if details:
             text += "\n" + ", ".join(details)
-        x = statistics.median(offset for _, offset in members)
+        # Point at the first kind's packets (the SYN, not the RST that follows it).
+        first_kind = members[0][2]
+        x = statistics.median(offset for _, offset, kind in members if kind == first_kind)
         marks.append(_NatMark(text=text, x=x, y=float(rows[point])))
     return marks
 
@@ -255,25 +293,29 @@ def hop_timeline(
     _namespace_bands(ax, trace, order)
     legend: list[Line2D] = []
     overlaid = False
+    kinds = _kinds_by_direction(shown)
     for direction in DIRECTIONS:
-        walks = [p for p in shown if p.direction == direction]
-        if not walks:
-            continue
-        _draw_walks(ax, walks, rows, offset_us, direction)
-        overlay = len(walks) >= OVERLAY_FROM
-        overlaid |= overlay
-        label = f"{direction} ({len(walks)})" if len(walks) > 1 else direction
-        legend.append(
-            Line2D(
-                [],
-                [],
-                color=COLORS[direction],
-                marker=MARKERS[direction],
-                lw=2.2,
-                markersize=7,
-                label=label,
+        for rank, kind in enumerate(kinds.get(direction, [])):
+            walks = [p for p in shown if p.direction == direction and packet_kind(p) == kind]
+            style = KIND_STYLES[min(rank, len(KIND_STYLES) - 1)]
+            # Hop times are written for the first kind only: the probe and its answer.
+            _draw_walks(ax, walks, rows, offset_us, direction, style, label_hops=rank == 0)
+            overlaid |= len(walks) >= OVERLAY_FROM
+            label = direction if len(kinds[direction]) == 1 else f"{direction}: {kind}"
+            if len(walks) > 1:
+                label += f" ({len(walks)})"
+            legend.append(
+                Line2D(
+                    [],
+                    [],
+                    color=COLORS[direction],
+                    marker=MARKERS[direction],
+                    lw=2.2,
+                    ls=style,
+                    markersize=7,
+                    label=label,
+                )
             )
-        )
     lost = _draw_lost(ax, trace, shown, rows, offset_us)
     if lost:
         legend.append(
@@ -306,7 +348,14 @@ def hop_timeline(
     note = "faint: each probe, bold: median path, labels: median hop time" if overlaid else ""
     ax.set_title(_title(trace, len(shown), note), loc="left", fontsize=11)
     _annotate_nat(ax, _nat_marks(shown, rows, offset_us), len(order), height)
-    figure.legend(handles=legend, loc="outside lower center", ncols=len(legend), frameon=False)
+    # Long handles, so a dashed kind (a RST after its SYN) shows its dashes beside the marker.
+    figure.legend(
+        handles=legend,
+        loc="outside lower center",
+        ncols=len(legend),
+        frameon=False,
+        handlelength=3.6 if any(line.get_linestyle() != "-" for line in legend) else 2.0,
+    )
     return figure
 
 
@@ -331,8 +380,10 @@ def _draw_walks(
     rows: dict[str, int],
     offset_us: Callable[[Packet, int], float],
     direction: str,
+    style: str = "-",
+    label_hops: bool = True,
 ) -> None:
-    """One direction: every packet's line, and for many packets a bold median path on top."""
+    """One kind of packet: every packet's line, and for many packets a bold median path on top."""
     color, marker = COLORS[direction], MARKERS[direction]
     overlay = len(walks) >= OVERLAY_FROM
     lines = [
@@ -341,7 +392,12 @@ def _draw_walks(
     alpha = min(0.5, max(0.07, 3.0 / len(walks))) if overlay else 0.95
     ax.add_collection(
         LineCollection(
-            lines, colors=color, linewidths=0.9 if overlay else 2.0, alpha=alpha, zorder=2
+            lines,
+            colors=color,
+            linewidths=0.9 if overlay else 2.0,
+            linestyles=style,
+            alpha=alpha,
+            zorder=2,
         )
     )
     xs = [x for line in lines for x, _ in line]
@@ -352,12 +408,13 @@ def _draw_walks(
     if overlay:
         path, times = _median_path(walks, offset_us)
         ys_median = [rows[point] for point in path]
-        ax.plot(times, ys_median, color=color, lw=2.4, zorder=4)
+        ax.plot(times, ys_median, color=color, lw=2.4, ls=style, zorder=4)
         ax.scatter(
             times, ys_median, marker=marker, s=60, color=color, edgecolors="white", lw=0.8, zorder=5
         )
-        _label_deltas(ax, times, ys_median, direction)
-    elif len(walks) == 1:
+        if label_hops:
+            _label_deltas(ax, times, ys_median, direction)
+    elif len(walks) == 1 and label_hops:
         walk = walks[0]
         times = [offset_us(walk, hop) for hop in range(len(walk.sightings))]
         _label_deltas(ax, times, [rows[s.point] for s in walk.sightings], direction)
@@ -451,33 +508,47 @@ def _annotate_nat(ax: Axes, marks: Sequence[_NatMark], n_rows: int, height_in: f
         annotation.set_gid("nat")
 
 
-def _hop_samples(trace: Trace) -> dict[tuple[str, str, str], list[float]]:
-    """Deltas in µs per (direction, from, to), requests first, each in the order walked."""
-    samples: dict[tuple[str, str, str], list[float]] = {}
-    position: dict[tuple[str, str, str], list[int]] = {}
+HopKey = tuple[str, str, str, str]  # (direction, packet kind or "", from point, to point)
+
+
+def _hop_kind(packet: Packet, kinds: dict[str, list[str]]) -> str:
+    """The packet's kind when its direction has several (SYN and RST), else ""."""
+    return packet_kind(packet) if len(kinds.get(packet.direction, ())) > 1 else ""
+
+
+def _hop_samples(trace: Trace, kinds: dict[str, list[str]]) -> dict[HopKey, list[float]]:
+    """Deltas in µs per (direction, kind, from, to): requests first, kinds in order of
+    appearance, hops in the order walked."""
+    samples: dict[HopKey, list[float]] = {}
+    position: dict[HopKey, list[int]] = {}
     for packet in trace.packets:
+        kind = _hop_kind(packet, kinds)
         for hop, before, after, delta_ns in iter_hops(packet):
-            key = (packet.direction, before, after)
+            key = (packet.direction, kind, before, after)
             samples.setdefault(key, []).append(delta_ns / 1000)
             position.setdefault(key, []).append(hop)
     rank = {direction: i for i, direction in enumerate(DIRECTIONS)}
-    keys = sorted(
-        samples, key=lambda k: (rank.get(k[0], len(rank)), statistics.median(position[k]))
-    )
-    return {key: samples[key] for key in keys}
+
+    def order(key: HopKey) -> tuple[int, int, float]:
+        direction, kind = key[0], key[1]
+        kind_rank = kinds[direction].index(kind) if kind else 0
+        return (rank.get(direction, len(rank)), kind_rank, statistics.median(position[key]))
+
+    return {key: samples[key] for key in sorted(samples, key=order)}
 
 
-def _nat_kinds(trace: Trace) -> dict[tuple[str, str, str], str]:
-    """The NAT kinds seen on each (direction, from, to) hop: "SNAT", "DNAT" or "DNAT+SNAT"."""
-    kinds: dict[tuple[str, str, str], set[str]] = {}
+def _nat_kinds(trace: Trace, kinds: dict[str, list[str]]) -> dict[HopKey, str]:
+    """The NAT kinds seen on each hop (see _hop_samples): "SNAT", "DNAT" or "DNAT+SNAT"."""
+    found: dict[HopKey, set[str]] = {}
     for packet in trace.packets:
         for event in packet.nat:
             hop = nat_hop_index(packet, event)
             if hop is None or hop == 0:
                 continue
-            key = (packet.direction, packet.sightings[hop - 1].point, packet.sightings[hop].point)
-            kinds.setdefault(key, set()).add(event.kind)
-    return {key: "+".join(sorted(found)) for key, found in kinds.items()}
+            before, after = packet.sightings[hop - 1].point, packet.sightings[hop].point
+            key = (packet.direction, _hop_kind(packet, kinds), before, after)
+            found.setdefault(key, set()).add(event.kind)
+    return {key: "+".join(sorted(nat)) for key, nat in found.items()}
 
 
 def _draw_box(
@@ -536,14 +607,15 @@ def hop_latency(trace: Trace, log_scale: bool | None = None) -> Figure:
     (SLOW_FACTOR times and SLOW_MARGIN_US more) is outlined in red, so it stands out.
     """
     _require_packets(trace)
-    samples = _hop_samples(trace)
+    kinds = _kinds_by_direction(trace.packets)
+    samples = _hop_samples(trace, kinds)
     if not samples:
         raise FlowtraceError("nothing to plot: no packet was seen at two points, so no hop latency")
-    nat = _nat_kinds(trace)
+    nat = _nat_kinds(trace, kinds)
     keys = list(samples)
     ys: list[float] = []
     for index, key in enumerate(keys):
-        gap = 0.7 if index and key[0] != keys[index - 1][0] else 0.0
+        gap = 0.7 if index and key[:2] != keys[index - 1][:2] else 0.0
         ys.append((ys[-1] + 1.0 + gap) if ys else 0.0)
     data = [samples[key] for key in keys]
     medians = [statistics.median(values) for values in data]
@@ -559,7 +631,8 @@ def hop_latency(trace: Trace, log_scale: bool | None = None) -> Figure:
     jitter = np.random.default_rng(0)
     for index, (key, values, y) in enumerate(zip(keys, data, ys, strict=True)):
         color = COLORS.get(key[0], "#555555")
-        _draw_box(ax, values, y, color, index in slow, f"hop-box:{key[0]}:{key[1]} -> {key[2]}")
+        series = f"{key[0]} {key[1]}" if key[1] else key[0]
+        _draw_box(ax, values, y, color, index in slow, f"hop-box:{series}:{key[2]} -> {key[3]}")
         ax.scatter(
             values,
             y + jitter.uniform(-0.2, 0.2, len(values)),
@@ -570,7 +643,7 @@ def hop_latency(trace: Trace, log_scale: bool | None = None) -> Figure:
             zorder=3,
         )
 
-    ax.set_yticks(ys, [f"{before} -> {after}" for _, before, after in keys])
+    ax.set_yticks(ys, [f"{kind}: {a} -> {b}" if kind else f"{a} -> {b}" for _, kind, a, b in keys])
     for tick, key in zip(ax.get_yticklabels(), keys, strict=True):
         tick.set_color(COLORS.get(key[0], "#555555"))
     ax.set_ylim(ys[-1] + 0.6, -0.6)
@@ -634,11 +707,10 @@ def hop_latency(trace: Trace, log_scale: bool | None = None) -> Figure:
     return figure
 
 
-def render(trace: Trace, path: Path | str, kind: PlotKind = "both") -> list[Path]:
-    """Write the figures as PNG or SVG (by the file's extension); return the paths written.
+def image_format(path: Path | str) -> str:
+    """The format render() writes for this file name ("png" or "svg"), or a usage error.
 
-    "both" writes two files named after `path`: out.png -> out-timeline.png, out-latency.png.
-    Both figures are built before anything is written, so an error leaves no half result.
+    Callers check the name before loading a set, so a typo fails at once.
     """
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
@@ -646,6 +718,17 @@ def render(trace: Trace, path: Path | str, kind: PlotKind = "both") -> list[Path
         raise FlowtraceError(
             f"cannot write {path.name!r}: name a .png or .svg file", ExitStatus.USAGE
         )
+    return fmt
+
+
+def render(trace: Trace, path: Path | str, kind: PlotKind = "both") -> list[Path]:
+    """Write the figures as PNG or SVG (by the file's extension); return the paths written.
+
+    "both" writes two files named after `path`: out.png -> out-timeline.png, out-latency.png.
+    Both figures are built before anything is written, so an error leaves no half result.
+    """
+    path = Path(path)
+    fmt = image_format(path)
     builders: dict[str, Callable[[Trace], Figure]] = {
         "timeline": hop_timeline,
         "latency": hop_latency,

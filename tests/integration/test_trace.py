@@ -213,7 +213,7 @@ def test_json_document(lab: LabState, tmp_path: Path) -> None:
     result = run_cli("ping", "c1", "c2", "--json", "-o", str(tmp_path / "set"))
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert [p["id"] for p in doc["points"]][0] == "c1/eth0"
+    assert doc["points"][0]["id"] == "c1/eth0"
     assert {"id", "netns", "ifname", "role"} <= set(doc["points"][0])
     packet = doc["packets"][0]
     assert packet["direction"] == "request"
