@@ -16,7 +16,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
-from flowtrace.errors import CaptureFormatError, NotFoundError
+from flowtrace.errors import CaptureFormatError, ExitStatus, FlowtraceError, NotFoundError
 from flowtrace.model import (
     Headers,
     Namespace,
@@ -71,6 +71,8 @@ class Analysis:
     hops: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     truncated: bool = False
     sources: list[str] = field(default_factory=list)
+    #: Plain sentences about the set: what looks wrong with it and what to do.
+    notes: list[str] = field(default_factory=list)
 
 
 def _flow_key(pkt: Packet) -> FlowKey:
@@ -238,28 +240,75 @@ def verdict_from_text(probe: int, text: str, rtt_ns: int | None = None) -> Verdi
     )
 
 
-def _points_from(reader: Any, manifest: dict[str, Any] | None) -> list[Point]:
+def parse_point_names(text: str) -> list[str]:
+    """`c1/eth0,host/docker0` -> the names, refusing empty or repeated ones (exit status 2)."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise FlowtraceError(
+            f"bad point names {text!r}: give NAME,NAME,... one per interface, none empty",
+            ExitStatus.USAGE,
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise FlowtraceError(
+            f"bad point names {text!r}: {', '.join(repeated)} given twice", ExitStatus.USAGE
+        )
+    return names
+
+
+def _interface_names(reader: Any, point_names: Sequence[str] | None) -> list[str]:
+    """The point id of each interface: the name given, else its own, made unique."""
+    names: list[str] = []
+    for iface in reader.interfaces:
+        name = iface.name
+        if point_names is not None and iface.index < len(point_names):
+            name = point_names[iface.index]
+        base, number = name, 2
+        while name in names:  # two files may name an interface alike ("eth0")
+            name = f"{base}#{number}"
+            number += 1
+        names.append(name)
+    return names
+
+
+def _points_from(
+    reader: Any, manifest: dict[str, Any] | None, point_names: Sequence[str] | None = None
+) -> list[Point]:
     by_name = {}
     if manifest:
         for entry in manifest.get("points", []):
             by_name[entry.get("id")] = entry
     points = []
-    for iface in reader.interfaces:
-        info = by_name.get(iface.name, {})
-        label = info.get("netns") or (iface.name.split("/", 1)[0] if "/" in iface.name else "")
-        ns = Namespace("", label or iface.name, 0, info.get("container"))
-        ifname = info.get("ifname") or iface.name.rsplit("/", 1)[-1]
+    for iface, name in zip(reader.interfaces, _interface_names(reader, point_names), strict=True):
+        info = by_name.get(name, {})
+        label = info.get("netns") or (name.split("/", 1)[0] if "/" in name else "")
+        ns = Namespace("", label or name, 0, info.get("container"))
+        ifname = info.get("ifname") or name.rsplit("/", 1)[-1]
         points.append(
             Point(
-                iface.name,
+                name,
                 ns,
                 ifname,
                 iface.index,
                 info.get("role", "named"),
                 linktype=iface.linktype,
+                mac=info.get("mac"),
+                addresses=tuple(info.get("addresses") or ()),
             )
         )
     return points
+
+
+#: Packets looked back on for a repeated fingerprint in a one-point set.
+_REPEAT_LOOKBACK = 8
+
+
+def _merged_note(point: str, repeats: int) -> str:
+    return (
+        f"{repeats:,} packets show up more than once at {point}: this looks like several "
+        "captures merged into one interface; merge tcpdump files "
+        "with `mergecap -I none` (then --point-names) or give the pcap files themselves"
+    )
 
 
 def analyze(
@@ -267,8 +316,16 @@ def analyze(
     keep_packets: bool = True,
     on_packet: Callable[[Packet], None] | None = None,
     window_ns: int = 2_000_000_000,
+    point_names: Sequence[str] | None = None,
 ) -> Analysis:
-    """One streaming pass over a set; packets go to on_packet (and the trace if kept)."""
+    """One streaming pass over a set; packets go to on_packet (and the trace if kept).
+
+    point_names names the interfaces in file order (and so sets the path order) for
+    files whose interfaces carry no useful names.
+    """
+    from collections import deque
+
+    from flowtrace.correlate.fingerprint import fingerprint
     from flowtrace.correlate.match import correlate
     from flowtrace.correlate.stats import HopStats
     from flowtrace.pcap.pcapset import read_manifest
@@ -289,10 +346,19 @@ def analyze(
     packet_ids = PacketIds()
     probes = ProbeNumbers.for_set(manifest)
     with reader:
-        points = _points_from(reader, manifest)
+        if point_names is not None and len(point_names) != len(reader.interfaces):
+            raise FlowtraceError(
+                f"{len(point_names)} point names for {len(reader.interfaces)} interfaces "
+                f"({', '.join(i.name for i in reader.interfaces)}): give one name each",
+                ExitStatus.USAGE,
+            )
+        points = _points_from(reader, manifest, point_names)
         order = [p.id for p in points]
-        if manifest and manifest.get("points"):
+        if manifest and manifest.get("points") and point_names is None:
             order = [e["id"] for e in manifest["points"]]
+        one_point = len(points) == 1
+        recent: deque[Any] = deque(maxlen=_REPEAT_LOOKBACK)
+        repeats = 0
 
         def sightings() -> Iterator[Sighting]:
             from flowtrace.correlate.decode import decode_frame
@@ -303,7 +369,7 @@ def analyze(
             for index, rec in enumerate(reader):
                 analysis.frames += 1
                 if rec.interface >= len(names):  # an interface described mid-file
-                    points = _points_from(reader, manifest)
+                    points = _points_from(reader, manifest, point_names)
                     linktypes = [p.linktype for p in points]
                     names = [p.id for p in points]
                 headers = decode_frame(rec.data, linktypes[rec.interface])
@@ -322,6 +388,10 @@ def analyze(
                 probe=probes.number(pkt) if probes is not None else None,
             )
             analysis.packet_count += 1
+            if one_point:
+                key = fingerprint(pkt.first.headers)
+                repeats += key in recent
+                recent.append(key)
             if on_packet is not None:
                 on_packet(pkt)
             if keep_packets:
@@ -348,6 +418,8 @@ def analyze(
                     stats = analysis.hops[hop] = HopStats()
                 stats.add(b.time_ns - a.time_ns)
         analysis.truncated = bool(reader.truncated)
+        if one_point and repeats and len(points) == 1:
+            analysis.notes.append(_merged_note(points[0].id, repeats))
         analysis.sources = list(reader.sources)
         stats_by_iface = reader.latest_stats()
     if analysis.frames == 0 and not points:
@@ -373,9 +445,13 @@ def analyze(
 
 def summary_dict(analysis: Analysis) -> dict[str, Any]:
     """Everything but the packets: flows, NAT events with counts, per-hop statistics."""
-    from flowtrace.output.jsonout import nat_dict, point_dict
+    from flowtrace import __version__
+    from flowtrace.output.jsonout import SCHEMA_VERSION, nat_dict, point_dict
 
     return {
+        "schema": SCHEMA_VERSION,
+        "flowtrace": __version__,
+        "sources": list(analysis.sources),
         "points": [point_dict(p) for p in analysis.trace.points],
         "frames": analysis.frames,
         "undecoded": analysis.undecoded,
@@ -390,4 +466,5 @@ def summary_dict(analysis: Analysis) -> dict[str, Any]:
         "stats": [
             {"point": s.point, "packets": s.packets, "drops": s.drops} for s in analysis.trace.stats
         ],
+        "notes": list(analysis.notes),
     }

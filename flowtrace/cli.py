@@ -277,19 +277,29 @@ def udp(src: str, dst: str, **opts: Any) -> None:
 # --- capture / analyze / plot -------------------------------------------------------------
 
 
-def _stats_table(stats: list[Any], elapsed: float) -> Any:
+class OneLineUsageCommand(click.Command):
+    """A command whose usage mistakes are one line (`flowtrace: ...`, exit 2) like its errors."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _fail(f"{exc.format_message()} (see flowtrace {self.name} --help)", exc.exit_code)
+            raise  # not reached: _fail exits
+
+
+def _capture_table(
+    stats: list[Any], elapsed: float, rates: list[float] | None = None, title: str | None = None
+) -> Any:
+    """Per point: packets, rate (now while live, average at the end), MB, kernel drops."""
     from rich.table import Table
 
-    table = Table(
-        show_edge=False,
-        pad_edge=False,
-        title_justify="left",
-        title=f"capturing for {elapsed:.1f} s (Ctrl-C stops, the set is kept)",
-    )
-    for name in ("point", "packets", "pps", "MB", "kernel drops"):
-        table.add_column(name, justify="left" if name == "point" else "right")
-    for s in stats:
-        rate = s.packets / elapsed if elapsed > 0 else 0.0
+    table = Table(box=None, pad_edge=False, title=title, title_justify="left")
+    rate_name = "pps now" if rates is not None else "avg pps"
+    for name in ("point", "packets", rate_name, "MB", "kernel drops"):
+        table.add_column(name, justify="left" if name == "point" else "right", no_wrap=True)
+    for i, s in enumerate(stats):
+        rate = rates[i] if rates is not None else (s.packets / elapsed if elapsed > 0 else 0.0)
         table.add_row(
             s.point,
             f"{s.packets:,}",
@@ -301,7 +311,35 @@ def _stats_table(stats: list[Any], elapsed: float) -> Any:
     return table
 
 
-@cli.command("capture")
+class _LiveCounters:
+    """The live view of `flowtrace capture`: one line per point, refreshed twice a second."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.live import Live
+
+        self._live = Live(console=console, auto_refresh=False, transient=True)
+        self._previous: tuple[float, list[int]] | None = None
+
+    def start(self) -> None:
+        self._live.start()
+
+    def stop(self) -> None:
+        self._live.stop()
+
+    def update(self, stats: list[Any], elapsed: float) -> None:
+        packets = [s.packets for s in stats]
+        if self._previous is None:
+            rates = [n / elapsed if elapsed > 0 else 0.0 for n in packets]
+        else:
+            then, before = self._previous
+            span = max(elapsed - then, 1e-3)
+            rates = [(n - b) / span for n, b in zip(packets, before, strict=True)]
+        self._previous = (elapsed, packets)
+        title = f"capturing for {elapsed:.1f} s (Ctrl-C stops, the set is kept)"
+        self._live.update(_capture_table(stats, elapsed, rates, title), refresh=True)
+
+
+@cli.command("capture", cls=OneLineUsageCommand)
 @click.argument("src", required=False)
 @click.argument("dst", required=False)
 @click.option(
@@ -321,20 +359,22 @@ def _stats_table(stats: list[Any], elapsed: float) -> Any:
 @click.option(
     "-d",
     "--duration",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=float,
+    metavar="SECONDS",
     help="Stop after this many seconds.",
 )
 @click.option(
     "-n",
     "--count",
-    type=click.IntRange(min=1),
-    help="Stop after this many packets (over all points).",
+    type=int,
+    metavar="N",
+    help="Stop after N packets over all points (the earliest N are kept).",
 )
 @click.option(
     "-o",
     "--output",
     type=click.Path(file_okay=False),
-    help="Folder for the pcap set [default: captures/<time>-<src>-<dst>/].",
+    help="Folder for the pcap set, new or empty [default: captures/<time>-<src>-<dst>/].",
 )
 @handle_errors
 def capture_cmd(
@@ -348,23 +388,34 @@ def capture_cmd(
 ) -> None:
     """Record all matching traffic on every point between SRC and DST (or on --point ones).
 
-    Runs until --duration, --count or Ctrl-C; the pcap set is valid even when interrupted.
+    Runs until --duration, --count or Ctrl-C (or SIGTERM); the pcap set is valid even when
+    interrupted.  Progress goes to stderr, the summary to stdout.
+
+    \b
+    Examples:
+      flowtrace capture c1 c2 -d 10
+      flowtrace capture --point c1/eth0 --point host/docker0 -f icmp -n 100
     """
+    import signal
+
     from rich.console import Console
-    from rich.live import Live
 
     from flowtrace.capturing import capture
 
-    console = Console(highlight=False, soft_wrap=True)
-    live: Live | None = None
-    if console.is_terminal:
-        live = Live(console=console, auto_refresh=False, transient=False)
-        live.start()
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(highlight=False, soft_wrap=True, stderr=True)
+    live = _LiveCounters(err) if err.is_terminal else None
 
-    def on_tick(stats: list[Any], elapsed: float) -> None:
+    def on_ready(ready: list[Any], folder: Any) -> None:
+        what = f" matching '{filter_expr}'" if filter_expr else ""
+        names = ", ".join(p.id for p in ready)
+        err.print(f"capturing{what} on {len(ready)} points: {names}")
+        err.print(f"writing {folder}/ (Ctrl-C stops, the set is kept)")
         if live is not None:
-            live.update(_stats_table(stats, elapsed), refresh=True)
+            live.start()
 
+    # A shell starts background jobs with Ctrl-C ignored; `kill -INT` must still stop us.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = capture(
             src,
@@ -374,23 +425,43 @@ def capture_cmd(
             duration,
             count,
             output,
-            on_tick,
+            live.update if live is not None else None,
             command=" ".join(["flowtrace", *sys.argv[1:]]),
+            on_ready=on_ready,
         )
     finally:
         if live is not None:
             live.stop()
-    if live is None:
-        console.print(_stats_table(result.stats, result.duration_s))
+        signal.signal(signal.SIGINT, previous)
+    out.print(_capture_table(result.stats, result.duration_s))
     for note in result.notes:
-        console.print(f"note: {note}")
+        out.print(f"note: {note}")
     total = sum(s.packets for s in result.stats)
     drops = sum(s.drops for s in result.stats)
-    console.print(
-        f"{total:,} packets on {len(result.points)} points in "
-        f"{result.duration_s:.1f} s, {drops:,} dropped by the kernel"
+    if result.interrupted:
+        how = "interrupted"
+    elif count is not None and total >= count:
+        how = f"stopped after {count:,} packets"
+    elif duration is not None:
+        how = f"stopped after {duration:g} s"
+    else:
+        how = "stopped: every point went away"
+    out.print(
+        f"{total:,} packets on {len(result.points)} points in {result.duration_s:.1f} s "
+        f"({how}), {drops:,} dropped by the kernel"
     )
-    console.print(f"pcap set: {result.pcapng}")
+    if result.trimmed:
+        out.print(
+            f"note: {result.trimmed:,} more packets arrived in the last ring blocks "
+            "and were left out"
+        )
+    if drops:
+        out.print(
+            "warning: the kernel dropped packets: narrow the --filter or capture on fewer points",
+            style="red",
+        )
+    out.print(f"pcap set: {result.directory}/ ({result.pcapng.name} + manifest.json)")
+    out.print(f"next: flowtrace analyze {result.directory}")
     if result.interrupted:
         sys.exit(int(ExitStatus.INTERRUPTED))
 
@@ -398,13 +469,13 @@ def capture_cmd(
 SHOWN_PACKETS = 10  # packets listed hop by hop by default; the rest are summarised
 
 
-@cli.command("analyze")
+@cli.command("analyze", cls=OneLineUsageCommand)
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help="Stream one JSON document: points, packets, flows, NAT events, hops.",
+    help="Stream one JSON document: packets, then points, flows, NAT events, hops (see README).",
 )
 @click.option(
     "--packets/--no-packets",
@@ -413,16 +484,25 @@ SHOWN_PACKETS = 10  # packets listed hop by hop by default; the rest are summari
     help="List every packet hop by hop (default: the first 10; with --json all, "
     "--no-packets leaves them out).",
 )
+@click.option(
+    "--point-names",
+    metavar="NAME,NAME,...",
+    help="Name the interfaces in file order, e.g. c1/eth0,host/docker0 (for files whose "
+    "interfaces have no names, such as tcpdump captures merged with mergecap -I none).",
+)
 @handle_errors
-def analyze_cmd(paths: tuple[str, ...], as_json: bool, show_packets: bool | None) -> None:
+def analyze_cmd(
+    paths: tuple[str, ...], as_json: bool, show_packets: bool | None, point_names: str | None
+) -> None:
     """Correlate a recorded set offline: flows, each packet's hops, NAT events, hop latency.
 
     PATHS: a pcap set folder, a pcapng (several interfaces), or several pcap files (one point
-    each).
+    each, named after the file).  One pass, in constant memory however long the capture.
     """
-    from flowtrace.analyze import analyze, summary_dict
+    from flowtrace.analyze import analyze, parse_point_names, summary_dict
 
     target = paths[0] if len(paths) == 1 else list(paths)
+    names = parse_point_names(point_names) if point_names is not None else None
     if as_json:
         import json
 
@@ -439,7 +519,7 @@ def analyze_cmd(paths: tuple[str, ...], as_json: bool, show_packets: bool | None
                 out.write(("\n" if first else ",\n") + json.dumps(packet_dict(pkt)))
                 first = False
 
-        analysis = analyze(target, keep_packets=False, on_packet=on_packet)
+        analysis = analyze(target, keep_packets=False, on_packet=on_packet, point_names=names)
         summary = summary_dict(analysis)
         summary["packet_count"] = summary.pop("packets")
         out.write("],\n")
@@ -457,7 +537,7 @@ def analyze_cmd(paths: tuple[str, ...], as_json: bool, show_packets: bool | None
         if limit is None or len(shown) < limit:
             shown.append(pkt)
 
-    analysis = analyze(target, keep_packets=False, on_packet=keep)
+    analysis = analyze(target, keep_packets=False, on_packet=keep, point_names=names)
     render_analysis(analysis, shown, Console(highlight=False, soft_wrap=True))
 
 

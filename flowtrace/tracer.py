@@ -97,12 +97,13 @@ class Tracer:
 
     def _open_recorder(self) -> TraceRecorder:
         from flowtrace.output.traceset import TraceRecorder
-        from flowtrace.pcap.pcapset import new_set_dir
+        from flowtrace.pcap.pcapset import claim_set_dir, new_set_dir
 
         directory = self.options.output_dir
-        if directory is None or (directory.exists() and any(directory.iterdir())):
-            base = directory if directory is not None else None
-            directory = new_set_dir(base, self.route.src.spec, self.route.dst.spec)
+        if directory is None:
+            directory = new_set_dir(None, self.route.src.spec, self.route.dst.spec)
+        else:
+            directory = claim_set_dir(directory)  # refuses a folder that holds a set
         manifest: dict[str, Any] = {
             "command": self.options.command,
             "kind": self.options.kind,

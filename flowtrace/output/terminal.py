@@ -7,7 +7,7 @@ shape, so the output pipes into less or a file cleanly.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -18,6 +18,7 @@ from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, V
 from flowtrace.output.frames import nat_label
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
+FLOWS_SHOWN = 20  # flows listed by `flowtrace analyze`; the rest are counted
 
 
 def _us(ns: int) -> str:
@@ -235,10 +236,50 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         console.print(f"pcap set: {pcap}")
 
 
+def aligned_lines(
+    header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()
+) -> list[str]:
+    """Rows as plain aligned lines: they never wrap into shreds on a narrow terminal."""
+    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.rjust(width) if k in right else cell.ljust(width)
+            for k, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return [line(header), *(line(row) for row in rows)]
+
+
+def _print_aligned(
+    console: Console,
+    title: str,
+    header: tuple[str, ...],
+    rows: Sequence[tuple[str, ...]],
+    right: frozenset[int] = frozenset(),
+) -> None:
+    console.print()
+    console.print(title, style="bold")
+    lines = aligned_lines(header, rows, right)
+    console.print(lines[0], style="dim")
+    for text in lines[1:]:
+        console.print(text)
+
+
+def _flow_ends(
+    proto: str, src: str, sport: int | None, dst: str, dport: int | None
+) -> tuple[str, str, str]:
+    """Initiator and responder of a flow; an ICMP echo's identifier is not a port."""
+    if proto in ("icmp", "icmp6"):
+        ident = f" id {sport}" if sport is not None else ""
+        return f"{proto}{ident}", src, dst
+    return proto, str(Address(src, sport)), str(Address(dst, dport))
+
+
 def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> None:
-    """Summary of an offline analysis: sources, flows, NAT events, hop latency, some packets."""
+    """Summary of an offline analysis: sources, points, some packets, flows, NAT, hop latency."""
     trace = analysis.trace
-    console.print(Text(f"{', '.join(analysis.sources)}", style="bold"))
+    console.print(Text(", ".join(analysis.sources), style="bold"))
     console.print(
         f"{analysis.frames:,} frames ({analysis.undecoded:,} not IP), "
         f"{analysis.packet_count:,} packets on {len(trace.points)} points"
@@ -249,37 +290,44 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
             "everything before it was read",
             style="red",
         )
+    for note in getattr(analysis, "notes", ()):
+        console.print(f"note: {note}", style="yellow")
+    console.print()
     render_path(list(trace.points), [], console)
     points = {p.id: p for p in trace.points}
     for pkt in shown:
         console.print()
         console.print(packet_table(pkt, points))
     if analysis.packet_count > len(shown) and shown:
+        console.print()
         console.print(
             f"... and {analysis.packet_count - len(shown):,} more packets "
-            "(--packets lists them all)"
+            "(--packets lists them all, --json writes them)"
         )
     flows = sorted(analysis.flows.values(), key=lambda f: -(f.requests + f.replies))
     if flows:
-        table = Table(
-            title=f"flows ({len(flows):,})", title_justify="left", show_edge=False, pad_edge=False
-        )
-        for name in ("proto", "initiator", "responder", "requests", "replies", "NAT"):
-            table.add_column(name, justify="right" if name in ("requests", "replies") else "left")
-        for f in flows[:20]:
-            proto, src, sport, dst, dport = f.key
-            table.add_row(
-                proto,
-                str(Address(src, sport)),
-                str(Address(dst, dport)),
-                f"{f.requests:,}",
-                f"{f.replies:,}",
-                ", ".join(sorted(f.nat)),
+        rows: list[tuple[str, ...]] = []
+        for f in flows[:FLOWS_SHOWN]:
+            proto, initiator, responder = _flow_ends(*f.key)
+            rows.append(
+                (
+                    proto,
+                    initiator,
+                    responder,
+                    f"{f.requests:,}",
+                    f"{f.replies:,}",
+                    ", ".join(sorted(f.nat)) or "-",
+                )
             )
-        console.print()
-        console.print(table)
-        if len(flows) > 20:
-            console.print(f"... and {len(flows) - 20:,} more flows")
+        _print_aligned(
+            console,
+            f"flows ({len(flows):,})",
+            ("proto", "initiator", "responder", "requests", "replies", "NAT"),
+            rows,
+            frozenset((3, 4)),
+        )
+        if len(flows) > FLOWS_SHOWN:
+            console.print(f"... and {len(flows) - FLOWS_SHOWN:,} more flows (--json lists them)")
     if analysis.nat:
         console.print()
         console.print("NAT rewrites:", style="bold")
@@ -289,26 +337,34 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
                 style="yellow",
             )
     if analysis.hops:
-        table = Table(
-            title="per-hop latency", title_justify="left", show_edge=False, pad_edge=False
-        )
-        table.add_column("dir")
-        table.add_column("hop")
-        for name in ("n", "min µs", "median µs", "p99 µs", "max µs"):
-            table.add_column(name, justify="right")
-        for (direction, a, b), stats in analysis.hops.items():
+        rank = {p.id: i for i, p in enumerate(trace.points)}
+
+        def path_order(item: tuple[tuple[str, str, str], Any]) -> tuple[int, int]:
+            (direction, a, _), _ = item
+            step = rank.get(a, len(rank))
+            return (0, step) if direction == "request" else (1, -step)
+
+        rows = []
+        for (direction, a, b), stats in sorted(analysis.hops.items(), key=path_order):
             s = stats.summary()
-            table.add_row(
-                direction,
-                f"{a} -> {b}",
-                f"{s['count']:,}",
-                _us(s["min_ns"]),
-                _us(s["median_ns"]),
-                _us(s["p99_ns"]),
-                _us(s["max_ns"]),
+            rows.append(
+                (
+                    direction,
+                    f"{a} -> {b}",
+                    f"{s['count']:,}",
+                    _us(s["min_ns"]),
+                    _us(s["median_ns"]),
+                    _us(s["p99_ns"]),
+                    _us(s["max_ns"]),
+                )
             )
-        console.print()
-        console.print(table)
+        _print_aligned(
+            console,
+            "per-hop latency",
+            ("dir", "hop", "n", "min µs", "median µs", "p99 µs", "max µs"),
+            rows,
+            frozenset((2, 3, 4, 5, 6)),
+        )
     for s in trace.stats:
         if s.drops:
             console.print(

@@ -50,6 +50,7 @@ class TraceRecorder:
         names: Sequence[tuple[str, Sequence[str]]] = (),
     ) -> None:
         from flowtrace.pcap.pcapng import PcapngWriter
+        from flowtrace.pcap.pcapset import point_entry
 
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -73,17 +74,7 @@ class TraceRecorder:
             {
                 "flowtrace": __version__,
                 "pcapng": PCAPNG_NAME,
-                "points": [
-                    {
-                        "id": p.id,
-                        "netns": p.netns.label,
-                        "container": p.netns.container,
-                        "ifname": p.ifname,
-                        "role": p.role,
-                        "description": p.description,
-                    }
-                    for p in points
-                ],
+                "points": [point_entry(p) for p in points],
                 "kernel": platform.release(),
                 "python": platform.python_version(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
