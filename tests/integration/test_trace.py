@@ -307,3 +307,40 @@ def test_without_docker_netns_endpoints_still_work(lab: LabState) -> None:
     result = run_cli("ping", OUTSIDE, "host", "--no-record", env=broken)
     assert result.returncode == 0, result.stderr
     assert "replied" in result.stdout
+
+
+def test_ctrl_c_keeps_what_was_recorded(lab: LabState, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "set"
+    proc = subprocess.Popen(
+        [*FLOWTRACE, "ping", "c1", "c2", "-c", "1000", "-i", "0.05", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    manifest = out / "manifest.json"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (
+        not manifest.exists() or (out / "trace.pcapng").stat().st_size < 2000
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == ExitStatus.INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    assert "pcap set:" in stdout
+    doc = json.loads(manifest.read_text())
+    assert doc["interrupted"] is True and doc["complete"] is True
+    read = subprocess.run(
+        ["tshark", "-r", str(out / "trace.pcapng"), "-T", "fields", "-e", "frame.packet_id"],
+        capture_output=True,
+        text=True,
+    )
+    assert read.returncode == 0, read.stderr
+    ids = [line for line in read.stdout.splitlines() if line]
+    assert len(ids) >= 10
+    counts = {i: ids.count(i) for i in set(ids)}
+    assert sum(1 for n in counts.values() if n == 5) >= len(counts) - 1  # whole journeys
