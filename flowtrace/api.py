@@ -119,7 +119,7 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
         raise FlowtraceError(
             f"ping takes no port ({dst_spec}): use flowtrace tcp for ports", ExitStatus.USAGE
         )
-    view = LiveView()
+    view = LiveView([src.netns, dst.netns])
     dst_ip = choose_destination_ip(view, src.netns, dst)
     plan = plan_path(view, src.netns, dst_ip, dst.port, docker_redirect(kind))
     if plan.src_ip is None:

@@ -143,8 +143,20 @@ class Tracer:
             time.sleep(POLL_S)
 
     def _settle(self, session: Any, seq: int) -> None:
-        time.sleep(SETTLE_S)
-        self._absorb(session.frames(since=len(self.frames)))
+        """Let the other rings hand over this probe's frames, then record them.
+
+        Done as soon as the request and the answer were seen at every point; otherwise
+        (a loss, a path with fewer sightings) after SETTLE_S.
+        """
+        expected = 2 * len(self.points)
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            self._absorb(session.frames(since=len(self.frames)))
+            if len(self.sightings) - self._decoded_upto >= expected:
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_S)
         self._flush_chunk()
 
     # --- decoding and correlation -----------------------------------------------------------

@@ -38,6 +38,10 @@ class KernelView(Protocol):
 
     def nsid(self, ns: Namespace, target: Namespace) -> int | None: ...
 
+    def named(self, ns: Namespace) -> Namespace:
+        """The same namespace under its best name (a container's, a netns's)."""
+        ...
+
 
 #: (namespace that owns the address, address, port) -> (new address, new port, why) or None
 Redirect = Callable[[Namespace, str, int | None], tuple[str, int | None, str] | None]
@@ -79,30 +83,49 @@ class PathPlan:
 
 
 def find_peer(view: KernelView, ns: Namespace, veth: Link) -> tuple[Namespace, Link] | None:
-    """The other end of a veth pair: IFLA_LINK plus the namespace IFLA_LINK_NETNSID names."""
+    """The other end of a veth pair: IFLA_LINK plus the namespace IFLA_LINK_NETNSID names.
+
+    Candidates come in view order (host first) and the first whose link at the peer
+    index points back at us, and whose netns id (as `ns` numbers it) is the one the
+    veth names, is the peer: exact, and usually found on the first namespace read.
+    """
     if veth.peer_index is None:
         return None
-    candidates = (
-        [ns] if veth.peer_nsid is None else [c for c in view.namespaces() if c.inode != ns.inode]
-    )
-    matches: list[tuple[Namespace, Link]] = []
+    if veth.peer_nsid is None:
+        candidates = [ns]
+    else:
+        candidates = [c for c in view.namespaces() if c.inode != ns.inode]
     for cand in candidates:
         link = view.state(cand).link(veth.peer_index)
-        if link is not None and link.kind == "veth" and link.peer_index == veth.index:
-            matches.append((cand, link))
-    if len(matches) > 1 and veth.peer_nsid is not None:
-        matches = [m for m in matches if view.nsid(ns, m[0]) == veth.peer_nsid]
-    return matches[0] if matches else None
+        if link is None or link.kind != "veth" or link.peer_index != veth.index:
+            continue
+        if veth.peer_nsid is None or view.nsid(ns, cand) == veth.peer_nsid:
+            return view.named(cand), link
+    return None
 
 
 def find_bridge_port(
     view: KernelView, ns: Namespace, bridge: Link, target_ip: str
 ) -> tuple[Link, Namespace, Link] | None:
-    """The bridge port whose far end owns target_ip: (port, far namespace, far link)."""
+    """The bridge port whose far end owns target_ip: (port, far namespace, far link).
+
+    Looks from the far side first: the namespace that owns the address (usually a
+    known endpoint, early in view.namespaces()) names its veth's peer index, which
+    is one of the ports; only if that fails is every port's peer looked up.
+    """
     state = view.state(ns)
-    for port in state.ports_of(bridge.index):
-        if port.kind != "veth":
+    ports = {port.index: port for port in state.ports_of(bridge.index) if port.kind == "veth"}
+    for cand in view.namespaces():
+        if cand.inode == ns.inode:
             continue
+        far = view.state(cand)
+        if not far.owns(target_ip):
+            continue
+        for link in far.links:
+            port = ports.get(link.peer_index or -1) if link.kind == "veth" else None
+            if port is not None and port.peer_index == link.index:
+                return port, view.named(cand), link
+    for port in ports.values():
         peer = find_peer(view, ns, port)
         if peer is not None and view.state(peer[0]).owns(target_ip):
             return port, peer[0], peer[1]
@@ -215,18 +238,38 @@ def plan_path(
 
 
 class LiveView:
-    """A KernelView over the running kernel, caching each namespace's state."""
+    """A KernelView over the running kernel, caching each namespace's state.
 
-    def __init__(self, namespaces: list[Namespace] | None = None) -> None:
-        self._namespaces = namespaces
+    Candidate namespaces come cheaply, host and the known endpoints first (a
+    container's veth peer is almost always in the host), then /run/netns, then every
+    namespace a process holds; Docker is asked for a name only for a namespace the
+    path actually enters.
+    """
+
+    def __init__(self, known: list[Namespace] | None = None) -> None:
+        self._known = list(known or [])
+        self._namespaces: list[Namespace] | None = None
         self._states: dict[int, NetnsState] = {}
 
     def namespaces(self) -> list[Namespace]:
         if self._namespaces is None:
-            from flowtrace.endpoints.resolve import all_namespaces
+            from flowtrace.endpoints.resolve import all_namespaces, host_namespace
 
-            self._namespaces = all_namespaces()
+            ordered: dict[int, Namespace] = {}
+            for ns in [host_namespace(), *self._known, *all_namespaces(with_docker=False)]:
+                ordered.setdefault(ns.inode, ns)
+            self._namespaces = list(ordered.values())
         return self._namespaces
+
+    def named(self, ns: Namespace) -> Namespace:
+        for known in self._known:
+            if known.inode == ns.inode:
+                return known
+        if ns.label.startswith("pid:"):
+            from flowtrace.endpoints.resolve import label_namespace
+
+            return label_namespace(ns)
+        return ns
 
     def state(self, ns: Namespace) -> NetnsState:
         from flowtrace.errors import NotFoundError

@@ -80,6 +80,9 @@ class RecordedView:
     def state(self, ns: Namespace) -> NetnsState:
         return STATES[ns.inode]
 
+    def named(self, ns: Namespace) -> Namespace:
+        return ns
+
     def nsid(self, ns: Namespace, target: Namespace) -> int | None:
         return NSIDS.get((ns.inode, target.inode), 0 if ns.inode != HOST.inode else None)
 
