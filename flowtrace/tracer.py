@@ -306,13 +306,17 @@ class Tracer:
                 return Verdict(seq, "replied", None, "SYN-ACK: the port is open", rtt)
             if h.proto == 6 and (h.tcp_flags or 0) & 0x04:
                 return Verdict(seq, "refused", None, f"RST from {h.src}: the port is closed", rtt)
-            if h.proto == 1:
-                kind = {3: "destination unreachable", 11: "time exceeded"}.get(
-                    h.icmp_type or -1, f"icmp type {h.icmp_type}"
-                )
+            if h.proto == 1 and h.icmp_type == 3 and h.icmp_code == 3:
+                port = f"{self.route.dst_port}/{self.options.kind}"
                 return Verdict(
-                    seq, "unreachable", None, f"{kind} (code {h.icmp_code}) from {h.src}", rtt
+                    seq,
+                    "refused",
+                    None,
+                    f"ICMP port unreachable from {h.src}: nothing listens on {port}",
+                    rtt,
                 )
+            if h.proto == 1:
+                return Verdict(seq, "unreachable", None, f"{icmp_error_text(h)} from {h.src}", rtt)
             return Verdict(seq, "replied", None, f"{h.proto_name} answer", rtt)
         if replies:
             last = replies[0].last.point
@@ -355,6 +359,29 @@ class Tracer:
             meta,
             tuple(self._notes()),
         )
+
+
+UNREACHABLE_CODES = {
+    0: "network unreachable",
+    1: "host unreachable",
+    2: "protocol unreachable",
+    3: "port unreachable",
+    4: "fragmentation needed",
+    9: "network administratively prohibited",
+    10: "host administratively prohibited",
+    13: "communication administratively prohibited (a REJECT rule)",
+}
+
+
+def icmp_error_text(h: Any) -> str:
+    """An ICMP error in words: 'ICMP host unreachable (type 3 code 1)'."""
+    if h.icmp_type == 3:
+        what = UNREACHABLE_CODES.get(h.icmp_code, "destination unreachable")
+    elif h.icmp_type == 11:
+        what = "time exceeded"
+    else:
+        what = f"error type {h.icmp_type}"
+    return f"ICMP {what} (type {h.icmp_type} code {h.icmp_code})"
 
 
 def _at(sightings: Iterable[Sighting], point: str) -> int | None:

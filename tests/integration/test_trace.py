@@ -344,3 +344,21 @@ def test_ctrl_c_keeps_what_was_recorded(lab: LabState, tmp_path: Path) -> None:
     assert len(ids) >= 10
     counts = {i: ids.count(i) for i in set(ids)}
     assert sum(1 for n in counts.values() if n == 5) >= len(counts) - 1  # whole journeys
+
+
+def test_udp_to_a_closed_port_is_refused_by_icmp(lab: LabState) -> None:
+    trace = api.trace("c1", "c2:9999", kind="udp", count=1, record=False)
+    verdict = trace.verdicts[0]
+    assert verdict.outcome == "refused"
+    assert "port unreachable" in verdict.detail and "9999/udp" in verdict.detail
+    error = one(list(trace.packets), "reply")
+    assert error.first.headers.icmp_type == 3 and error.first.point == "c2/eth0"
+    assert error.last.point == "c1/eth0"
+
+
+def test_pid_endpoint_is_named_after_its_container(lab: LabState) -> None:
+    c1 = lab.container("c1")
+    assert c1 is not None
+    trace = api.trace(f"pid:{c1.pid}", "c2", count=1, record=False)
+    assert trace.points[0].id == "c1/eth0"
+    assert trace.verdicts[0].outcome == "replied"
