@@ -126,6 +126,12 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
         plan.src_ip = src.ip
     if not plan.points:
         raise NoPathError(f"no path from {src_spec} to {dst_spec}")
+    mates = (src.netns.container, dst.netns.container)
+    if src.netns.inode == dst.netns.inode and all(mates) and mates[0] != mates[1]:
+        plan.notes.append(
+            f"containers {mates[0]} and {mates[1]} share one network namespace: "
+            "the packet never leaves it and crosses only lo"
+        )
     return Route(src, dst, dst_ip, dst.port, plan)
 
 

@@ -82,12 +82,41 @@ def lab_group() -> None:
     """
 
 
+def _scenario_option(action: str) -> Callable[[F], F]:
+    from flowtrace.scenarios import SCENARIO_NAMES
+
+    return click.option(
+        "--scenario",
+        type=click.Choice(SCENARIO_NAMES),
+        help=f"{action} one situation's containers (README: Situations).",
+    )
+
+
+def _show_scenario(state: Any) -> None:
+    from flowtrace import lab, scenarios
+
+    click.echo(lab.render_state(state.lab))
+    click.echo()
+    click.echo(scenarios.render(state))
+    click.echo()
+    click.echo(scenarios.render_summary(state))
+
+
 @lab_group.command("up")
+@_scenario_option("Also build")
 @handle_errors
-def lab_up() -> None:
+def lab_up(scenario: str | None) -> None:
     """Make whatever of the lab is missing (safe to run again)."""
     from flowtrace import lab
 
+    if scenario:
+        from flowtrace import scenarios
+
+        built = scenarios.up(scenario)
+        click.echo(lab.render_changes(built.changes))
+        click.echo()
+        _show_scenario(built)
+        return
     state = lab.up()
     click.echo(lab.render_changes(state.changes))
     click.echo()
@@ -97,11 +126,20 @@ def lab_up() -> None:
 
 
 @lab_group.command("status")
+@_scenario_option("Also show")
 @handle_errors
-def lab_status() -> None:
+def lab_status(scenario: str | None) -> None:
     """Show the lab; exit status 5 when part of it is missing or stopped."""
     from flowtrace import lab
 
+    if scenario:
+        from flowtrace import scenarios
+
+        shown = scenarios.status(scenario)
+        _show_scenario(shown)
+        if not shown.complete:
+            sys.exit(int(ExitStatus.NOT_FOUND))
+        return
     state = lab.status()
     click.echo(lab.render_state(state))
     click.echo()
@@ -111,11 +149,17 @@ def lab_status() -> None:
 
 
 @lab_group.command("down")
+@_scenario_option("Only remove")
 @handle_errors
-def lab_down() -> None:
+def lab_down(scenario: str | None) -> None:
     """Remove everything the lab made, and nothing else."""
     from flowtrace import lab
 
+    if scenario:
+        from flowtrace import scenarios
+
+        click.echo(scenarios.render_removed(scenario, scenarios.down(scenario)))
+        return
     try:
         removed = lab.down()
     except lab.LabPartlyRemovedError as exc:

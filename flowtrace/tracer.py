@@ -46,6 +46,8 @@ class Tracer:
         self._next_packet_id = 1
         self._ip_ids: dict[int, int] = {}  # request IP ID -> probe number
         self.recorder: TraceRecorder | None = None
+        #: Why a lost request vanished, by (last point, protocol, addresses, ports).
+        self._losses: dict[tuple[object, ...], str | None] = {}
 
     # --- the run ----------------------------------------------------------------------------
 
@@ -90,8 +92,21 @@ class Tracer:
             self._flush_chunk(final=True)
             self._finish_verdicts()
             if self.recorder is not None:
+                from flowtrace.output.jsonout import nat_dict
+
+                nat = [
+                    dict(nat_dict(ev), packet=p.packet_id, probe=p.probe)
+                    for p in self.packets
+                    for ev in p.nat
+                ]
                 self.recorder.close(
-                    stats, {"verdicts": [str(v) for v in self.verdicts], "interrupted": interrupted}
+                    stats,
+                    {
+                        "verdicts": [str(v) for v in self.verdicts],
+                        "interrupted": interrupted,
+                        # the rule and conntrack entry of each rewrite: the pcapng cannot hold them
+                        "nat": nat,
+                    },
                 )
         return self._trace(stats, interrupted)
 
@@ -324,7 +339,25 @@ class Tracer:
         seen = {s.point for s in request.sightings}
         if destination and destination in seen:
             return Verdict(seq, "delivered", destination, "no answer came back")
-        return Verdict(seq, "lost", request.last.point, f"no sighting after {request.last.point}")
+        final = request.last
+        why = self._why_lost(final)
+        return Verdict(seq, "lost", final.point, why or f"no sighting after {final.point}")
+
+    def _why_lost(self, last: Sighting) -> str | None:
+        """The filter rule that dropped a request (looked up once per place and flow)."""
+        from flowtrace.errors import FlowtraceError
+        from flowtrace.topology.drops import explain_loss
+
+        h = last.headers
+        key = (last.point, h.proto, h.src, h.dst, h.sport, h.dport)
+        if key not in self._losses:
+            plan = self.route.plan
+            try:
+                why = explain_loss(self.points, last.point, h, plan.dst_ip, plan.dst_port)
+            except (FlowtraceError, OSError):
+                why = None  # the namespace vanished, or its rules cannot be read
+            self._losses[key] = why
+        return self._losses[key]
 
     def _notes(self) -> list[str]:
         notes = list(self.route.src.notes) + list(self.route.dst.notes)

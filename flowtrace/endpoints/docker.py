@@ -6,6 +6,7 @@ for namespaces it found), so netns:/pid:/host endpoints work with no engine at a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -115,19 +116,7 @@ def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
     notes: list[str] = []
     mode = info.network_mode
     if mode.startswith("container:"):
-        owner_ref = mode.split(":", 1)[1]
-        try:
-            owner = inspect_container(owner_ref)
-            owner_name = owner.name
-            owner_running = owner.running
-        except NotFoundError:
-            owner_name, owner_running = owner_ref[:12], False
-        notes.append(f"{info.name} shares the network namespace of container {owner_name}")
-        if not owner_running:
-            raise NoPathError(
-                f"{info.name}'s network belonged to container {owner_name}, which is not running: "
-                f"{info.name} is left with only lo"
-            )
+        notes.append(_shared_namespace_note(info))
     if not info.running:
         raise NotRunningError(
             f"container {info.name} is {info.status}, not running: start it with "
@@ -135,9 +124,50 @@ def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
         )
     if mode == "none":
         raise NoPathError(
-            f"container {info.name} has network mode none: its namespace has no interface but lo, "
-            "so no packet can leave it"
+            f"container {info.name} has network mode none: Docker gave its namespace no "
+            "interface but lo, so no packet can leave it or reach it from another namespace"
         )
     if mode == "host":
-        notes.append(f"{info.name} uses network mode host: it shares the Docker host's namespace")
+        notes.append(
+            f"{info.name} uses network mode host: it shares the Docker host's network "
+            "namespace, so the host's interfaces are its own and it has no veth of its own"
+        )
     return info, f"/proc/{info.pid}/ns/net", notes
+
+
+def _netns_of(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def _shared_namespace_note(info: ContainerNet) -> str:
+    """Container mode: the owner must run and still hold the namespace the sharer joined.
+
+    When the owner stops, the sharer keeps the old namespace, which Docker has
+    stripped down to lo; a restarted owner gets a new namespace the sharer is not in.
+    """
+    owner_ref = info.network_mode.split(":", 1)[1]
+    lost = f"{info.name} is left with only lo"
+    try:
+        owner = inspect_container(owner_ref)
+    except NotFoundError:
+        raise NoPathError(
+            f"{info.name}'s network belonged to container {owner_ref[:12]}, which no longer "
+            f"exists: {lost}"
+        ) from None
+    if not owner.running:
+        raise NoPathError(
+            f"{info.name}'s network belonged to container {owner.name}, which is not running: "
+            f"{lost}"
+        )
+    if info.running and _netns_of(info.pid) != _netns_of(owner.pid):
+        raise NoPathError(
+            f"{info.name}'s network belonged to container {owner.name}, which has restarted "
+            f"with a new namespace since: {lost} (restart {info.name} to join {owner.name} again)"
+        )
+    return (
+        f"{info.name} uses network mode container:{owner.name}: it shares {owner.name}'s "
+        "network namespace (interfaces, addresses, routes)"
+    )

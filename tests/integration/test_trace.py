@@ -150,24 +150,32 @@ def test_by_name_on_the_user_defined_bridge(lab: LabState) -> None:
 
 def test_container_to_outside_is_masqueraded_at_the_uplink(lab: LabState) -> None:
     trace = api.trace("c1", OUTSIDE, count=1, record=False)
-    assert [p.id for p in trace.points][-2:] == [
+    c1 = lab.container("c1")
+    assert c1 is not None
+    journey = [
+        "c1/eth0",
+        f"host/{host_veth_of(c1.pid)}",
+        "host/docker0",
         f"host/{lab_module.UPLINK}",
         f"{lab_module.OUTSIDE_NETNS}/eth0",
     ]
+    assert [p.id for p in trace.points] == journey
     assert trace.verdicts[0].outcome == "replied"
     request = one(list(trace.packets), "request")
+    assert_in_path_order(request, journey)
     snat = [ev for ev in request.nat if ev.kind == "SNAT"]
     assert len(snat) == 1
     ev = snat[0]
-    c1 = lab.container("c1")
-    assert c1 is not None
     assert ev.between == ("host/docker0", f"host/{lab_module.UPLINK}")
     assert ev.before.ip == c1.ip and ev.after.ip == lab_module.UPLINK_IP
     assert ev.rule is not None and "MASQUERADE" in ev.rule and "POSTROUTING" in ev.rule
     assert ev.conntrack is not None and f"src={c1.ip}" in ev.conntrack
     reply = one(list(trace.packets), "reply")
+    assert_in_path_order(reply, list(reversed(journey)))
     assert [(e.kind, e.reverse_of) for e in reply.nat] == [("DNAT", "SNAT")]
+    assert reply.nat[0].between == (f"host/{lab_module.UPLINK}", "host/docker0")
     assert reply.nat[0].after.ip == c1.ip
+    assert [s.dst for s in reply.sightings] == [lab_module.UPLINK_IP] * 2 + [c1.ip] * 3
 
 
 def test_outside_to_published_port_is_dnated_to_web(lab: LabState) -> None:

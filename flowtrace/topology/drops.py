@@ -1,0 +1,115 @@
+"""Where a lost packet vanished, and the filter rule that dropped it.
+
+A capture socket sees a frame when it arrives on a device (before netfilter) and when
+it is handed to one to send (after netfilter).  So a packet seen at one point and not
+at the next point *of the same namespace* vanished inside that namespace, where its
+filter table decides (Docker's isolation chains, a FORWARD policy of DROP...); a veth
+between two namespaces does not drop.  iptables matches on layer-3 interfaces: a
+bridge port's master bridge on the way in, and the device the namespace's route leaves
+by on the way out.
+
+`drop_site` and `describe_drop` are pure; `explain_loss` reads the namespace's state,
+route and rules and joins them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flowtrace.model import Headers, Namespace, Point
+from flowtrace.topology.kernel import NetnsState, Route
+
+
+@dataclass(frozen=True)
+class DropSite:
+    """The namespace a packet vanished in and its interfaces as iptables sees them."""
+
+    netns: Namespace
+    in_iface: str
+    #: None when the namespace would have delivered the packet to itself (INPUT).
+    out_iface: str | None
+
+    @property
+    def chain(self) -> str:
+        return "FORWARD" if self.out_iface is not None else "INPUT"
+
+
+def vanished_in(points: Sequence[Point], last_point: str) -> Point | None:
+    """The first point, along the path, of the namespace where the packet vanished.
+
+    None when the packet was lost between namespaces, past the last point, or in the
+    source namespace (where it was seen leaving: its OUTPUT chain had let it go).
+    """
+    ids = [p.id for p in points]
+    if last_point not in ids:
+        return None
+    last = ids.index(last_point)
+    if last + 1 >= len(points) or points[last + 1].netns.inode != points[last].netns.inode:
+        return None
+    first = last
+    while first > 0 and points[first - 1].netns.inode == points[last].netns.inode:
+        first -= 1
+    return points[first] if first > 0 else None
+
+
+def drop_site(ingress: Point, state: NetnsState, route: Route) -> DropSite | None:
+    """The filter table's view of a packet that entered at `ingress` and met `route`."""
+    link = state.link(ingress.ifindex)
+    if link is None:
+        return None
+    master = state.link(link.master) if link.master is not None else None
+    in_iface = master.name if master is not None and master.kind == "bridge" else link.name
+    if route.local:
+        return DropSite(ingress.netns, in_iface, None)
+    out = state.link(route.oif) if route.oif is not None else None
+    if out is None:
+        return None  # no route: the kernel answers with an ICMP error, no rule drops it
+    return DropSite(ingress.netns, in_iface, out.name)
+
+
+def describe_drop(rule: str, site: DropSite) -> str:
+    """The verdict's words for a drop: the rule, where, and Docker's reason if it is one."""
+    way = f"from {site.in_iface}" + (f" to {site.out_iface}" if site.out_iface else "")
+    text = f"dropped in {site.netns.label} by `{rule}`, filter chain {site.chain} {way}"
+    if "DOCKER-ISOLATION" in rule:
+        text += ": Docker isolates its bridge networks from each other"
+    elif rule.startswith("-P "):
+        text += ": no rule accepted it, so the chain's policy dropped it"
+    return text
+
+
+def explain_loss(
+    points: Sequence[Point], last_point: str, seen: Headers, final_dst: str, final_port: int | None
+) -> str | None:
+    """Why a request seen last at `last_point` went no further, or None if unknown.
+
+    `seen` are its headers there; `final_dst`/`final_port` the destination after any
+    DNAT the path predicts (PREROUTING runs before the filter table does).
+    """
+    from flowtrace.topology.kernel import read_state, route_get
+    from flowtrace.topology.nat_rules import find_drop_rule, read_ruleset
+
+    ingress = vanished_in(points, last_point)
+    if ingress is None:
+        return None
+    path = ingress.netns.path
+    state = read_state(path)
+    dst, dport = seen.dst, seen.dport
+    if state.owns(dst) and dst != final_dst:
+        dst, dport = final_dst, final_port
+    site = drop_site(ingress, state, route_get(path, dst))
+    if site is None:
+        return None
+    rule = find_drop_rule(
+        read_ruleset(path),
+        seen.proto,
+        seen.src,
+        dst,
+        seen.sport,
+        dport,
+        site.in_iface,
+        site.out_iface,
+        [a.ip for a in state.addresses],
+    )
+    return describe_drop(rule, site) if rule is not None else None
