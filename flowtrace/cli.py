@@ -550,7 +550,7 @@ def analyze_cmd(
     if as_json:
         import json
 
-        from flowtrace.output.jsonout import packet_dict
+        from flowtrace.analyze import packet_json
 
         out = sys.stdout
         emit_packets = show_packets is not False
@@ -560,7 +560,7 @@ def analyze_cmd(
         def on_packet(pkt: Any) -> None:
             nonlocal first
             if emit_packets:
-                out.write(("\n" if first else ",\n") + json.dumps(packet_dict(pkt)))
+                out.write(("\n" if first else ",\n") + packet_json(pkt))
                 first = False
 
         analysis = analyze(target, keep_packets=False, on_packet=on_packet, point_names=names)

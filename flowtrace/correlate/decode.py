@@ -22,7 +22,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from flowtrace.model import Headers
+from flowtrace.model import Headers, Sighting
 
 #: pcap LINKTYPE_* values decode_frame understands.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in host byte order
@@ -103,6 +103,9 @@ def _slot_constructor(cls: type) -> Callable[..., Headers]:
 
 
 _headers = _slot_constructor(Headers)
+#: Sighting(point, time_ns, headers, outbound, frame_index) without the frozen
+#: dataclass's per-field object.__setattr__: one is made per frame of a capture.
+new_sighting: Callable[..., Sighting] = _slot_constructor(Sighting)  # type: ignore[assignment]
 
 _ADDRESS_CACHE_LIMIT = 1 << 16
 _address_cache: dict[bytes, str] = {}

@@ -5,11 +5,13 @@ time order: several capture processes append to one file, so order is only
 promised within half the window.  Output: Packets, each with its sightings in
 path order, its direction and the NAT rewrites between neighbouring sightings.
 
-Memory stays flat for endless input: a reorder buffer holds half a window of
-sightings, open packets live at most one window, and flows idle for longer than
-`flow_timeout_ns` are forgotten.  A packet comes out once nothing can join it any
-more: 1.5 windows of stream time after its first sighting.  A sighting later than
-half a window is still placed, but may start a packet of its own.
+Memory stays flat for endless input: a reorder buffer holds sightings for as long
+as the input has shown it can be out of order (INITIAL_HOLD_NS at first, then twice
+the worst lateness seen, at most half a window), open packets live at most one
+window, and flows idle for longer than `flow_timeout_ns` are forgotten.  A packet
+comes out once nothing can join it any more: when it has been seen at every point of
+the path (and every packet before it is out), else one window after its first
+sighting.  A late sighting is still placed and joins its packet while that is open.
 
 Rules:
 - Sightings with the same fingerprint (fingerprint.py) belong to one packet while
@@ -37,6 +39,9 @@ from flowtrace.correlate.nat import Rewrite, nat_events, undo_rewrites
 from flowtrace.model import Direction, Headers, NatEvent, NatKind, Packet, Sighting
 
 DEFAULT_WINDOW_NS = 2_000_000_000
+#: How far out of time order sightings are first expected to come: a capture's rings
+#: hand over blocks at least every 60 ms.  The hold grows when the input is worse.
+INITIAL_HOLD_NS = 100_000_000
 DEFAULT_FLOW_TIMEOUT_NS = 300_000_000_000
 #: Without direction flags, a loopback device's two sightings of one packet are told
 #: from a retransmission by the time between them: microseconds against milliseconds.
@@ -70,7 +75,7 @@ def _reverse(t: FlowTuple) -> FlowTuple:
 class _Building:
     """A packet still collecting sightings."""
 
-    __slots__ = ("at", "first_ns", "key", "sightings", "twice")
+    __slots__ = ("at", "complete", "first_ns", "key", "sightings", "twice")
 
     def __init__(self, key: Hashable, first: Sighting) -> None:
         self.key = key
@@ -78,6 +83,7 @@ class _Building:
         self.sightings = [first]
         self.at = {first.point: first}  # the first sighting at each point
         self.twice: set[str] = set()  # points that saw it a second time
+        self.complete = False  # seen at every point of the path: it can grow no more
 
     def take(self, s: Sighting) -> bool:
         """Add s if it can be another sighting of this packet; False if it starts a new one."""
@@ -137,13 +143,21 @@ class Correlator:
             raise ValueError("window_ns must be positive")
         self.window_ns = window_ns
         self.flow_timeout_ns = flow_timeout_ns
-        self._disorder_ns = window_ns // 2
+        self._max_hold_ns = window_ns // 2
+        self._hold_ns = min(INITIAL_HOLD_NS, self._max_hold_ns)
         order = list(point_order or ())
+        # A packet seen at every point of a path of two or more is complete (one point
+        # may be a loopback device, which shows every packet twice).
+        self._complete_at = len(set(order)) if len(set(order)) > 1 else 0
         self._rank = {p: i for i, p in enumerate(order)}
         self._unranked = len(order)
-        # The reorder buffer: sightings that arrive in time order queue up; the few
-        # that arrive after a later one wait in a heap.
-        self._in_order: deque[Sighting] = deque()
+        # The reorder buffer.  Each point's sightings come in time order (one capture
+        # ring writes them, or the file is in time order), while the points interleave
+        # block by block: so each point has a run in time order, and the runs are merged
+        # through a heap of their heads, as small as the number of points.  The rare
+        # sighting older than its point's previous one waits in a heap of its own.
+        self._runs: dict[str, deque[Sighting]] = {}
+        self._heads: list[tuple[int, int, deque[Sighting]]] = []
         self._late: list[tuple[int, int, Sighting]] = []
         self._arrivals = 0
         self._newest_ns: int | None = None
@@ -158,7 +172,7 @@ class Correlator:
     @property
     def held(self) -> int:
         """Sightings held right now (buffered or in open packets): bounded by the window."""
-        buffered = len(self._in_order) + len(self._late)
+        buffered = sum(len(run) for run in self._runs.values()) + len(self._late)
         return buffered + sum(len(b.sightings) for b in self._open)
 
     @property
@@ -169,14 +183,26 @@ class Correlator:
     def add(self, s: Sighting) -> list[Packet]:
         """Take one sighting; return the packets it completed (often none)."""
         t = s.time_ns
-        if self._newest_ns is None or t >= self._newest_ns:
-            self._newest_ns = t
-            self._in_order.append(s)
+        run = self._runs.get(s.point)
+        if run is None:
+            run = self._runs[s.point] = deque()
+        if not run:
+            run.append(s)
+            heapq.heappush(self._heads, (t, self._arrivals, run))
+            self._arrivals += 1
+        elif t >= run[-1].time_ns:
+            run.append(s)
         else:
             heapq.heappush(self._late, (t, self._arrivals, s))
             self._arrivals += 1
+        if self._newest_ns is None or t >= self._newest_ns:
+            self._newest_ns = t
+        else:
+            lateness = self._newest_ns - t
+            if 2 * lateness > self._hold_ns and self._hold_ns < self._max_hold_ns:
+                self._hold_ns = min(2 * lateness, self._max_hold_ns)
         done: list[Packet] = []
-        self._release(self._newest_ns - self._disorder_ns, done)
+        self._release(self._newest_ns - self._hold_ns, done)
         return done
 
     def finish(self) -> list[Packet]:
@@ -189,17 +215,20 @@ class Correlator:
         return done
 
     def _release(self, horizon_ns: int, done: list[Packet]) -> None:
-        """Place buffered sightings up to horizon_ns, merging the queue and the heap."""
-        in_order, late = self._in_order, self._late
+        """Place buffered sightings up to horizon_ns in time order, merging runs and heap."""
+        heads, late, pop = self._heads, self._late, heapq.heappop
         while True:
-            if (
-                late
-                and late[0][0] <= horizon_ns
-                and (not in_order or late[0][0] < in_order[0].time_ns)
-            ):
-                self._place(heapq.heappop(late)[2], done)
-            elif in_order and in_order[0].time_ns <= horizon_ns:
-                self._place(in_order.popleft(), done)
+            if heads and heads[0][0] <= horizon_ns and (not late or heads[0][0] <= late[0][0]):
+                run = heads[0][2]
+                s = run.popleft()
+                if run:
+                    heapq.heapreplace(heads, (run[0].time_ns, self._arrivals, run))
+                    self._arrivals += 1
+                else:
+                    pop(heads)
+                self._place(s, done)
+            elif late and late[0][0] <= horizon_ns:
+                self._place(pop(late)[2], done)
             else:
                 return
 
@@ -207,13 +236,15 @@ class Correlator:
         """Put one sighting (in time order) into its packet, closing expired packets first."""
         oldest_open = s.time_ns - self.window_ns
         open_packets = self._open
-        while open_packets and open_packets[0].first_ns < oldest_open:
+        while open_packets and (open_packets[0].complete or open_packets[0].first_ns < oldest_open):
             done.append(self._emit(open_packets.popleft()))
         key = fingerprint(s.headers)
         building = self._latest.get(key)
         if building is None or not building.take(s):
             building = self._latest[key] = _Building(key, s)
             open_packets.append(building)
+        if len(building.at) == self._complete_at:
+            building.complete = True
 
     def _emit(self, building: _Building) -> Packet:
         if self._latest.get(building.key) is building:

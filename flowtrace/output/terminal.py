@@ -18,7 +18,7 @@ from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, V
 from flowtrace.output.frames import nat_label
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
-FLOWS_SHOWN = 20  # flows listed by `flowtrace analyze`; the rest are counted
+FLOWS_SHOWN = 20  # flows and NAT rewrites listed by `flowtrace analyze`; the rest counted
 
 
 def _us(ns: int) -> str:
@@ -282,7 +282,8 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
     console.print(Text(", ".join(analysis.sources), style="bold"))
     console.print(
         f"{analysis.frames:,} frames ({analysis.undecoded:,} not IP), "
-        f"{analysis.packet_count:,} packets on {len(trace.points)} points"
+        f"{analysis.packet_count:,} packets on {len(trace.points)} "
+        + ("point" if len(trace.points) == 1 else "points")
     )
     if analysis.truncated:
         console.print(
@@ -329,13 +330,21 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
         if len(flows) > FLOWS_SHOWN:
             console.print(f"... and {len(flows) - FLOWS_SHOWN:,} more flows (--json lists them)")
     if analysis.nat:
+        # A MASQUERADE rewrites every flow's own port: rewrites that read alike are one line.
+        alike: dict[str, list[int]] = {}
+        for ev, n in analysis.nat.values():
+            text = f"{nat_text(ev)} between {ev.between[0]} and {ev.between[1]}"
+            packets_and_rewrites = alike.setdefault(text, [0, 0])
+            packets_and_rewrites[0] += n
+            packets_and_rewrites[1] += 1
         console.print()
         console.print("NAT rewrites:", style="bold")
-        for ev, n in analysis.nat.values():
-            console.print(
-                f"  {nat_text(ev)} between {ev.between[0]} and {ev.between[1]} ({n:,} packets)",
-                style="yellow",
-            )
+        ranked = sorted(alike.items(), key=lambda item: -item[1][0])
+        for text, (n, rewrites) in ranked[:FLOWS_SHOWN]:
+            flows_text = f" in {rewrites:,} flows" if rewrites > 1 else ""
+            console.print(f"  {text} ({n:,} packets{flows_text})", style="yellow")
+        if len(ranked) > FLOWS_SHOWN:
+            console.print(f"  ... and {len(ranked) - FLOWS_SHOWN:,} more (--json lists them)")
     if analysis.hops:
         rank = {p.id: i for i, p in enumerate(trace.points)}
 

@@ -598,6 +598,15 @@ class _PcapngSource(_Source):
                                 index, time_ns, buf[start : start + caplen], orig_len,
                                 _DIRECTIONS[flags & 3], packet_id,
                             )  # fmt: skip
+                    elif (
+                        block_end - options_at == 12
+                        and buf.startswith(flags_option, options_at)
+                        and tail(buf, options_at + 8)[0] == 0
+                    ):  # what a capture writes: epb_flags, end
+                        record = Record(
+                            index, time_ns, buf[start : start + caplen], orig_len,
+                            _DIRECTIONS[tail(buf, options_at + 4)[0] & 3],
+                        )  # fmt: skip
                     if record is None:
                         record = self._epb_options(
                             buf, options_at, block_end, pos,
