@@ -158,21 +158,27 @@ class Tracer:
             time.sleep(POLL_S)
 
     def _settle(self, session: Any, seq: int) -> None:
-        """Let the other rings hand over this probe's frames, then record them.
+        """Let every ring hand over this probe's frames, then record them.
 
-        Done as soon as the request and the answer were seen at every point; otherwise
-        (a loss, a path with fewer sightings) after SETTLE_S.
+        Done once the request and its answer were each seen at every point (plus two
+        block-retire periods, so a packet still in flight, like the source's RST after a
+        SYN-ACK, is not split between two chunks); otherwise after SETTLE_S.
         """
-        expected = 2 * len(self.points)
         deadline = time.monotonic() + SETTLE_S
-        while True:
+        while time.monotonic() < deadline:
             self._absorb(session.frames(since=len(self.frames)))
-            if len(self.sightings) - self._decoded_upto >= expected:
-                break
-            if time.monotonic() >= deadline:
+            if self._seen_everywhere(seq):
+                time.sleep(2 * RETIRE_MS / 1000)
                 break
             time.sleep(POLL_S)
+        self._absorb(session.frames(since=len(self.frames)))
         self._flush_chunk()
+
+    def _seen_everywhere(self, seq: int) -> bool:
+        chunk = self.sightings[self._decoded_upto :]
+        requests = {s.point for s in chunk if self._ip_ids.get(s.headers.ip_id) == seq}
+        answers = {s.point for s in chunk if self._answers(s, seq)}
+        return len(requests) == len(answers) == len(self.points)
 
     # --- decoding and correlation -----------------------------------------------------------
 
