@@ -14,13 +14,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flowtrace.capturing import CaptureResult, capture
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
 from flowtrace.model import Endpoint, Namespace, Point, Trace
 from flowtrace.probe import ProbeKind
 
 if TYPE_CHECKING:
-    from flowtrace.capturing import CaptureResult
     from flowtrace.topology.path import LiveView, PathPlan
+
+__all__ = [
+    "CaptureResult",
+    "Route",
+    "TraceOptions",
+    "capture",
+    "load",
+    "path",
+    "run_trace",
+    "trace",
+]
 
 
 @dataclass(frozen=True)
@@ -182,18 +193,3 @@ def load(path: str | Path | Sequence[str | Path]) -> Trace:
     from flowtrace.analyze import analyze
 
     return analyze(path).trace
-
-
-def capture(
-    src: str | None = None,
-    dst: str | None = None,
-    points: Sequence[str] = (),
-    filter_expr: str | None = None,
-    duration: float | None = None,
-    count: int | None = None,
-    output_dir: str | Path | None = None,
-) -> CaptureResult:
-    """Record all matching traffic on the path src -> dst (or on named points) to a pcap set."""
-    from flowtrace.capturing import capture as run_capture
-
-    return run_capture(src, dst, points, filter_expr, duration, count, output_dir)
