@@ -13,7 +13,7 @@ import gc
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +75,33 @@ class Analysis:
     sources: list[str] = field(default_factory=list)
     #: Plain sentences about the set: what looks wrong with it and what to do.
     notes: list[str] = field(default_factory=list)
+
+
+#: (packet id, kind, point before, point after) -> (rule, conntrack entry)
+Explanations = dict[tuple[int, str, str, str], tuple[str | None, str | None]]
+
+
+def _rewrites_in_manifest(manifest: dict[str, Any] | None) -> Explanations:
+    """The rule and conntrack entry the tracer found for each rewrite.
+
+    A pcapng has no place for them, so the tracer keeps them in the manifest.
+    """
+    found: Explanations = {}
+    for entry in (manifest or {}).get("nat") or []:
+        try:
+            before, after = entry["between"]
+            key = (int(entry["packet"]), str(entry["kind"]), str(before), str(after))
+        except (KeyError, TypeError, ValueError):
+            continue
+        found[key] = (entry.get("rule"), entry.get("conntrack"))
+    return found
+
+
+def _explain_from_manifest(ev: NatEvent, packet_id: int, explained: Explanations) -> NatEvent:
+    rule, conntrack = explained.get((packet_id, ev.kind, *ev.between), (None, None))
+    if rule is None and conntrack is None:
+        return ev
+    return replace(ev, rule=ev.rule or rule, conntrack=ev.conntrack or conntrack)
 
 
 def _flow_key(pkt: Packet) -> FlowKey:
@@ -376,6 +403,7 @@ def _analyze(
     recorded_ids: dict[int, int] = {}
     packet_ids = PacketIds()
     probes = ProbeNumbers.for_set(manifest)
+    explained = _rewrites_in_manifest(manifest)
     with reader:
         if point_names is not None and len(point_names) != len(reader.interfaces):
             raise FlowtraceError(
@@ -421,11 +449,15 @@ def _analyze(
                 recorded = {recorded_ids.pop(s.frame_index, None) for s in pkt.sightings}
             else:
                 recorded = no_ids
+            packet_id = packet_ids.assign(recorded)
+            nat = pkt.nat
+            if explained and nat:
+                nat = tuple(_explain_from_manifest(ev, packet_id, explained) for ev in nat)
             pkt = Packet(
-                packet_ids.assign(recorded),
+                packet_id,
                 pkt.direction,
                 pkt.sightings,
-                pkt.nat,
+                nat,
                 probes.number(pkt) if probes is not None else None,
             )
             analysis.packet_count += 1

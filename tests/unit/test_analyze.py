@@ -404,3 +404,31 @@ def test_a_block_handed_over_later_than_the_hold_still_joins_its_packets() -> No
 
 def signature(pkt: Packet) -> tuple[tuple[str, int], ...]:
     return tuple((s.point, s.time_ns) for s in pkt.sightings)
+
+
+def test_rules_and_conntrack_come_back_from_the_manifest() -> None:
+    from flowtrace.analyze import _explain_from_manifest, _rewrites_in_manifest
+    from flowtrace.model import Address, NatEvent
+
+    manifest = {
+        "nat": [
+            {
+                "packet": 1,
+                "kind": "SNAT",
+                "between": ["host/docker0", "host/ft-uplink"],
+                "rule": "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+                "conntrack": "icmp 1 29 src=172.17.0.2 dst=203.0.113.2",
+            },
+            {"packet": "bad", "kind": "SNAT", "between": []},
+        ]
+    }
+    explained = _rewrites_in_manifest(manifest)
+    assert list(explained) == [(1, "SNAT", "host/docker0", "host/ft-uplink")]
+    event = NatEvent(
+        "SNAT", ("host/docker0", "host/ft-uplink"), Address("172.17.0.2"), Address("203.0.113.1")
+    )
+    restored = _explain_from_manifest(event, 1, explained)
+    assert restored.rule is not None and "MASQUERADE" in restored.rule
+    assert restored.conntrack is not None and "src=172.17.0.2" in restored.conntrack
+    assert _explain_from_manifest(event, 2, explained) is event  # another packet: untouched
+    assert _rewrites_in_manifest(None) == {}
