@@ -282,7 +282,7 @@ def _run_trace(
         render_trace(result)
     if result.meta.get("interrupted"):
         sys.exit(int(ExitStatus.INTERRUPTED))
-    if any(v.outcome not in ("replied", "refused") for v in result.verdicts):
+    if not all(v.answered for v in result.verdicts):
         sys.exit(int(ExitStatus.NO_REPLY))
 
 

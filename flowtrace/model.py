@@ -225,6 +225,11 @@ class Verdict:
     detail: str = ""
     rtt_ns: int | None = None
 
+    @property
+    def answered(self) -> bool:
+        """The destination answered: a reply, or a refusal (RST, ICMP port unreachable)."""
+        return self.outcome in ("replied", "refused")
+
     def __str__(self) -> str:
         if self.outcome == "lost":
             where = f" after {self.last_point}" if self.last_point else " before the first point"
@@ -265,6 +270,14 @@ class Trace:
             if p.id == point_id:
                 return p
         raise KeyError(point_id)
+
+    def hop_deltas(self) -> dict[tuple[str, str, str], list[int]]:
+        """(direction, from point, to point) -> each packet's time for that hop, in ns."""
+        hops: dict[tuple[str, str, str], list[int]] = {}
+        for pkt in self.packets:
+            for a, b in pairwise(pkt.sightings):
+                hops.setdefault((pkt.direction, a.point, b.point), []).append(b.time_ns - a.time_ns)
+        return hops
 
     @property
     def nat_events(self) -> list[NatEvent]:

@@ -71,10 +71,7 @@ def packet_dict(pkt: Packet) -> dict[str, Any]:
 
 def hop_summary(trace: Trace) -> list[dict[str, Any]]:
     """min/median/max of each hop's delta over all packets, per direction."""
-    hops: dict[tuple[str, str, str], list[int]] = {}
-    for pkt in trace.packets:
-        for a, b in zip(pkt.sightings, pkt.sightings[1:], strict=False):
-            hops.setdefault((pkt.direction, a.point, b.point), []).append(b.time_ns - a.time_ns)
+    hops = trace.hop_deltas()
     return [
         {
             "direction": d,
@@ -102,7 +99,7 @@ def trace_dict(trace: Trace) -> dict[str, Any]:
         for v in trace.verdicts
     ]
     outcomes = [v.outcome for v in trace.verdicts]
-    answered = sum(1 for o in outcomes if o in ("replied", "refused"))
+    answered = sum(1 for v in trace.verdicts if v.answered)
     return {
         "schema": SCHEMA_VERSION,
         "flowtrace": __version__,

@@ -127,10 +127,7 @@ def _nat_details(events: Iterable[NatEvent]) -> list[str]:
 
 
 def hop_stats_table(trace: Trace) -> Table | None:
-    rows: dict[tuple[str, str, str], list[int]] = {}
-    for pkt in trace.packets:
-        for a, b in zip(pkt.sightings, pkt.sightings[1:], strict=False):
-            rows.setdefault((pkt.direction, a.point, b.point), []).append(b.time_ns - a.time_ns)
+    rows = trace.hop_deltas()
     if not rows:
         return None
     table = Table(title="per-hop latency", title_justify="left", show_edge=False, pad_edge=False)
@@ -215,7 +212,7 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         console.print()
         console.print(stats)
     if trace.verdicts:
-        answered = sum(1 for v in trace.verdicts if v.outcome in ("replied", "refused"))
+        answered = sum(1 for v in trace.verdicts if v.answered)
         sent = len(trace.verdicts)
         loss = 100.0 * (sent - answered) / sent
         rtts = [v.rtt_ns for v in trace.verdicts if v.rtt_ns is not None]
