@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowtrace.capturing import CaptureResult, capture
+from flowtrace.dns import DnsLookup
+from flowtrace.dns import lookup as dns_lookup
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
 from flowtrace.model import Endpoint, Namespace, Point, Trace
 from flowtrace.probe import ProbeKind
@@ -24,9 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CaptureResult",
+    "DnsLookup",
     "Route",
     "TraceOptions",
     "capture",
+    "dns_lookup",
     "load",
     "path",
     "run_trace",
