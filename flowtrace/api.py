@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowtrace.capturing import CaptureResult, capture
-from flowtrace.dns import DnsLookup
-from flowtrace.dns import lookup as dns_lookup
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
 from flowtrace.model import Endpoint, Namespace, Point, Trace
 from flowtrace.probe import ProbeKind
 
 if TYPE_CHECKING:
+    from flowtrace.dns import DnsLookup
     from flowtrace.topology.path import LiveView, PathPlan
 
 __all__ = [
     "CaptureResult",
-    "DnsLookup",
     "Route",
     "TraceOptions",
     "capture",
@@ -197,3 +195,18 @@ def load(path: str | Path | Sequence[str | Path]) -> Trace:
     from flowtrace.analyze import analyze
 
     return analyze(path).trace
+
+
+def dns_lookup(
+    src: str,
+    name: str,
+    qtype: str = "A",
+    server: str | None = None,
+    timeout: float = 2.0,
+    output_dir: str | Path | None = None,
+    record: bool = True,
+) -> DnsLookup:
+    """Look `name` up from `src` as its resolver would and follow the query and the answer."""
+    from flowtrace.dns import lookup
+
+    return lookup(src, name, qtype, server, timeout, output_dir, record)
