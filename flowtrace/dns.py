@@ -73,6 +73,8 @@ class DnsLookup:
     rcode: str | None = None
     records: tuple[str, ...] = ()
     rtt_ns: int | None = None
+    #: Why no answer came when the network said so (an ICMP error), in words.
+    error: str | None = None
     packets: tuple[Packet, ...] = ()
     stats: tuple[PointStats, ...] = ()
     notes: tuple[str, ...] = ()
@@ -289,6 +291,8 @@ class _DnsTracer:
         self.server, self.timeout = server, timeout
         self.command = command or f"flowtrace dns {src.spec} {name}"
         self.notes: list[str] = []
+        #: What the socket reported instead of an answer (an ICMP error), if anything.
+        self.socket_error: str | None = None
 
     # --- planning -------------------------------------------------------------------------
 
@@ -351,7 +355,8 @@ class _DnsTracer:
             sent_from = Address(src_ip, sport)
             session = CaptureSession(
                 points,
-                f"udp port {sport}",
+                f"udp port {sport} or icmp[icmptype] == icmp-unreach "
+                "or icmp[icmptype] == icmp-timxceed",
                 None,
                 keep_frames=True,
                 workers=0,
@@ -368,7 +373,11 @@ class _DnsTracer:
             try:
                 sent_ns = time.time_ns()
                 sock.send(wire)
-                reply_wire, received_ns = _receive(sock, query.id, self.timeout)
+                reply_wire, received_ns, self.socket_error = _receive(
+                    sock, query.id, self.timeout
+                )
+                if self.socket_error:
+                    self._settle(session, len(points), answered=True)
                 self._settle(session, len(points), answered=reply_wire is not None)
             except KeyboardInterrupt:
                 interrupted = True
@@ -431,6 +440,16 @@ class _DnsTracer:
         ours = (sent_from.ip, sent_from.port)
         query = next((p for p in packets if _sent_from(p, ours)), None)
         answer = next((p for p in packets if _sent_to(p, ours)), None)
+        error = self.socket_error
+        if answer is None and reply_wire is None:
+            answer = next((p for p in packets if _icmp_error_about(p, ours)), None)
+            if answer is not None:
+                from flowtrace.tracer import icmp_error_text
+
+                h = answer.last.headers
+                error = f"{icmp_error_text(h)} from {h.src}"
+                if h.icmp_type == 3 and h.icmp_code == 3:
+                    error += f": nothing listens on {self.server}:{DNS_PORT}/udp"
         if answer is not None:
             reply = replace(answer, direction="reply")
             packets = [reply if p is answer else p for p in packets]
@@ -481,7 +500,8 @@ class _DnsTracer:
             server_socket=server_socket if query is not None else None,
             rcode=rcode,
             records=records,
-            rtt_ns=received_ns - sent_ns if reply_wire is not None else None,
+            rtt_ns=received_ns - sent_ns if received_ns else None,
+            error=error,
             packets=tuple(packets),
             stats=stats,
             notes=tuple(self.src.notes) + tuple(self.notes),
@@ -564,22 +584,33 @@ def _udp_socket(server: str) -> socket.socket:
     return sock
 
 
-def _receive(sock: socket.socket, query_id: int, timeout: float) -> tuple[bytes | None, int]:
-    """The answer with our query's id, and when it came; (None, 0) after the timeout."""
+def _icmp_error_about(pkt: Packet, ours: tuple[str, int | None]) -> bool:
+    """An ICMP error quoting a packet our socket sent."""
+    return any(
+        s.headers.inner is not None and (s.headers.inner.src, s.headers.inner.sport) == ours
+        for s in pkt.sightings
+    )
+
+
+def _receive(
+    sock: socket.socket, query_id: int, timeout: float
+) -> tuple[bytes | None, int, str | None]:
+    """The answer with our query's id and when it came, or when and what the connected
+    socket reported instead (an ICMP error), or (None, 0, None) after the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            return None, 0
+            return None, 0, None
         sock.settimeout(left)
         try:
             data = sock.recv(65535)
         except TimeoutError:
-            return None, 0
-        except ConnectionRefusedError:
-            return None, 0  # ICMP port unreachable: nothing listens there
+            return None, 0, None
+        except OSError as exc:
+            return None, time.time_ns(), f"the socket reported: {exc.strerror}"
         if len(data) >= 2 and int.from_bytes(data[:2], "big") == query_id:
-            return data, time.time_ns()
+            return data, time.time_ns(), None
 
 
 def _read_answer(wire: bytes) -> tuple[str, tuple[str, ...]]:
@@ -615,6 +646,7 @@ def lookup_dict(result: DnsLookup, with_packets: bool = True) -> dict[str, Any]:
         "server_process": result.server_process,
         "rcode": result.rcode,
         "records": list(result.records),
+        "error": result.error,
         "rtt_us": result.rtt_ns / 1000 if result.rtt_ns is not None else None,
         "nat": [nat_dict(ev) for ev in result.nat],
         "notes": list(result.notes),
@@ -664,9 +696,10 @@ def render(result: DnsLookup, console: Any) -> None:
                 out(f"  rule: {ev.rule}")
             if ev.conntrack:
                 out(f"  conntrack: {ev.conntrack}")
-    if result.server_socket is not None:
-        who = result.server_process or "no process found (the socket closed?)"
-        out(f"delivered to {result.server_socket}, a socket of {who}")
+    if result.server_process is not None:
+        out(f"delivered to {result.server_socket}, a socket of {result.server_process}")
+    elif result.server_socket is not None:
+        out(f"no process has a socket bound to {result.server_socket}/udp there")
     for pkt in (result.query, result.answer):
         if pkt is not None:
             out("")
@@ -674,7 +707,9 @@ def render(result: DnsLookup, console: Any) -> None:
             for line in nat_details(pkt.nat):
                 out(line, style="yellow")
     out("")
-    if result.rcode is None:
+    if result.error is not None:
+        out(Text(f"no answer: {result.error}", style="red"))
+    elif result.rcode is None:
         out(Text(f"no answer within the timeout from {result.server}", style="red"))
     else:
         rtt = f" in {result.rtt_ns / 1000:.1f} µs" if result.rtt_ns is not None else ""

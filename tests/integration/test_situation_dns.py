@@ -254,3 +254,19 @@ def test_lookup_across_namespaces_shows_the_masquerade_and_the_server_process(
     (undo,) = answer["nat"]
     assert undo["reverse_of"] == "SNAT"
     assert doc["nat"] == []  # nothing rewritten between the socket and c1/eth0
+
+
+def test_a_server_nobody_runs_is_refused_by_icmp(lab: LabState) -> None:
+    result = run_cli(
+        "dns", "c1", "web.lab.test", "--server", lab.outside.ip, "--json", "--no-record"
+    )
+    assert result.returncode == ExitStatus.NO_REPLY, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["rcode"] is None and doc["records"] == []
+    assert doc["error"] == (
+        f"ICMP port unreachable (type 3 code 3) from {lab.outside.ip}: "
+        f"nothing listens on {lab.outside.ip}:53/udp"
+    )
+    assert doc["server_process"] is None
+    error = doc["packets"][1]
+    assert error["direction"] == "reply" and error["sightings"][-1]["point"] == "c1/eth0"
