@@ -10,7 +10,7 @@ machine:
   default route) holds host A's container ``m1`` (Docker gives it .67);
 * host B's container ``m2`` is a real container with network mode none into whose
   namespace a macvlan child of ft-l2b, made inside ft-hostb, is moved as ``eth0``
-  (.68/26): what Docker would do on host B.  It is done again whenever m2 has a new
+  (.68/26, MAC 02:42:c6:33:64:44 as Docker would pick): what Docker would do on host B.  It is done again whenever m2 has a new
   namespace (a restart).
 
 The addresses are a /26 of TEST-NET-2 checked unused on the host first; the capture
@@ -41,6 +41,9 @@ HOST_B_IP = "198.51.100.66"
 M1 = "m1"
 M2 = "m2"
 M2_IP = "198.51.100.68"
+#: Docker's way to pick a container's MAC (02:42 and the IPv4 address): stable across
+#: restarts, so m1's neighbour entry for m2 stays right when m2 gets its eth0 again.
+M2_MAC = "02:42:" + ":".join(f"{int(b):02x}" for b in M2_IP.split("."))
 CHILD_IFNAME = "eth0"
 
 
@@ -362,6 +365,7 @@ def _add_child(pid: int) -> None:
             "add",
             ifname=CHILD_IFNAME,
             kind="macvlan",
+            address=M2_MAC,
             link=lower,
             macvlan_mode="bridge",
             net_ns_pid=pid,
