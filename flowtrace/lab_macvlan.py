@@ -10,8 +10,8 @@ machine:
   default route) holds host A's container ``m1`` (Docker gives it .67);
 * host B's container ``m2`` is a real container with network mode none into whose
   namespace a macvlan child of ft-l2b, made inside ft-hostb, is moved as ``eth0``
-  (.68/26, MAC 02:42:c6:33:64:44 as Docker would pick): what Docker would do on host B.  It is done again whenever m2 has a new
-  namespace (a restart).
+  (.68/26, MAC 02:42:c6:33:64:44 as Docker would pick): what Docker would do on host
+  B.  It is done again whenever m2 has a new namespace (a restart).
 
 The addresses are a /26 of TEST-NET-2 checked unused on the host first; the capture
 tests' private namespaces use 198.51.100.1 and .2 and never reach the host.  Links
