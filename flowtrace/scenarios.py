@@ -3,8 +3,11 @@
 Each scenario adds a few containers to the base lab (c1..c4, web, ftlab, ft-outside)
 so one situation can be traced: a container with network mode none, one with
 network mode host, two containers sharing one namespace (container mode), one joined
-to a second network (`docker network connect`).  Some situations need nothing beyond
-the base lab (two isolated bridges, a container reaching the outside host).
+to a second network (`docker network connect`), and for `macvlan` a second host (a
+namespace on a veth segment) with a Docker macvlan network: what is not a container
+lives in the module a Scenario's `parts` names (flowtrace.lab_macvlan).  Some
+situations need nothing beyond the base lab (two isolated bridges, a container
+reaching the outside host).
 
 Scenario containers are lab containers: they carry the lab's labels (so a plain
 `flowtrace lab down` removes them with the rest) plus SCENARIO_LABEL, which
