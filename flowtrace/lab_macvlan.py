@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flowtrace.endpoints.netns import netns_inode, run_in_netns
@@ -45,6 +47,18 @@ M2_IP = "198.51.100.68"
 #: restarts, so m1's neighbour entry for m2 stays right when m2 gets its eth0 again.
 M2_MAC = "02:42:" + ":".join(f"{int(b):02x}" for b in M2_IP.split("."))
 CHILD_IFNAME = "eth0"
+
+
+@contextmanager
+def _kernel_refusal(what: str) -> Iterator[None]:
+    """A netlink refusal as one line for the user, not a traceback."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        yield
+    except NetlinkError as exc:
+        reason = os.strerror(exc.code) if exc.code else str(exc)
+        raise FlowtraceError(f"the kernel refused to {what}: {reason}") from None
 
 
 # --- looking --------------------------------------------------------------------------
@@ -353,7 +367,9 @@ def _ensure_network(client: Any) -> list[str]:
 
 def build(client: Any) -> list[str]:
     """Before the containers: host B, the segment and the Docker network on it."""
-    return _ensure_segment() + _ensure_network(client)
+    with _kernel_refusal(f"build {HOSTB_NETNS} and the segment {SEGMENT_A} <-> {SEGMENT_B}"):
+        changes = _ensure_segment()
+    return changes + _ensure_network(client)
 
 
 def _add_child(pid: int) -> None:
@@ -415,10 +431,11 @@ def attach(client: Any) -> list[str]:
     if child is not None and want in child["addresses"] and child["up"]:
         return changes
     path = f"/proc/{pid}/ns/net"
-    if child is None:
-        run_in_netns(path, _remove_child)  # a stray eth0 of another kind
-        run_in_netns(HOSTB_NETNS_PATH, _add_child, pid)
-    run_in_netns(path, _configure_child)
+    with _kernel_refusal(f"give {M2} a macvlan of {HOSTB_NETNS}/{SEGMENT_B}"):
+        if child is None:
+            run_in_netns(path, _remove_child)  # a stray eth0 of another kind
+            run_in_netns(HOSTB_NETNS_PATH, _add_child, pid)
+        run_in_netns(path, _configure_child)
     changes.append(
         f"moved a macvlan of {HOSTB_NETNS}/{SEGMENT_B} into {M2} as {CHILD_IFNAME} ({want})"
     )
@@ -446,7 +463,7 @@ def remove(client: Any) -> tuple[list[str], list[str]]:
             kept.append(f"network {NETWORK} ({_short(exc)})")
     a = _facts(SEGMENT_A)
     if a is not None and a["alias"] == SEGMENT_ALIAS:
-        with IPRoute() as ipr:
+        with IPRoute() as ipr, _kernel_refusal(f"delete {SEGMENT_A}"):
             ipr.link("del", index=a["index"])
         removed.append(f"veth {SEGMENT_A} <-> {HOSTB_NETNS}/{SEGMENT_B}")
     if os.path.exists(HOSTB_NETNS_PATH) and not _hostb_is_the_host():

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from flowtrace import lab, lab_macvlan, scenarios
+from flowtrace.errors import FlowtraceError
 
 
 def test_the_scenario_names_its_parts_and_m1_is_on_their_network() -> None:
@@ -29,3 +32,11 @@ def test_addresses_sit_in_the_segment_apart_from_the_lab_and_the_capture_tests()
 
 def test_m2_gets_dockers_ip_derived_mac() -> None:
     assert lab_macvlan.M2_MAC == "02:42:c6:33:64:44"
+
+
+def test_a_netlink_refusal_becomes_one_line_for_the_user() -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with pytest.raises(FlowtraceError) as caught, lab_macvlan._kernel_refusal("delete ft-l2a"):
+        raise NetlinkError(17)
+    assert caught.value.message == "the kernel refused to delete ft-l2a: File exists"
