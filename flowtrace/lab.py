@@ -1030,6 +1030,11 @@ def down() -> list[str]:
                 continue
             container.remove(force=True)
             removed.append(f"container {container.name} ({container.id[:12]})")
+        from flowtrace.scenarios import remove_parts
+
+        gone, still = remove_parts(client)  # a scenario's namespaces, links and networks
+        removed += gone
+        kept += still
         network = _get_network(client, LAB_NETWORK)
         if network is not None and _is_lab_labelled(network.attrs.get("Labels")):
             try:

@@ -3,8 +3,11 @@
 Each scenario adds a few containers to the base lab (c1..c4, web, ftlab, ft-outside)
 so one situation can be traced: a container with network mode none, one with
 network mode host, two containers sharing one namespace (container mode), one joined
-to a second network (`docker network connect`).  Some situations need nothing beyond
-the base lab (two isolated bridges, a container reaching the outside host).
+to a second network (`docker network connect`), and for `macvlan` a second host (a
+namespace on a veth segment) with a Docker macvlan network: what is not a container
+lives in the module a Scenario's `parts` names (flowtrace.lab_macvlan).  Some
+situations need nothing beyond the base lab (two isolated bridges, a container
+reaching the outside host).
 
 Scenario containers are lab containers: they carry the lab's labels (so a plain
 `flowtrace lab down` removes them with the rest) plus SCENARIO_LABEL, which
@@ -69,6 +72,15 @@ class Scenario:
     #: Commands that trace it, shown after `lab up --scenario`.
     commands: tuple[str, ...]
     members: tuple[Member, ...] = ()
+    #: A module that builds what is not a container (namespaces, links, networks):
+    #: conflicts(), build() before the members, attach() after them, survey() (table
+    #: lines and what is missing) and remove(), each given a Docker client.
+    parts: str = ""
+
+    def parts_module(self) -> Any | None:
+        import importlib
+
+        return importlib.import_module(self.parts) if self.parts else None
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -117,6 +129,19 @@ SCENARIOS: dict[str, Scenario] = {
             "container to the outside host through MASQUERADE",
             ("flowtrace ping c1 netns:ft-outside",),
         ),
+        Scenario(
+            "macvlan",
+            "macvlan across two hosts: m1 on host A and m2 on host B (netns ft-hostb) "
+            "reach each other but not their own host",
+            (
+                "flowtrace ping m1 m2",
+                "flowtrace ping m1 host",
+                "flowtrace ping m2 netns:ft-hostb",
+                "flowtrace ping m1 netns:ft-hostb",
+            ),
+            (Member("m1", network="ftmacvlan"), Member("m2", mode="none")),
+            parts="flowtrace.lab_macvlan",
+        ),
     )
 }
 SCENARIO_NAMES = tuple(SCENARIOS)
@@ -143,6 +168,8 @@ class ScenarioState:
     missing: tuple[str, ...] = ()
     #: What `up()` did, in words (the base lab's changes first).
     changes: tuple[str, ...] = field(default_factory=tuple)
+    #: The scenario's other parts (namespaces, links) as table lines.
+    parts: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -219,7 +246,14 @@ def _survey(client: Any, scenario: Scenario, lab_state: LabState) -> ScenarioSta
     missing = list(lab_state.missing)
     for view in views.values():
         missing += _problems(view, views)
-    return ScenarioState(scenario, lab_state, tuple(views.values()), tuple(missing))
+    parts = scenario.parts_module()
+    shown: list[str] = []
+    if parts is not None:
+        shown, found = parts.survey(client)
+        missing += found
+    return ScenarioState(
+        scenario, lab_state, tuple(views.values()), tuple(missing), parts=tuple(shown)
+    )
 
 
 def _conflicts(client: Any, scenario: Scenario) -> list[str]:
@@ -233,7 +267,8 @@ def _conflicts(client: Any, scenario: Scenario) -> list[str]:
                 f"a container named {member.name} exists and is not part of the flowtrace lab "
                 f"(no label {MEMBER_LABEL}={member.name}): rename or remove it"
             )
-    return found
+    parts = scenario.parts_module()
+    return found + (parts.conflicts(client) if parts is not None else [])
 
 
 # --- building ---------------------------------------------------------------------------
@@ -350,9 +385,14 @@ def up(name: str) -> ScenarioState:
         conflicts = _conflicts(client, scenario)
         if conflicts:
             raise lab.LabConflictError("; ".join(conflicts))
+        parts = scenario.parts_module()
         try:
+            if parts is not None:
+                changes += parts.build(client)
             for member in scenario.members:
                 changes += _ensure(client, scenario, member)
+            if parts is not None:
+                changes += parts.attach(client)
         except APIError as exc:
             raise FlowtraceError(
                 f"Docker refused to build scenario {name}: {lab._short(exc)}"
@@ -371,13 +411,15 @@ def status(name: str) -> ScenarioState:
 
 
 def down(name: str) -> list[str]:
-    """Remove the scenario's containers (sharers before owners) and nothing else."""
+    """Remove the scenario's containers (sharers before owners), then its other parts."""
     from flowtrace import lab
 
     scenario = get(name)
     lab.require_privileges()
     client = lab._docker()
     removed: list[str] = []
+    kept: list[str] = []
+    parts = scenario.parts_module()
     with lab._exclusive():
         for member in reversed(scenario.members):
             container = _owned(client, member.name)
@@ -385,7 +427,29 @@ def down(name: str) -> list[str]:
                 continue
             container.remove(force=True)
             removed.append(f"container {member.name} ({container.id[:12]})")
+        if parts is not None:
+            gone, kept = parts.remove(client)
+            removed += gone
+    if kept:
+        raise lab.LabPartlyRemovedError(
+            f"kept {'; '.join(kept)}: remove what uses it, then run "
+            f"`flowtrace lab down --scenario {name}` again",
+            removed,
+        )
     return removed
+
+
+def remove_parts(client: Any) -> tuple[list[str], list[str]]:
+    """What every scenario made besides containers, for a plain `lab down` (lock held)."""
+    removed: list[str] = []
+    kept: list[str] = []
+    for scenario in SCENARIOS.values():
+        parts = scenario.parts_module()
+        if parts is not None:
+            gone, still = parts.remove(client)
+            removed += gone
+            kept += still
+    return removed, kept
 
 
 # --- rendering --------------------------------------------------------------------------
@@ -420,6 +484,9 @@ def render(state: ScenarioState) -> str:
         ]
         lines.append("")
         lines += _table(("CONTAINER", "ID", "STATE", "NETWORK MODE", "NETNS", "NETWORK IP"), rows)
+    if state.parts:
+        lines.append("")
+        lines += state.parts
     lines.append("")
     lines.append("trace it:")
     lines += [f"  {command}" for command in scenario.commands]

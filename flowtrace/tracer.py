@@ -9,6 +9,7 @@ probe by probe.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -20,6 +21,7 @@ from flowtrace.probe import ProbePlan, open_sender, send_probe
 if TYPE_CHECKING:
     from flowtrace.api import Route, TraceOptions
     from flowtrace.output.traceset import TraceRecorder
+    from flowtrace.topology.path import Blocked
 
 POLL_S = 0.002
 RETIRE_MS = 4  # ring blocks hand over frames at least this often
@@ -57,7 +59,7 @@ class Tracer:
         opts = self.options
         session = CaptureSession(
             self.points,
-            self.probe.capture_filter(opts.count),
+            self._capture_filter(),
             None,
             keep_frames=True,
             workers=0,
@@ -134,7 +136,7 @@ class Tracer:
                 "port": self.route.dst_port,
             },
             "count": self.options.count,
-            "capture_filter": self.probe.capture_filter(self.options.count),
+            "capture_filter": self._capture_filter(),
             "notes": self._notes(),
         }
         names: list[tuple[str, list[str]]] = []
@@ -142,6 +144,16 @@ class Tracer:
             if p.netns.container:
                 names.extend((ip, [p.netns.container]) for ip in p.addresses)
         return TraceRecorder(directory, self.points, manifest, names)
+
+    def _capture_filter(self) -> str:
+        """The probes' filter; when the path is blocked, also the ARP about the neighbour
+        the source cannot reach (the only frames such a probe makes)."""
+        probes = self.probe.capture_filter(self.options.count)
+        blocked = self.route.plan.blocked
+        if blocked is None:
+            return probes
+        ip = int.from_bytes(socket.inet_aton(blocked.neighbor), "big")
+        return f"({probes}) or (arp and (arp[24:4] = {ip:#x} or arp[14:4] = {ip:#x}))"
 
     def _send(self, sender: Any, seq: int) -> None:
         packet = self.probe.build(seq)
@@ -265,6 +277,11 @@ class Tracer:
         requests = [p for p in mine if p.direction == "request"]
         replies = [p for p in mine if p.direction == "reply"]
         destination = self.route.plan.destination
+        blocked = self.route.plan.blocked
+        if blocked is not None and not any(_at(r.sightings, self.source_point) for r in replies):
+            verdict = self._blocked_verdict(seq, blocked)
+            if verdict is not None:
+                return verdict
         if not requests:
             return Verdict(seq, "lost", None, "not seen leaving the source")
         request = requests[0]
@@ -303,6 +320,39 @@ class Tracer:
         why = self._why_lost(final)
         return Verdict(seq, "lost", final.point, why or f"no sighting after {final.point}")
 
+    def _blocked_verdict(self, seq: int, blocked: Blocked) -> Verdict | None:
+        """A probe the path walk said cannot arrive: the unanswered ARP, and why.
+
+        None when someone did answer the ARP: then the prediction was wrong and the
+        usual verdict applies.
+        """
+        start = self.sent_at[seq]
+        end = self.sent_at.get(seq + 1)
+        asked: dict[int, int] = {}
+        for frame in self.frames:
+            if frame.time_ns < start or (end is not None and frame.time_ns >= end):
+                continue
+            arp = arp_fields(frame.data)
+            if arp is None:
+                continue
+            op, sender_ip, target_ip = arp
+            if op == 2 and sender_ip == blocked.neighbor:
+                return None
+            if op == 1 and target_ip == blocked.neighbor:
+                asked[frame.point] = asked.get(frame.point, 0) + 1
+        src = self.route.src.netns.label
+        if not asked:  # it joined a resolution already under way, or the entry had failed
+            return Verdict(seq, "lost", None, f"never left {src}: {blocked.why}")
+        where = [self.point_ids[i] for i in sorted(asked)]
+        seen = " and ".join((", ".join(where[:-1]), where[-1])) if len(where) > 1 else where[0]
+        return Verdict(
+            seq,
+            "lost",
+            where[-1],
+            f"never left {src}: its ARP request for {blocked.neighbor} ({max(asked.values())} "
+            f"sent, seen at {seen}) was never answered; {blocked.why}",
+        )
+
     def _why_lost(self, last: Sighting) -> str | None:
         """The filter rule that dropped a request (looked up once per place and flow)."""
         from flowtrace.errors import FlowtraceError
@@ -321,7 +371,14 @@ class Tracer:
 
     def _notes(self) -> list[str]:
         notes = list(self.route.src.notes) + list(self.route.dst.notes)
-        notes += list(self.route.plan.notes)
+        blocked = self.route.plan.blocked
+        for note in self.route.plan.notes:
+            if blocked is not None and note == blocked.why:  # the verdicts say it in full
+                note = (
+                    f"predicted from the kernel's state: {blocked.neighbor} cannot be reached "
+                    "(macvlan isolation, explained with each probe); the probes are sent anyway"
+                )
+            notes.append(note)
         if self.options.kind == "tcp":
             notes.append(
                 "flowtrace sends a bare SYN: the source's kernel, which opened no "
@@ -424,6 +481,14 @@ def icmp_error_text(h: Any) -> str:
     else:
         what = f"error type {h.icmp_type}"
     return f"ICMP {what} (type {h.icmp_type} code {h.icmp_code})"
+
+
+def arp_fields(frame: bytes) -> tuple[int, str, str] | None:
+    """(operation, sender IP, target IP) of an Ethernet ARP frame for IPv4, else None."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x06" or frame[16:18] != b"\x08\x00":
+        return None
+    op = int.from_bytes(frame[20:22], "big")
+    return op, socket.inet_ntoa(frame[28:32]), socket.inet_ntoa(frame[38:42])
 
 
 def _at(sightings: Iterable[Sighting], point: str) -> int | None:

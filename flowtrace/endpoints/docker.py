@@ -128,9 +128,15 @@ def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
             f"`docker start {info.name}`"
         )
     if mode == "none":
-        raise NoPathError(
-            f"container {info.name} has network mode none: Docker gave its namespace no "
-            "interface but lo, so no packet can leave it or reach it from another namespace"
+        added = _interfaces_besides_lo(f"/proc/{info.pid}/ns/net")
+        if not added:
+            raise NoPathError(
+                f"container {info.name} has network mode none: Docker gave its namespace no "
+                "interface but lo, so no packet can leave it or reach it from another namespace"
+            )
+        notes.append(
+            f"{info.name} has network mode none: Docker gave it only lo, and "
+            f"{', '.join(added)} was put into its namespace by something other than Docker"
         )
     if mode == "host":
         notes.append(
@@ -138,6 +144,17 @@ def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
             "namespace, so the host's interfaces are its own and it has no veth of its own"
         )
     return info, f"/proc/{info.pid}/ns/net", notes
+
+
+def _interfaces_besides_lo(path: str) -> list[str]:
+    """Interface names in the namespace at path, other than lo (a none-mode container
+    can still be given one from outside Docker, as a macvlan moved into it)."""
+    import socket
+
+    from flowtrace.endpoints.netns import run_in_netns
+
+    names = run_in_netns(path, socket.if_nameindex)
+    return sorted(name for _, name in names if name != "lo")
 
 
 def _netns_of(pid: int) -> int | None:

@@ -104,7 +104,8 @@ class TraceRecorder:
                     packet_id=pkt.packet_id,
                     comment=sighting_comment(pkt, i, self._by_id),
                 )
-        for index, frame in sorted(frames.items()):
+        # the rest (an unanswered ARP...) by kernel time: rings hand frames over out of order
+        for index, frame in sorted(frames.items(), key=lambda item: (item[1].time_ns, item[0])):
             if index not in written:
                 self._writer.write_packet(
                     frame.point, frame.time_ns, frame.data, frame.orig_len, outbound=frame.outbound

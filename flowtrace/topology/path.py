@@ -3,7 +3,11 @@
 The walk asks the same questions the kernel answers when it forwards a packet: which
 interface does the route leave by, where is that veth's peer, which bridge is the peer
 enslaved to, which bridge port leads to the next hop, does this namespace own the
-address (and does a published port redirect it).  It reads state through a
+address (and does a published port redirect it).  A macvlan child sends through its
+parent (lower) device, which may live in another namespace; frames arriving on a
+parent go to the child that owns the address.  The macvlan driver never passes frames
+between a child and its own parent's namespace: the walk says so (`PathPlan.blocked`)
+instead of pretending the packet arrives.  It reads state through a
 `KernelView`, so it is pure logic: tests give it recorded states.
 """
 
@@ -47,6 +51,16 @@ class KernelView(Protocol):
 Redirect = Callable[[Namespace, str, int | None], tuple[str, int | None, str] | None]
 
 
+@dataclass(frozen=True)
+class Blocked:
+    """Why a packet cannot arrive although every route says it can."""
+
+    #: In words, with the fix.
+    why: str
+    #: The on-link address the sender asks for by ARP and never gets an answer about.
+    neighbor: str
+
+
 @dataclass
 class PathPlan:
     """The observation points a packet from src to dst will cross, in order."""
@@ -58,6 +72,8 @@ class PathPlan:
     #: Where the walk ended when it reached the destination (None: it did not).
     destination: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Set when the kernel's state says the packet cannot arrive (macvlan isolation).
+    blocked: Blocked | None = None
 
     def add(self, ns: Namespace, link: Link, state: NetnsState, role: str) -> Point:
         point_id = f"{ns.label}/{link.name}"
@@ -132,6 +148,85 @@ def find_bridge_port(
     return None
 
 
+def find_lower(view: KernelView, ns: Namespace, child: Link) -> tuple[Namespace, Link] | None:
+    """A macvlan's parent (lower) device: IFLA_LINK in the namespace IFLA_LINK_NETNSID names."""
+    if child.peer_index is None:
+        return None
+    if child.peer_nsid is None:
+        link = view.state(ns).link(child.peer_index)
+        return (ns, link) if link is not None else None
+    for cand in view.namespaces():
+        if cand.inode == ns.inode:
+            continue
+        link = view.state(cand).link(child.peer_index)
+        if link is not None and view.nsid(ns, cand) == child.peer_nsid:
+            return view.named(cand), link
+    return None
+
+
+def _owner(view: KernelView, ip: str) -> tuple[Namespace, Link] | None:
+    """The first namespace (in view order) that owns ip, and the link it is on."""
+    for cand in view.namespaces():
+        state = view.state(cand)
+        for address in state.addresses:
+            link = state.link(address.index) if address.ip == ip else None
+            if link is not None and link.arptype != 772:
+                return cand, link
+    return None
+
+
+def _is_child_of(
+    view: KernelView, ns: Namespace, link: Link, lower_ns: Namespace, lower: Link
+) -> bool:
+    """Whether `link` in ns is a macvlan whose parent is `lower` in lower_ns."""
+    if link.kind != "macvlan" or link.peer_index != lower.index:
+        return False
+    if ns.inode == lower_ns.inode:
+        return link.peer_nsid is None
+    return link.peer_nsid is not None and view.nsid(ns, lower_ns) == link.peer_nsid
+
+
+def macvlan_child_owning(
+    view: KernelView, lower_ns: Namespace, lower: Link, ip: str
+) -> tuple[Namespace, Link] | None:
+    """The macvlan child of `lower` that owns ip, if the owner of ip is one."""
+    owner = _owner(view, ip)
+    if owner is None or not _is_child_of(view, owner[0], owner[1], lower_ns, lower):
+        return None
+    return view.named(owner[0]), owner[1]
+
+
+_SHIM = (
+    'the usual fix is a macvlan "shim" interface in {ns} on {lower} '
+    "(`ip link add NAME link {lower} type macvlan mode bridge`, an address, and a route "
+    "to the containers through it), so {ns} talks to them as one more child"
+)
+
+
+def _from_child_blocked(child: Point, lower_ns: Namespace, lower: Link, ip: str) -> Blocked:
+    return Blocked(
+        f"{child.id} is a macvlan child of {lower_ns.label}/{lower.name}, and {ip} belongs to "
+        f"{lower_ns.label} itself: the macvlan driver never passes frames between a child and "
+        f"its own parent device, so {lower_ns.label} never receives what {child.netns.label} "
+        f"sends (its ARP request for {ip} leaves through {lower_ns.label}/{lower.name} onto "
+        "the wire and no one answers); " + _SHIM.format(ns=lower_ns.label, lower=lower.name),
+        ip,
+    )
+
+
+def _to_child_blocked(
+    ns: Namespace, lower: Link, child_ns: Namespace, child: Link, ip: str
+) -> Blocked:
+    return Blocked(
+        f"{ip} belongs to {child_ns.label}/{child.name}, a macvlan child of {ns.label}/"
+        f"{lower.name}: the macvlan driver never passes frames between a parent device's "
+        f"own namespace and its children, so {child_ns.label} never receives what {ns.label} "
+        f"sends through {lower.name} (its ARP request for {ip} goes out onto the wire and no "
+        "one answers); " + _SHIM.format(ns=ns.label, lower=lower.name),
+        ip,
+    )
+
+
 def _route_or_fail(view: KernelView, ns: Namespace, dst: str, plan: PathPlan) -> Route | None:
     route = view.route(ns, dst)
     if route.kind in (RTN_UNREACHABLE, RTN_PROHIBIT, RTN_BLACKHOLE) or (
@@ -174,28 +269,10 @@ def plan_path(
     plan.add(src, out, state, "source")
     ns, link, gateway = src, out, route.gateway
     for _ in range(MAX_HOPS):
-        next_hop = gateway or plan.dst_ip
-        if link.kind == "bridge":
-            found = find_bridge_port(view, ns, link, next_hop)
-            if found is None:
-                plan.notes.append(
-                    f"no port of bridge {link.name} in {ns.label} leads to {next_hop}"
-                )
-                return plan
-            port, _, _ = found
-            plan.add(ns, port, view.state(ns), "veth-peer")
-            link = port
-        if link.kind != "veth":
-            plan.notes.append(
-                f"the packet leaves {ns.label} through {link.name} ({link.kind or 'device'}); "
-                "flowtrace cannot follow it further"
-            )
+        arrived = _cross(view, plan, ns, link, gateway or plan.dst_ip)
+        if arrived is None:
             return plan
-        peer = find_peer(view, ns, link)
-        if peer is None:
-            plan.notes.append(f"cannot find the peer of veth {link.name} in {ns.label}")
-            return plan
-        ns, link = peer
+        ns, link = arrived
         state = view.state(ns)
         master = state.link(link.master) if link.master else None
         if master is not None and master.kind == "bridge":
@@ -235,6 +312,65 @@ def plan_path(
         link = out
     plan.notes.append(f"gave up after {MAX_HOPS} hops (a routing loop?)")
     return plan
+
+
+def _cross(
+    view: KernelView, plan: PathPlan, ns: Namespace, link: Link, next_hop: str
+) -> tuple[Namespace, Link] | None:
+    """Follow a frame leaving ns through link towards next_hop to the link it arrives on.
+
+    Adds the points in between (bridge port, macvlan parent); None when the walk ends
+    here (a note or `plan.blocked` says why).
+    """
+    if link.kind == "macvlan":
+        found = find_lower(view, ns, link)
+        if found is None:
+            plan.notes.append(f"cannot find the parent device of macvlan {link.name} in {ns.label}")
+            return None
+        lower_ns, lower = found
+        sibling = macvlan_child_owning(view, lower_ns, lower, next_hop)
+        if sibling is not None:
+            return sibling  # bridge mode: the driver hands it across, the parent never sees it
+        child = plan.add(ns, link, view.state(ns), "source")
+        plan.add(lower_ns, lower, view.state(lower_ns), "parent")
+        owner = _owner(view, next_hop)
+        if owner is not None and owner[0].inode == lower_ns.inode:
+            _block(plan, _from_child_blocked(child, lower_ns, lower, next_hop))
+            return None
+        ns, link = lower_ns, lower
+    else:
+        target = macvlan_child_owning(view, ns, link, next_hop)
+        if target is not None:
+            _block(plan, _to_child_blocked(ns, link, target[0], target[1], next_hop))
+            return None
+    if link.kind == "bridge":
+        port_found = find_bridge_port(view, ns, link, next_hop)
+        if port_found is None:
+            plan.notes.append(f"no port of bridge {link.name} in {ns.label} leads to {next_hop}")
+            return None
+        port, _, _ = port_found
+        plan.add(ns, port, view.state(ns), "veth-peer")
+        link = port
+    if link.kind != "veth":
+        plan.notes.append(
+            f"the packet leaves {ns.label} through {link.name} ({link.kind or 'device'}); "
+            "flowtrace cannot follow it further"
+        )
+        return None
+    peer = find_peer(view, ns, link)
+    if peer is None:
+        plan.notes.append(f"cannot find the peer of veth {link.name} in {ns.label}")
+        return None
+    far = macvlan_child_owning(view, peer[0], peer[1], next_hop)
+    if far is not None:  # the frame arrives on a parent device and goes to its child
+        plan.add(peer[0], peer[1], view.state(peer[0]), "parent")
+        return far
+    return peer
+
+
+def _block(plan: PathPlan, blocked: Blocked) -> None:
+    plan.blocked = blocked
+    plan.notes.append(blocked.why)
 
 
 class LiveView:
