@@ -373,9 +373,7 @@ class _DnsTracer:
             try:
                 sent_ns = time.time_ns()
                 sock.send(wire)
-                reply_wire, received_ns, self.socket_error = _receive(
-                    sock, query.id, self.timeout
-                )
+                reply_wire, received_ns, self.socket_error = _receive(sock, query.id, self.timeout)
                 if self.socket_error:
                     self._settle(session, len(points), answered=True)
                 self._settle(session, len(points), answered=reply_wire is not None)
