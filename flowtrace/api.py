@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.capturing import CaptureResult, capture
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
@@ -89,32 +89,87 @@ def choose_destination_ip(view: LiveView, src: Namespace, dst: Endpoint) -> str:
 def docker_redirect(
     kind: ProbeKind,
 ) -> Callable[[Namespace, str, int | None], tuple[str, int | None, str] | None]:
-    """Predict a published port's DNAT: Docker maps host ports to container ports."""
+    """Predict a published port's DNAT: Docker maps host ports to container ports.
+
+    Only bindings that take the address count (an IPv4 wildcard or the address
+    itself: a `::` binding is IPv6's), and never for 127.0.0.0/8, which Docker's
+    OUTPUT jump leaves out (docker-proxy carries those; see topology.published).
+    """
 
     def redirect(ns: Namespace, ip: str, port: int | None) -> tuple[str, int | None, str] | None:
         if port is None or kind == "icmp" or ns.label != "host":
             return None
-        from flowtrace.endpoints.docker import docker_available, running_containers
+        from flowtrace.topology.published import binding_serves, output_dnat_applies
 
-        if not docker_available():
+        if not output_dnat_applies(ip):
             return None
-        for c in running_containers():
-            for key, bindings in c.ports.items():
-                cport, _, proto = key.partition("/")
-                if proto != kind:
-                    continue
-                for host_ip, host_port in bindings:
-                    if host_port == port and host_ip in ("0.0.0.0", "::", "", ip):
-                        target = next(iter(c.addresses.values()), None)
-                        if target:
-                            why = (
-                                f"{ip}:{port} is published by container {c.name}: "
-                                f"DNAT to {target}:{cport}"
-                            )
-                            return target, int(cport), why
+        for c, cport, host_ip, _ in _bindings(kind, port):
+            if binding_serves(host_ip, ip):
+                target = next(iter(c.addresses.values()), None)
+                if target:
+                    why = (
+                        f"{ip}:{port} is published by container {c.name}: DNAT to {target}:{cport}"
+                    )
+                    return target, cport, why
         return None
 
     return redirect
+
+
+def _bindings(kind: str, port: int) -> list[tuple[Any, int, str, int]]:
+    """(container, container port, host ip, host port) of running containers' `port`/kind."""
+    from flowtrace.endpoints.docker import docker_available, running_containers
+
+    if not docker_available():
+        return []
+    found = []
+    for c in running_containers():
+        for key, bindings in c.ports.items():
+            cport, _, proto = key.partition("/")
+            found += [
+                (c, int(cport), host_ip, host_port)
+                for host_ip, host_port in bindings
+                if proto == kind and host_port == port
+            ]
+    return found
+
+
+def unserved_binding(kind: ProbeKind, ip: str, port: int | None) -> str | None:
+    """Why a host port that Docker publishes is closed at this address, or None.
+
+    E.g. `-p 127.0.0.1::80`: the DNAT rule matches `-d 127.0.0.1` and docker-proxy
+    listens on 127.0.0.1 only, so a SYN for another host address reaches the host's
+    own stack, where nothing listens.
+    """
+    if port is None or kind == "icmp":
+        return None
+    from flowtrace.topology.published import binding_serves
+
+    for c, cport, host_ip, _ in _bindings(kind, port):
+        if ":" in host_ip and ":" not in ip:
+            continue  # an IPv6 binding says nothing about an IPv4 address
+        if not binding_serves(host_ip, ip):
+            return (
+                f"container {c.name} publishes port {port} (-> {cport}/{kind}) on {host_ip} "
+                f"only: Docker's DNAT rule matches -d {host_ip} and its docker-proxy listens on "
+                f"{host_ip}, so a packet for {ip}:{port} is not rewritten and the host's own "
+                "stack, where nothing listens there, answers"
+            )
+    return None
+
+
+def _loopback_destination(src: Endpoint, dst_spec: str) -> Endpoint | None:
+    """`127.0.0.1:PORT`: the source's own loopback (every namespace has one)."""
+    from flowtrace.endpoints.resolve import split_port
+
+    name, port = split_port(dst_spec.strip())
+    try:
+        is_loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return None
+    if not is_loopback:
+        return None
+    return Endpoint(name, src.netns, src.addresses, name, port)
 
 
 def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Route:
@@ -123,7 +178,7 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
     from flowtrace.topology.path import LiveView, plan_path
 
     src = resolve(src_spec)
-    dst = resolve(dst_spec, allow_port=True)
+    dst = _loopback_destination(src, dst_spec) or resolve(dst_spec, allow_port=True)
     if kind in ("tcp", "udp") and dst.port is None:
         raise FlowtraceError(f"{kind} needs a destination port: {dst_spec}:PORT", ExitStatus.USAGE)
     if kind == "icmp" and dst.port is not None:
@@ -137,6 +192,11 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
         plan.src_ip = src.ip
     if not plan.points:
         raise NoPathError(f"no path from {src_spec} to {dst_spec}")
+    if plan.redirected is None and plan.destination and plan.dst_port is not None:
+        hint = unserved_binding(kind, plan.dst_ip, plan.dst_port)
+        if hint:
+            plan.notes.append(hint)
+            plan.closed_hint = hint
     mates = (src.netns.container, dst.netns.container)
     if src.netns.inode == dst.netns.inode and all(mates) and mates[0] != mates[1]:
         plan.notes.append(

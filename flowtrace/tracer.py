@@ -256,6 +256,8 @@ class Tracer:
     # --- NAT: the rule and the conntrack entry ------------------------------------------------
 
     def _attribute_nat(self, packets: list[Packet]) -> list[Packet]:
+        if self.route.plan.dnat_at_source:
+            packets = [self._source_dnat(pkt) for pkt in packets]
         by_id = {p.id: p for p in self.points}
         out = []
         forward: dict[tuple[str, str, str], NatEvent] = {}
@@ -277,6 +279,64 @@ class Tracer:
                 events.append(ev)
             out.append(replace(pkt, nat=tuple(events)))
         return out
+
+    @property
+    def source_stack(self) -> str:
+        """The pseudo point where a namespace's own nat OUTPUT rewrites (before any interface)."""
+        return f"{self.route.src.netns.label} (local stack)"
+
+    def _source_dnat(self, pkt: Packet) -> Packet:
+        """The DNAT the source's nat OUTPUT made before the first point, and its reversal.
+
+        No point sees the probe before the rewrite, so the event is between the source's
+        own stack (where the probe was addressed to the published port) and the first
+        point; the reply is put back after the last point, on its way into that stack.
+        """
+        from flowtrace.model import Address
+
+        sent = Address(self.route.dst_ip, self.route.dst_port)
+        if pkt.probe is None or pkt.first.headers.proto != 6:
+            return pkt
+        if pkt.direction == "request":
+            h = pkt.first.headers
+            if (h.dst, h.dport) == (sent.ip, sent.port):
+                return pkt
+            ev = NatEvent(
+                "DNAT", (self.source_stack, pkt.first.point), sent, Address(h.dst, h.dport)
+            )
+            ev = self._explain_source_dnat(ev, pkt.first)
+        else:
+            h = pkt.last.headers
+            if (h.src, h.sport) == (sent.ip, sent.port):
+                return pkt
+            ev = NatEvent(
+                "SNAT",
+                (pkt.last.point, self.source_stack),
+                Address(h.src, h.sport),
+                sent,
+                reverse_of="DNAT",
+            )
+        return replace(pkt, nat=(ev, *pkt.nat))
+
+    def _explain_source_dnat(self, ev: NatEvent, first: Sighting) -> NatEvent:
+        from flowtrace.errors import FlowtraceError
+        from flowtrace.model import Address
+        from flowtrace.topology.conntrack import find_entry
+        from flowtrace.topology.nat_rules import attribute, read_ruleset
+
+        ns = self.route.src.netns.path
+        h = first.headers
+        rule = conntrack = None
+        try:
+            peer = Address(h.src, h.sport)
+            rule = attribute(read_ruleset(ns), ev, "tcp", None, None, (h.src,), peer=peer)
+        except FlowtraceError as exc:
+            rule = f"(rules not readable: {exc.message})"
+        try:
+            conntrack = find_entry(ns, "tcp", h.src, ev.before.ip, h.sport, ev.before.port, None)
+        except FlowtraceError as exc:
+            conntrack = f"(conntrack not readable: {exc.message})"
+        return replace(ev, rule=rule, conntrack=conntrack)
 
     def _explain(self, ev: NatEvent, pkt: Packet, ns_point: Point, a: Point, b: Point) -> NatEvent:
         from flowtrace.errors import FlowtraceError
@@ -326,7 +386,9 @@ class Tracer:
             if h.proto == 6 and (h.tcp_flags or 0) & 0x12 == 0x12:
                 return Verdict(seq, "replied", None, "SYN-ACK: the port is open", rtt)
             if h.proto == 6 and (h.tcp_flags or 0) & 0x04:
-                return Verdict(seq, "refused", None, f"RST from {h.src}: the port is closed", rtt)
+                closed = f"RST from {h.src}: the port is closed"
+                hint = self.route.plan.closed_hint
+                return Verdict(seq, "refused", None, f"{closed}; {hint}" if hint else closed, rtt)
             if h.proto == 1 and h.icmp_type == 3 and h.icmp_code == 3:
                 port = f"{self.route.dst_port}/{self.options.kind}"
                 return Verdict(

@@ -58,6 +58,13 @@ class PathPlan:
     #: Where the walk ended when it reached the destination (None: it did not).
     destination: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: (address, port) the probe is sent to when a published port's DNAT rewrote it on
+    #: the way (the plan's dst_ip/dst_port are then the rewritten ones), else None.
+    redirected: tuple[str, int | None] | None = None
+    #: The DNAT happened in the source namespace's nat OUTPUT, before any point.
+    dnat_at_source: bool = False
+    #: Why the destination is expected to refuse (a port published on another address).
+    closed_hint: str | None = None
 
     def add(self, ns: Namespace, link: Link, state: NetnsState, role: str) -> Point:
         point_id = f"{ns.label}/{link.name}"
@@ -153,6 +160,16 @@ def plan_path(
     plan = PathPlan(dst_ip=dst_ip, dst_port=dst_port)
     state = view.state(src)
     route = view.route(src, dst_ip)
+    if route.local and redirect is not None:
+        target = redirect(src, dst_ip, dst_port)
+        if target is not None:  # a published port: DNAT in this namespace's nat OUTPUT
+            new_ip, new_port, why = target
+            plan = plan_path(view, src, new_ip, new_port)
+            plan.src_ip = dst_ip  # the kernel picks it for the connection before the DNAT
+            plan.redirected = (dst_ip, dst_port)
+            plan.dnat_at_source = True
+            plan.notes.insert(0, f"{why}, in {src.label}'s nat OUTPUT before any interface")
+            return plan
     if route.local:
         lo = next((link for link in state.links if link.arptype == 772), None)
         if lo is None:
@@ -212,6 +229,7 @@ def plan_path(
                     ingress = plan.add(ns, link, state, "destination")
                 plan.destination = ingress.id
                 return plan
+            plan.redirected = (plan.dst_ip, plan.dst_port)
             plan.dst_ip, plan.dst_port, why = target
             plan.notes.append(why)
         route_in = _route_or_fail(view, ns, plan.dst_ip, plan)

@@ -1,0 +1,146 @@
+"""Published ports: which of Docker's bindings serve an address, and who listens on it.
+
+Docker (with its default userland-proxy=true) makes two things for `-p [IP:]HOST:PORT`:
+a DNAT rule in its nat chain DOCKER (`-d IP` when the binding names an address), and a
+`docker-proxy` process listening on IP:HOST.  Which one carries a connection depends on
+where it comes from:
+
+* from another namespace (the outside host, a container on another bridge): PREROUTING
+  jumps to DOCKER for every local address, the DNAT rewrites it;
+* from the host itself: OUTPUT jumps to DOCKER only for `! -d 127.0.0.0/8`, so a
+  connection to 127.0.0.1 is not rewritten and reaches the docker-proxy listening on the
+  port, which opens a second connection of its own to the container.
+
+Everything here is pure (text in, values out) so it is tested on recorded input; the
+live reads (`/proc/net/tcp`, `/proc/PID/fd`, `/proc/PID/cmdline`) are in flowtrace.proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+
+#: /proc/net/tcp state of a listening socket (include/net/tcp_states.h TCP_LISTEN).
+TCP_LISTEN = 0x0A
+TCP_ESTABLISHED = 0x01
+
+
+def binding_serves(host_ip: str, dst_ip: str) -> bool:
+    """Does a binding on host_ip ("" or 0.0.0.0: every IPv4 address) take dst_ip?
+
+    Docker programs its IPv4 DNAT rules for IPv4 bindings only: a `::` binding is the
+    IPv6 twin, and Docker 20.10 may give it a different random port than the IPv4 one.
+    """
+    dst = ipaddress.ip_address(dst_ip)
+    wildcard = ("", "0.0.0.0") if dst.version == 4 else ("::",)
+    if host_ip in wildcard:
+        return True
+    try:
+        return ipaddress.ip_address(host_ip) == dst
+    except ValueError:
+        return False
+
+
+def output_dnat_applies(dst_ip: str) -> bool:
+    """From the host itself: Docker's `-A OUTPUT ! -d 127.0.0.0/8 ... -j DOCKER`."""
+    return not ipaddress.ip_address(dst_ip).is_loopback
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    """One line of /proc/net/tcp or /proc/net/tcp6."""
+
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+    state: int
+    inode: int
+
+    @property
+    def listening(self) -> bool:
+        return self.state == TCP_LISTEN
+
+
+def _address(text: str) -> tuple[str, int]:
+    """`0100007F:1F90` -> ("127.0.0.1", 8080); 32 hex digits are IPv6 (four host-order words)."""
+    hex_ip, _, hex_port = text.partition(":")
+    raw = bytes.fromhex(hex_ip)
+    if len(raw) == 4:
+        ip = socket.inet_ntop(socket.AF_INET, struct.pack("<I", struct.unpack(">I", raw)[0]))
+    elif len(raw) == 16:
+        words = struct.unpack(">4I", raw)
+        ip = socket.inet_ntop(socket.AF_INET6, struct.pack("<4I", *words))
+    else:
+        raise ValueError(f"bad address {text!r}")
+    return ip, int(hex_port, 16)
+
+
+def parse_proc_net_tcp(text: str) -> list[TcpSocket]:
+    """The sockets of /proc/net/tcp (or tcp6): addresses, state and inode."""
+    found = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        try:
+            local_ip, local_port = _address(fields[1])
+            remote_ip, remote_port = _address(fields[2])
+            state, inode = int(fields[3], 16), int(fields[9])
+        except ValueError:
+            continue
+        found.append(TcpSocket(local_ip, local_port, remote_ip, remote_port, state, inode))
+    return found
+
+
+def listener_for(sockets: list[TcpSocket], ip: str, port: int) -> TcpSocket | None:
+    """The listening socket that takes a connection to ip:port (an exact address first)."""
+    candidates = [s for s in sockets if s.listening and s.local_port == port]
+    for sock in candidates:
+        if sock.local_ip == ip:
+            return sock
+    for sock in candidates:
+        if sock.local_ip in ("0.0.0.0", "::") and binding_serves(sock.local_ip, ip):
+            return sock
+    return None
+
+
+@dataclass(frozen=True)
+class ProxyCommand:
+    """What a docker-proxy was started to do (its command line)."""
+
+    proto: str
+    host_ip: str
+    host_port: int
+    container_ip: str
+    container_port: int
+
+
+def parse_proxy_cmdline(argv: list[str]) -> ProxyCommand | None:
+    """What `docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip
+    172.17.0.4 -container-port 80` forwards.
+
+    None when argv is not a docker-proxy's (or lacks one of the five settings).
+    """
+    if not argv or not argv[0].rsplit("/", 1)[-1].startswith("docker-proxy"):
+        return None
+    values: dict[str, str] = {}
+    args = argv[1:]
+    for i, arg in enumerate(args):
+        name, eq, value = arg.lstrip("-").partition("=")
+        if eq:
+            values[name] = value
+        elif arg.startswith("-") and i + 1 < len(args):
+            values[name] = args[i + 1]
+    try:
+        return ProxyCommand(
+            values["proto"],
+            values["host-ip"],
+            int(values["host-port"]),
+            values["container-ip"],
+            int(values["container-port"]),
+        )
+    except (KeyError, ValueError):
+        return None
