@@ -20,7 +20,8 @@ from flowtrace.model import Endpoint, Namespace, Point, Trace
 from flowtrace.probe import ProbeKind
 
 if TYPE_CHECKING:
-    from flowtrace.topology.path import LiveView, PathPlan
+    from flowtrace.proxy import ProxyLeg
+    from flowtrace.topology.path import LiveView, PathPlan, Redirect
 
 __all__ = [
     "CaptureResult",
@@ -66,6 +67,8 @@ class Route:
     dst_ip: str
     dst_port: int | None
     plan: PathPlan
+    #: The docker-proxy that will accept the connection (no DNAT applies), else None.
+    proxy: ProxyLeg | None = None
 
 
 def choose_destination_ip(view: LiveView, src: Namespace, dst: Endpoint) -> str:
@@ -86,34 +89,51 @@ def choose_destination_ip(view: LiveView, src: Namespace, dst: Endpoint) -> str:
     return dst.ip or candidates[0]
 
 
-def docker_redirect(
-    kind: ProbeKind,
-) -> Callable[[Namespace, str, int | None], tuple[str, int | None, str] | None]:
+def docker_redirect(kind: ProbeKind) -> Redirect:
     """Predict a published port's DNAT: Docker maps host ports to container ports.
 
-    Only bindings that take the address count (an IPv4 wildcard or the address
-    itself: a `::` binding is IPv6's), and never for 127.0.0.0/8, which Docker's
-    OUTPUT jump leaves out (docker-proxy carries those; see topology.published).
+    The host's nat table is walked as the kernel walks it for the first packet
+    (PREROUTING for one that came in by `in_iface`, OUTPUT for the host's own), so
+    what Docker's rules leave out stays out: 127.0.0.0/8 from the host, packets from
+    Docker's own bridges (docker-proxy takes those), a binding on another address.
+    When the rules cannot be read, Docker's bindings are matched instead.
     """
 
-    def redirect(ns: Namespace, ip: str, port: int | None) -> tuple[str, int | None, str] | None:
+    def redirect(
+        ns: Namespace, ip: str, port: int | None, in_iface: str | None = None
+    ) -> tuple[str, int | None, str] | None:
         if port is None or kind == "icmp" or ns.label != "host":
             return None
-        from flowtrace.topology.published import binding_serves, output_dnat_applies
+        from flowtrace.topology.kernel import read_state
+        from flowtrace.topology.nat_rules import read_ruleset
+        from flowtrace.topology.published import predict_dnat
 
-        if not output_dnat_applies(ip):
+        try:
+            local = frozenset(a.ip for a in read_state(ns.path).addresses)
+            predicted = predict_dnat(read_ruleset(ns.path), kind, ip, port, in_iface, local)
+        except FlowtraceError:
+            predicted = _binding_target(kind, ip, port)
+        if predicted is None:
             return None
-        for c, cport, host_ip, _ in _bindings(kind, port):
-            if binding_serves(host_ip, ip):
-                target = next(iter(c.addresses.values()), None)
-                if target:
-                    why = (
-                        f"{ip}:{port} is published by container {c.name}: DNAT to {target}:{cport}"
-                    )
-                    return target, cport, why
-        return None
+        target, cport, _ = predicted
+        owners = [c.name for c, *_ in _bindings(kind, port) if target in c.addresses.values()]
+        by = f"container {owners[0]}" if owners else target
+        return target, cport, f"{ip}:{port} is published by {by}: DNAT to {target}:{cport}"
 
     return redirect
+
+
+def _binding_target(kind: ProbeKind, ip: str, port: int) -> tuple[str, int, str] | None:
+    """Docker's bindings for the port that take the address (no rules to read)."""
+    from flowtrace.topology.published import binding_serves, output_dnat_applies
+
+    if not output_dnat_applies(ip):
+        return None
+    for c, cport, host_ip, _ in _bindings(kind, port):
+        target = next(iter(c.addresses.values()), None)
+        if target and binding_serves(host_ip, ip):
+            return target, cport, ""
+    return None
 
 
 def _bindings(kind: str, port: int) -> list[tuple[Any, int, str, int]]:
@@ -197,13 +217,48 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
         if hint:
             plan.notes.append(hint)
             plan.closed_hint = hint
+    proxy = None
+    if kind == "tcp" and plan.redirected is None and plan.destination and dst.port is not None:
+        proxy = _proxy_leg(view, plan, dst.port)
     mates = (src.netns.container, dst.netns.container)
     if src.netns.inode == dst.netns.inode and all(mates) and mates[0] != mates[1]:
         plan.notes.append(
             f"containers {mates[0]} and {mates[1]} share one network namespace: "
             "the packet never leaves it and crosses only lo"
         )
-    return Route(src, dst, dst_ip, dst.port, plan)
+    return Route(src, dst, dst_ip, dst.port, plan, proxy)
+
+
+def _proxy_leg(view: LiveView, plan: PathPlan, port: int) -> ProxyLeg | None:
+    """When the host's own stack takes the SYN: who listens there (a docker-proxy: leg 2)."""
+    from flowtrace.endpoints.resolve import host_namespace
+    from flowtrace.proxy import ProxyLeg, find_listener
+    from flowtrace.topology.path import plan_path
+
+    host = host_namespace()
+    end = next((p for p in plan.points if p.id == plan.destination), None)
+    if end is None or end.netns.inode != host.inode:
+        return None
+    listener = find_listener(plan.dst_ip, port)
+    if listener is None:
+        return None
+    command = listener.proxy
+    if command is None or listener.pid is None or command.proto != "tcp":
+        plan.notes.append(f"{listener.describe()}: it answers the SYN itself")
+        return None
+    leg2 = plan_path(view, host, command.container_ip, command.container_port)
+    container = leg2.points[-1].netns.container if leg2.destination else None
+    to = f"container {container}" if container else command.container_ip
+    if ipaddress.ip_address(plan.dst_ip).is_loopback:
+        why = "Docker's nat OUTPUT jumps to its DNAT rules only for ! -d 127.0.0.0/8"
+    else:
+        why = "the SYN comes in from a Docker bridge, and the DOCKER chain returns for those"
+    plan.notes.append(
+        f"no DNAT rewrites {plan.dst_ip}:{port} ({why}): docker-proxy pid {listener.pid} "
+        f"listens on {listener.ip}:{listener.port} and carries the connection to {to} "
+        f"({command.container_ip}:{command.container_port}) over a connection of its own"
+    )
+    return ProxyLeg(listener, command, tuple(leg2.points), container)
 
 
 def path(src: str, dst: str, kind: ProbeKind = "icmp") -> tuple[list[Point], list[str]]:

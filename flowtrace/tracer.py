@@ -14,7 +14,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from flowtrace.model import Frame, NatEvent, Packet, Point, PointStats, Sighting, Trace, Verdict
+from flowtrace.model import (
+    Frame,
+    Headers,
+    NatEvent,
+    Packet,
+    Point,
+    PointStats,
+    Sighting,
+    Trace,
+    Verdict,
+)
 from flowtrace.probe import ProbePlan, open_sender, send_probe
 
 if TYPE_CHECKING:
@@ -31,6 +41,9 @@ class Tracer:
         self.route = route
         self.options = options
         self.points: list[Point] = list(route.plan.points)
+        if route.proxy is not None:  # leg 2: the proxy's own connection to the container
+            known = {p.id for p in self.points}
+            self.points += [p for p in route.proxy.points if p.id not in known]
         self.point_ids = [p.id for p in self.points]
         self.source_point = self.points[0].id
         self.probe = ProbePlan.new(
@@ -44,6 +57,11 @@ class Tracer:
         self._decoded_upto = 0
         self._written_upto = 0
         self._next_packet_id = 1
+        self._taken = 0  # frames the session handed over (kept or not)
+        #: With a docker-proxy: the (address, port) ends of both legs' connections, once
+        #: known; until then only the probes' frames are kept.
+        self._leg_ends: set[tuple[str, int]] = set()
+        self._legs: dict[str, object] | None = None
         self._ip_ids: dict[int, int] = {}  # request IP ID -> probe number
         self.recorder: TraceRecorder | None = None
         #: Why a lost request vanished, by (last point, protocol, addresses, ports).
@@ -57,7 +75,7 @@ class Tracer:
         opts = self.options
         session = CaptureSession(
             self.points,
-            self.probe.capture_filter(opts.count),
+            self._capture_filter(),
             None,
             keep_frames=True,
             workers=0,
@@ -83,12 +101,14 @@ class Tracer:
                         time.sleep(max(0.0, opts.interval - (time.monotonic() - started)))
             finally:
                 sender.close()
+            if self.route.proxy is not None:
+                self._follow_proxy(session)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             session.stop()
             stats = session.snapshot()
-            self._absorb(session.frames(since=len(self.frames)))
+            self._absorb(session.frames(since=self._taken))
             self._flush_chunk(final=True)
             self._finish_verdicts()
             if self.recorder is not None:
@@ -106,6 +126,7 @@ class Tracer:
                         "interrupted": interrupted,
                         # the rule and conntrack entry of each rewrite: the pcapng cannot hold them
                         "nat": nat,
+                        **({"proxy": self._legs} if self._legs is not None else {}),
                     },
                 )
         return self._trace(stats, interrupted)
@@ -152,7 +173,7 @@ class Tracer:
     def _wait_for_answer(self, session: Any, seq: int) -> None:
         deadline = time.monotonic() + self.options.timeout
         while time.monotonic() < deadline:
-            self._absorb(session.frames(since=len(self.frames)))
+            self._absorb(session.frames(since=self._taken))
             if self._answered_at_source(seq):
                 return
             time.sleep(POLL_S)
@@ -166,12 +187,12 @@ class Tracer:
         """
         deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline:
-            self._absorb(session.frames(since=len(self.frames)))
+            self._absorb(session.frames(since=self._taken))
             if self._seen_everywhere(seq):
                 time.sleep(2 * RETIRE_MS / 1000)
                 break
             time.sleep(POLL_S)
-        self._absorb(session.frames(since=len(self.frames)))
+        self._absorb(session.frames(since=self._taken))
         self._flush_chunk()
 
     def _seen_everywhere(self, seq: int) -> bool:
@@ -182,18 +203,134 @@ class Tracer:
 
     # --- decoding and correlation -----------------------------------------------------------
 
+    def _capture_filter(self) -> str:
+        probes = self.probe.capture_filter(self.options.count)
+        proxy = self.route.proxy
+        if proxy is None or self.route.dst_port is None:
+            return probes
+        return f"({probes}) or {proxy.capture_filter(self.route.dst_ip, self.route.dst_port)}"
+
     def _absorb(self, new: Sequence[Frame]) -> None:
         """Decode the frames the session handed over since last time."""
         from flowtrace.correlate.decode import decode_frame
 
-        base = len(self.frames)
-        self.frames.extend(new)
-        for i, f in enumerate(new, base):
+        self._taken += len(new)
+        for f in new:
             headers = decode_frame(f.data, self.points[f.point].linktype)
+            if self.route.proxy is not None and not self._ours(headers):
+                continue  # another connection through the same port or to the same container
+            i = len(self.frames)
+            self.frames.append(f)
             if headers is not None:
                 self.sightings.append(
                     Sighting(self.point_ids[f.point], f.time_ns, headers, f.outbound, i)
                 )
+
+    def _ours(self, h: Headers | None) -> bool:
+        """A probe's packet (its mark), or one of the legs flowtrace opened through a proxy."""
+        if h is None:
+            return False
+        if h.proto != 6:  # an ICMP error (the filter lets no other through): about ours?
+            return h.inner is not None and h.inner.proto == 6 and self._ours(h.inner)
+        if (h.src, h.sport) in self._leg_ends or (h.dst, h.dport) in self._leg_ends:
+            return True
+        marks = {self.probe.seq_mark(seq) for seq in range(self.options.count)}
+        ack = ((h.tcp_ack or 0) - 1) & 0xFFFFFFFF
+        return bool({h.tcp_seq, ((h.tcp_seq or 0) - 1) & 0xFFFFFFFF, ack} & marks)
+
+    # --- docker-proxy: a real connection, both legs ------------------------------------------
+
+    def _follow_proxy(self, session: Any) -> None:
+        """Connect through the proxy for real, find its leg-2 socket, record both legs."""
+        from flowtrace.proxy import connect_through
+
+        proxy = self.route.proxy
+        if proxy is None or self.route.dst_port is None:
+            return
+        # the probes' frames first, so the legs' come in a chunk of their own
+        self._absorb(session.frames(since=self._taken))
+        self._flush_chunk()
+        first_leg_packet = self._next_packet_id
+        result = connect_through(
+            proxy, self.route.src.netns.path, self.route.dst_ip, self.route.dst_port
+        )
+        if result.client is not None:
+            self._leg_ends.add(result.client)
+        self._leg_ends.update(result.proxy_side)
+        deadline = time.monotonic() + max(self.options.timeout, 0.2)
+        while time.monotonic() < deadline:
+            self._absorb(session.frames(since=self._taken))
+            if self._legs_closed():
+                time.sleep(2 * RETIRE_MS / 1000)  # the last ACKs
+                break
+            time.sleep(POLL_S)
+        self._absorb(session.frames(since=self._taken))
+        self._flush_chunk()
+        self._legs = self._describe_legs(result, first_leg_packet)
+
+    def _leg_label(self, pkt: Packet) -> str | None:
+        """Which leg of the connection through docker-proxy a packet is on, in words."""
+        h = pkt.first.headers
+        ends = {(h.src, h.sport), (h.dst, h.dport)}
+        proxy = self.route.proxy
+        if proxy is None or not ends & self._leg_ends:
+            return None
+        if (self.route.dst_ip, self.route.dst_port) in ends:
+            return f"docker-proxy leg 1, client -> proxy pid {proxy.listener.pid}"
+        return f"docker-proxy leg 2, proxy pid {proxy.listener.pid} -> container"
+
+    def _legs_closed(self) -> bool:
+        """Every end of both legs sent its FIN (or a RST), on what was seen so far."""
+        closing = {
+            (s.src, s.sport)
+            for s in self.sightings[self._decoded_upto :]
+            if s.headers.proto == 6 and (s.headers.tcp_flags or 0) & 0x05
+        }
+        return bool(self._leg_ends) and len(closing) >= 2 * len(self._leg_ends)
+
+    def _describe_legs(self, result: Any, first_packet: int) -> dict[str, object]:
+        proxy = self.route.proxy
+        assert proxy is not None
+        listener = proxy.listener
+        leg_packets = [p for p in self.packets if p.packet_id >= first_packet]
+
+        def ids(ends: set[tuple[str, int]]) -> list[int]:
+            return [
+                p.packet_id
+                for p in leg_packets
+                if (p.first.src, p.first.sport) in ends or (p.first.dst, p.first.dport) in ends
+            ]
+
+        target = f"{proxy.proxy.container_ip}:{proxy.proxy.container_port}"
+        server = f"{self.route.dst_ip}:{self.route.dst_port}"
+        client = set() if result.client is None else {result.client}
+        legs = [
+            {
+                "leg": 1,
+                "what": "client -> docker-proxy",
+                "from": _end(result.client),
+                "to": server,
+                "points": [p.id for p in self.route.plan.points],
+                "packets": ids(client),
+            },
+            {
+                "leg": 2,
+                "what": "docker-proxy -> container",
+                "from": ", ".join(str(_end(end)) for end in result.proxy_side) or None,
+                "to": target,
+                "points": [p.id for p in proxy.points],
+                "packets": ids(set(result.proxy_side)),
+            },
+        ]
+        return {
+            "pid": listener.pid,
+            "cmdline": listener.cmdline,
+            "listen": f"{listener.ip}:{listener.port}",
+            "container": proxy.container,
+            "target": target,
+            "legs": legs,
+            "problem": result.problem,
+        }
 
     def _answered_at_source(self, seq: int) -> bool:
         for s in self.sightings[self._decoded_upto :]:
@@ -229,6 +366,8 @@ class Tracer:
                     or h.tcp_ack == (isn + 1) & 0xFFFFFFFF
                 ):
                     return seq
+        if h.proto == 6 and self.route.proxy is not None:
+            return None  # a packet of the real connection through the proxy
         # a UDP answer: the newest probe sent before it
         earlier = [k for k, t in self.sent_at.items() if t <= pkt.first.time_ns]
         return max(earlier) if earlier else None
@@ -251,7 +390,8 @@ class Tracer:
         packets = self._attribute_nat(packets)
         self.packets.extend(packets)
         if self.recorder is not None:
-            self.recorder.write(frames_chunk, packets)
+            labels = {p.packet_id: label for p in packets if (label := self._leg_label(p))}
+            self.recorder.write(frames_chunk, packets, labels)
 
     # --- NAT: the rule and the conntrack entry ------------------------------------------------
 
@@ -384,6 +524,13 @@ class Tracer:
             if h.proto == 1 and h.icmp_type == 0:
                 return Verdict(seq, "replied", None, "echo reply", rtt)
             if h.proto == 6 and (h.tcp_flags or 0) & 0x12 == 0x12:
+                proxy = self.route.proxy
+                if proxy is not None:
+                    listening = f"{proxy.listener.ip}:{proxy.listener.port}"
+                    by = f"docker-proxy pid {proxy.listener.pid} (listening on {listening})"
+                    return Verdict(
+                        seq, "replied", None, f"SYN-ACK from {by}: the port is open", rtt
+                    )
                 return Verdict(seq, "replied", None, "SYN-ACK: the port is open", rtt)
             if h.proto == 6 and (h.tcp_flags or 0) & 0x04:
                 closed = f"RST from {h.src}: the port is closed"
@@ -452,6 +599,8 @@ class Tracer:
         }
         if self.recorder is not None:
             meta["pcap"] = str(self.recorder.path)
+        if self._legs is not None:
+            meta["proxy"] = self._legs
         return Trace(
             tuple(self.points),
             tuple(self.packets),
@@ -483,6 +632,10 @@ def icmp_error_text(h: Any) -> str:
     else:
         what = f"error type {h.icmp_type}"
     return f"ICMP {what} (type {h.icmp_type} code {h.icmp_code})"
+
+
+def _end(end: tuple[str, int] | None) -> str | None:
+    return None if end is None else f"{end[0]}:{end[1]}"
 
 
 def _at(sightings: Iterable[Sighting], point: str) -> int | None:

@@ -9,7 +9,6 @@ address (and does a published port redirect it).  It reads state through a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -43,8 +42,14 @@ class KernelView(Protocol):
         ...
 
 
-#: (namespace that owns the address, address, port) -> (new address, new port, why) or None
-Redirect = Callable[[Namespace, str, int | None], tuple[str, int | None, str] | None]
+class Redirect(Protocol):
+    """(namespace that owns the address, address, port, the interface the packet came in
+    by there, None for the namespace's own packets) -> (new address, new port, why) or None.
+    """
+
+    def __call__(
+        self, ns: Namespace, ip: str, port: int | None, in_iface: str | None = None
+    ) -> tuple[str, int | None, str] | None: ...
 
 
 @dataclass
@@ -161,7 +166,7 @@ def plan_path(
     state = view.state(src)
     route = view.route(src, dst_ip)
     if route.local and redirect is not None:
-        target = redirect(src, dst_ip, dst_port)
+        target = redirect(src, dst_ip, dst_port, None)
         if target is not None:  # a published port: DNAT in this namespace's nat OUTPUT
             new_ip, new_port, why = target
             plan = plan_path(view, src, new_ip, new_port)
@@ -223,7 +228,9 @@ def plan_path(
             ingress_link = link
             ingress = None
         if state.owns(plan.dst_ip):
-            target = redirect(ns, plan.dst_ip, plan.dst_port) if redirect else None
+            target = (
+                redirect(ns, plan.dst_ip, plan.dst_port, ingress_link.name) if redirect else None
+            )
             if target is None:
                 if ingress is None:
                     ingress = plan.add(ns, link, state, "destination")

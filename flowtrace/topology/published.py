@@ -21,6 +21,10 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from flowtrace.topology.nat_rules import NatRuleset
 
 #: /proc/net/tcp state of a listening socket (include/net/tcp_states.h TCP_LISTEN).
 TCP_LISTEN = 0x0A
@@ -144,3 +148,43 @@ def parse_proxy_cmdline(argv: list[str]) -> ProxyCommand | None:
         )
     except (KeyError, ValueError):
         return None
+
+
+def predict_dnat(
+    ruleset: NatRuleset,
+    proto: str,
+    dst: str,
+    dport: int,
+    in_iface: str | None,
+    local_addresses: frozenset[str],
+) -> tuple[str, int, str] | None:
+    """The DNAT the nat table gives the first packet to dst:dport, or None.
+
+    Walks PREROUTING for a packet that came in by `in_iface`, OUTPUT for one the
+    namespace sends itself (in_iface None), as the kernel would: jumps, RETURNs (Docker
+    returns early for its own bridges) and the `! -d 127.0.0.0/8` of Docker's OUTPUT
+    rule included.  Returns (address, port, rule text); a DNAT that keeps the port
+    gives dport.  Only rules whose matches certainly fit count.
+    """
+    from flowtrace.topology.nat_rules import PacketView, Rule, walk
+
+    chain = "PREROUTING" if in_iface is not None else "OUTPUT"
+    number = {"tcp": 6, "udp": 17}.get(proto, 0)
+    packet = PacketView(number, None, dst, None, dport, in_iface, None, "NEW", local_addresses)
+
+    def decide(rule: Rule, certain: bool) -> Literal["found", "stop", "continue"]:
+        if rule.target == "DNAT" and certain and rule.option("--to-destination"):
+            return "found"
+        if rule.target in ("ACCEPT", "REDIRECT", "DNAT") and certain:
+            return "stop"
+        return "continue"
+
+    rule = walk(ruleset.nat, chain, packet, decide)
+    if rule is None:
+        return None
+    spec = rule.option("--to-destination") or ""
+    host, _, port = spec.rpartition(":") if spec.count(":") == 1 else (spec, "", "")
+    if not host:
+        return None
+    first_port = port.split("-", 1)[0]
+    return host.split("-", 1)[0], int(first_port) if first_port.isdigit() else dport, rule.text

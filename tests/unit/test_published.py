@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from flowtrace.topology.nat_rules import parse_iptables_save
 from flowtrace.topology.published import (
     ProxyCommand,
     TcpSocket,
@@ -13,6 +16,7 @@ from flowtrace.topology.published import (
     output_dnat_applies,
     parse_proc_net_tcp,
     parse_proxy_cmdline,
+    predict_dnat,
 )
 
 # Recorded on the lab machine (`-p 8080:80`, `-p 127.0.0.1::80`, one connection through
@@ -107,3 +111,56 @@ def test_docker_proxy_command_lines() -> None:
     assert parse_proxy_cmdline([]) is None
     assert parse_proxy_cmdline(argv.split()[:-2]) is None  # no container port
     assert parse_proxy_cmdline(["docker-proxy", "-host-port", "x", "-proto", "tcp"]) is None
+
+
+# The nat table with the base lab and the ports scenario up (recorded on the lab machine).
+PORTS_RULES = parse_iptables_save(
+    (Path(__file__).parent.parent / "data" / "iptables-save-docker-ports.txt").read_text()
+)
+HOST = frozenset({"127.0.0.1", "172.17.0.1", "172.18.0.1", "203.0.113.1"})
+WEB = (
+    "172.17.0.4",
+    80,
+    "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.4:80",
+)
+
+
+@pytest.mark.parametrize(
+    ("dst", "port", "in_iface", "expected"),
+    [
+        ("203.0.113.1", 8080, "ft-uplink", WEB),  # from the outside host: PREROUTING
+        ("203.0.113.1", 8080, None, WEB),  # from the host itself: OUTPUT
+        ("172.17.0.1", 8080, None, WEB),
+        ("127.0.0.1", 8080, None, None),  # OUTPUT jumps to DOCKER only for ! -d 127.0.0.0/8
+        ("172.17.0.1", 8080, "docker0", None),  # -A DOCKER -i docker0 -j RETURN
+        ("203.0.113.1", 32769, "ft-uplink", None),  # -p 127.0.0.1::80: -d 127.0.0.1/32
+        ("172.17.0.1", 9999, None, None),  # -p 203.0.113.1:9999:80: -d 203.0.113.1/32
+        (
+            "203.0.113.1",
+            9999,
+            "ft-uplink",
+            (
+                "172.17.0.7",
+                80,
+                "-A DOCKER -d 203.0.113.1/32 ! -i docker0 -p tcp -m tcp --dport 9999 -j DNAT --to-destination 172.17.0.7:80",
+            ),
+        ),
+        ("203.0.113.1", 1234, "ft-uplink", None),  # published by nobody
+    ],
+)
+def test_the_dnat_the_kernel_gives_a_published_port(
+    dst: str, port: int, in_iface: str | None, expected: tuple[str, int, str] | None
+) -> None:
+    assert predict_dnat(PORTS_RULES, "tcp", dst, port, in_iface, HOST) == expected
+
+
+def test_a_dnat_without_a_port_keeps_the_packets() -> None:
+    rules = parse_iptables_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        "-A PREROUTING -i eth0 -p tcp -m tcp --dport 81 -j DNAT --to-destination 10.0.0.9\n"
+        "-A PREROUTING -i eth0 -p tcp -m tcp --dport 82 -j DNAT --to-destination 10.0.0.8:90-99\n"
+        "COMMIT\n"
+    )
+    assert predict_dnat(rules, "tcp", "10.0.0.1", 81, "eth0", frozenset())[:2] == ("10.0.0.9", 81)  # type: ignore[index]
+    assert predict_dnat(rules, "tcp", "10.0.0.1", 82, "eth0", frozenset())[:2] == ("10.0.0.8", 90)  # type: ignore[index]
+    assert predict_dnat(rules, "tcp", "10.0.0.1", 81, "eth1", frozenset()) is None

@@ -1,0 +1,184 @@
+"""Who listens on a host port, and the docker-proxy's second leg.
+
+With Docker's default userland-proxy=true, a connection to a published port that no
+DNAT rule rewrites (from the host to 127.0.0.1, or from a container to its bridge's
+gateway address) is accepted by a `docker-proxy` process listening on the port, which
+then opens a connection of its own to the container: two TCP connections, two legs.
+
+The listening socket is found in /proc/net/tcp (address and port -> socket inode) and
+its process by the `socket:[inode]` link among /proc/PID/fd.  The proxy's second leg is
+its own socket too: the connection from the proxy's pid to the container's address
+that appears when flowtrace connects (a bare SYN never completes a handshake, so the
+proxy never dials on for one).  Pure parsing is in topology.published.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from flowtrace.endpoints.netns import run_in_netns
+from flowtrace.model import Point
+from flowtrace.topology.published import (
+    ProxyCommand,
+    TcpSocket,
+    listener_for,
+    parse_proc_net_tcp,
+    parse_proxy_cmdline,
+)
+
+#: Where a connection flowtrace opens through the proxy waits at most for the proxy's leg.
+LEG_WAIT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Listener:
+    """The process whose socket listens on a host address and port."""
+
+    ip: str  # the address it is bound to (0.0.0.0: all)
+    port: int
+    inode: int
+    pid: int | None
+    argv: tuple[str, ...] = ()
+
+    @property
+    def cmdline(self) -> str:
+        return " ".join(self.argv)
+
+    @property
+    def proxy(self) -> ProxyCommand | None:
+        return parse_proxy_cmdline(list(self.argv))
+
+    def describe(self) -> str:
+        who = f"pid {self.pid} ({self.cmdline})" if self.pid else "a socket of no process we see"
+        return f"{who} listens on {self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ProxyLeg:
+    """A docker-proxy that will carry the trace's connection, and the points of its leg 2."""
+
+    listener: Listener
+    proxy: ProxyCommand
+    #: host -> bridge -> veth -> container eth0, as `flowtrace path host CONTAINER_IP` walks it.
+    points: tuple[Point, ...]
+    container: str | None = None
+
+    def capture_filter(self, dst_ip: str, dst_port: int) -> str:
+        """Both legs' packets: client <-> dst:port, and proxy <-> container ip:port."""
+        return (
+            f"(tcp and host {dst_ip} and port {dst_port}) or "
+            f"(tcp and host {self.proxy.container_ip} and port {self.proxy.container_port})"
+        )
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def tcp_sockets(pid: str = "self") -> list[TcpSocket]:
+    """IPv4 TCP sockets of the namespace process `pid` is in."""
+    return parse_proc_net_tcp(_read(f"/proc/{pid}/net/tcp"))
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The socket inodes among a process's open files."""
+    found: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            found.add(int(link[8:-1]))
+    return found
+
+
+def _argv(pid: int) -> tuple[str, ...]:
+    raw = _read(f"/proc/{pid}/cmdline")
+    return tuple(part for part in raw.split("\0") if part)
+
+
+def owner_of(inode: int) -> int | None:
+    """The process holding socket `inode` (docker-proxy processes are asked first)."""
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    proxies = [p for p in pids if _read(f"/proc/{p}/comm").strip() == "docker-proxy"]
+    for pid in [*proxies, *(p for p in pids if p not in set(proxies))]:
+        if inode in socket_inodes(pid):
+            return pid
+    return None
+
+
+def find_listener(ip: str, port: int) -> Listener | None:
+    """The host's socket listening for ip:port and its process, or None."""
+    sock = listener_for(tcp_sockets(), ip, port)
+    if sock is None:
+        return None
+    pid = owner_of(sock.inode)
+    return Listener(sock.local_ip, sock.local_port, sock.inode, pid, _argv(pid) if pid else ())
+
+
+def proxy_connections(pid: int, container_ip: str, container_port: int) -> set[tuple[str, int]]:
+    """(local address, local port) of the proxy's own connections to the container."""
+    mine = socket_inodes(pid)
+    return {
+        (s.local_ip, s.local_port)
+        for s in tcp_sockets(str(pid))
+        if s.inode in mine and (s.remote_ip, s.remote_port) == (container_ip, container_port)
+    }
+
+
+@dataclass(frozen=True)
+class LegResult:
+    """What a connection through the proxy showed: each leg's client end, or why not."""
+
+    client: tuple[str, int] | None  # leg 1: flowtrace's socket
+    proxy_side: tuple[tuple[str, int], ...]  # leg 2: the proxy's socket(s) to the container
+    problem: str | None = None
+
+
+def connect_through(leg: ProxyLeg, src_netns: str, dst_ip: str, dst_port: int) -> LegResult:
+    """Open a real TCP connection from the source namespace, see the proxy dial on, close.
+
+    The proxy's leg-2 socket is the one of its connections to the container that was
+    not there before ours: identified by the proxy's own socket, not by timing.
+    """
+    pid = leg.listener.pid or 0
+    target = (leg.proxy.container_ip, leg.proxy.container_port)
+    before = proxy_connections(pid, *target)
+    sock = run_in_netns(src_netns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(LEG_WAIT_S)
+        try:
+            sock.connect((dst_ip, dst_port))
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else "timed out"
+            return LegResult(None, (), f"connecting to {dst_ip}:{dst_port} failed: {why}")
+        client = sock.getsockname()[:2]
+        deadline = time.monotonic() + LEG_WAIT_S
+        new: set[tuple[str, int]] = set()
+        while time.monotonic() < deadline:
+            new = proxy_connections(pid, *target) - before
+            if new:
+                break
+            time.sleep(0.005)
+        if not new:
+            return LegResult(
+                client,
+                (),
+                f"docker-proxy (pid {pid}) opened no connection to {target[0]}:{target[1]} "
+                f"within {LEG_WAIT_S:g} s",
+            )
+        return LegResult(client, tuple(sorted(new)))
+    finally:
+        sock.close()
