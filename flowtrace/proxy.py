@@ -32,6 +32,8 @@ from flowtrace.topology.published import (
 #: Where a connection flowtrace opens through the proxy waits at most for the proxy's leg.
 LEG_WAIT_S = 2.0
 
+Endpoint = tuple[str, int]
+
 
 @dataclass(frozen=True)
 class Listener:
@@ -87,9 +89,9 @@ def tcp_sockets(pid: str = "self") -> list[TcpSocket]:
     return parse_proc_net_tcp(_read(f"/proc/{pid}/net/tcp"))
 
 
-def socket_inodes(pid: int) -> set[int]:
-    """The socket inodes among a process's open files."""
-    found: set[int] = set()
+def socket_fds(pid: int) -> dict[int, int]:
+    """Socket inode -> file descriptor number, among a process's open files."""
+    found: dict[int, int] = {}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -100,8 +102,13 @@ def socket_inodes(pid: int) -> set[int]:
         except OSError:
             continue
         if link.startswith("socket:["):
-            found.add(int(link[8:-1]))
+            found[int(link[8:-1])] = int(fd)
     return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The socket inodes among a process's open files."""
+    return set(socket_fds(pid))
 
 
 def _argv(pid: int) -> tuple[str, ...]:
@@ -128,22 +135,52 @@ def find_listener(ip: str, port: int) -> Listener | None:
     return Listener(sock.local_ip, sock.local_port, sock.inode, pid, _argv(pid) if pid else ())
 
 
-def proxy_connections(pid: int, container_ip: str, container_port: int) -> set[tuple[str, int]]:
-    """(local address, local port) of the proxy's own connections to the container."""
-    mine = socket_inodes(pid)
+def proxy_connections(pid: int, container_ip: str, container_port: int) -> dict[Endpoint, int]:
+    """The proxy's own connections to the container: (local address, port) -> its fd."""
+    fds = socket_fds(pid)
     return {
-        (s.local_ip, s.local_port)
+        (s.local_ip, s.local_port): fds[s.inode]
         for s in tcp_sockets(str(pid))
-        if s.inode in mine and (s.remote_ip, s.remote_port) == (container_ip, container_port)
+        if s.inode in fds and (s.remote_ip, s.remote_port) == (container_ip, container_port)
     }
+
+
+def accepted_fd(pid: int, client: Endpoint) -> int | None:
+    """The proxy's fd of the connection it accepted from `client` (leg 1, its side)."""
+    fds = socket_fds(pid)
+    for s in tcp_sockets(str(pid)):
+        if s.inode in fds and (s.remote_ip, s.remote_port) == client:
+            return fds[s.inode]
+    return None
+
+
+def pick_leg2(new: dict[Endpoint, int], accepted: int | None) -> tuple[Endpoint | None, str | None]:
+    """Which of the proxy's new connections to the container carries ours, and a caveat.
+
+    One new connection: that one.  Several (other clients at the same moment): the
+    proxy dials right after it accepts, so the one whose descriptor follows the
+    accepted connection's comes first; the caveat says so.
+    """
+    if not new:
+        return None, None
+    if len(new) == 1:
+        return next(iter(new)), None
+    ordered = sorted(new.items(), key=lambda item: item[1])
+    after = [item for item in ordered if accepted is not None and item[1] > accepted]
+    end, fd = (after or ordered)[0]
+    return end, (
+        f"the proxy opened {len(new)} connections to the container meanwhile (other clients); "
+        f"leg 2 is the one on fd {fd}, the first after the fd of the connection it accepted "
+        f"from flowtrace ({accepted})"
+    )
 
 
 @dataclass(frozen=True)
 class LegResult:
     """What a connection through the proxy showed: each leg's client end, or why not."""
 
-    client: tuple[str, int] | None  # leg 1: flowtrace's socket
-    proxy_side: tuple[tuple[str, int], ...]  # leg 2: the proxy's socket(s) to the container
+    client: Endpoint | None  # leg 1: flowtrace's socket
+    proxy_side: tuple[Endpoint, ...]  # leg 2: the proxy's socket to the container
     problem: str | None = None
 
 
@@ -155,7 +192,7 @@ def connect_through(leg: ProxyLeg, src_netns: str, dst_ip: str, dst_port: int) -
     """
     pid = leg.listener.pid or 0
     target = (leg.proxy.container_ip, leg.proxy.container_port)
-    before = proxy_connections(pid, *target)
+    before = set(proxy_connections(pid, *target))
     sock = run_in_netns(src_netns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.settimeout(LEG_WAIT_S)
@@ -164,21 +201,23 @@ def connect_through(leg: ProxyLeg, src_netns: str, dst_ip: str, dst_port: int) -
         except OSError as exc:
             why = os.strerror(exc.errno) if exc.errno else "timed out"
             return LegResult(None, (), f"connecting to {dst_ip}:{dst_port} failed: {why}")
-        client = sock.getsockname()[:2]
+        client: Endpoint = sock.getsockname()[:2]
         deadline = time.monotonic() + LEG_WAIT_S
-        new: set[tuple[str, int]] = set()
+        new: dict[Endpoint, int] = {}
         while time.monotonic() < deadline:
-            new = proxy_connections(pid, *target) - before
+            now = proxy_connections(pid, *target)
+            new = {end: fd for end, fd in now.items() if end not in before}
             if new:
                 break
             time.sleep(0.005)
-        if not new:
+        end, caveat = pick_leg2(new, accepted_fd(pid, client))
+        if end is None:
             return LegResult(
                 client,
                 (),
                 f"docker-proxy (pid {pid}) opened no connection to {target[0]}:{target[1]} "
                 f"within {LEG_WAIT_S:g} s",
             )
-        return LegResult(client, tuple(sorted(new)))
+        return LegResult(client, (end,), caveat)
     finally:
         sock.close()

@@ -37,6 +37,8 @@ LAB_NETWORK = "ftlab"
 _PLAIN: tuple[object, ...] = (("sleep", "infinity"), (), (), False)
 #: What the `ports` scenario's containers run (the same page as the lab's web).
 HTTPD = ("httpd", "-f", "-p", "80", "-h", "/www")
+#: The base lab's container publishing -p 8080:80 (flowtrace.lab.WEB_CONTAINER).
+WEB = "web"
 #: The host address the `ports` scenario binds one port to: the lab's uplink (flowtrace.lab).
 UPLINK_IP = "203.0.113.1"
 
@@ -489,9 +491,10 @@ def render(state: ScenarioState) -> str:
     lines.append("")
     lines.append("trace it:")
     lines += [f"  {command}" for command in scenario.commands]
-    published = [
-        (v.member.name, *split_binding(p)) for v in state.members for p in v.container.ports
-    ]
+    owners = [(v.member.name, v.container) for v in state.members]
+    if any(v.member.publish or v.member.publish_all for v in state.members):
+        owners.insert(0, (WEB, _web_of(state)))  # -p 8080:80, the base lab's
+    published = [(name, *split_binding(p)) for name, item in owners for p in item.ports]
     if published:
         lines.append("")
         lines.append("published (docker port), traced from the outside host and from the host:")
@@ -509,9 +512,12 @@ def render(state: ScenarioState) -> str:
 
 
 def _web_of(state: ScenarioState) -> LabContainer:
-    from flowtrace.lab import WEB_CONTAINER
+    try:
+        return state.lab.container(WEB)
+    except KeyError:
+        from flowtrace.lab import LabContainer
 
-    return state.lab.container(WEB_CONTAINER)
+        return LabContainer(WEB)
 
 
 def split_binding(text: str) -> tuple[str, int, str]:

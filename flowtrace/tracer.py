@@ -372,6 +372,15 @@ class Tracer:
         earlier = [k for k, t in self.sent_at.items() if t <= pkt.first.time_ns]
         return max(earlier) if earlier else None
 
+    def _answers_probe(self, pkt: Packet) -> bool:
+        """A TCP answer to a probe by its acknowledgement (SYN-ACK, RST-ACK), whatever its tuple."""
+        h = pkt.first.headers
+        if pkt.probe is None or h.proto != 6 or not (h.tcp_flags or 0) & 0x10:
+            return False
+        isn = self.probe.seq_mark(pkt.probe)
+        after = (isn + 1) & 0xFFFFFFFF
+        return h.tcp_ack == after and h.tcp_seq not in (isn, after)
+
     def _flush_chunk(self, final: bool = False) -> None:
         """Correlate the sightings since the last flush and append them to the pcap set."""
         from flowtrace.correlate.match import correlate
@@ -385,6 +394,8 @@ class Tracer:
         packets = []
         for pkt in correlate(chunk, self.point_ids):
             pkt = replace(pkt, packet_id=self._next_packet_id, probe=self._probe_of(pkt))
+            if pkt.direction == "request" and self._answers_probe(pkt):
+                pkt = replace(pkt, direction="reply")  # a rewrite no point saw hid its flow
             self._next_packet_id += 1
             packets.append(pkt)
         packets = self._attribute_nat(packets)
@@ -398,6 +409,8 @@ class Tracer:
     def _attribute_nat(self, packets: list[Packet]) -> list[Packet]:
         if self.route.plan.dnat_at_source:
             packets = [self._source_dnat(pkt) for pkt in packets]
+        elif self.points[0].role == "loopback":
+            packets = [self._loopback_snat(pkt) for pkt in packets]
         by_id = {p.id: p for p in self.points}
         out = []
         forward: dict[tuple[str, str, str], NatEvent] = {}
@@ -457,6 +470,39 @@ class Tracer:
                 reverse_of="DNAT",
             )
         return replace(pkt, nat=(ev, *pkt.nat))
+
+    def _loopback_snat(self, pkt: Packet) -> Packet:
+        """A source rewritten before lo (Docker's MASQUERADE `-s 172.17.0.0/16 ! -o docker0`
+        takes the host's packets from 172.17.0.1 to itself): SNAT between its stack and lo."""
+        from flowtrace.errors import FlowtraceError
+        from flowtrace.model import Address
+        from flowtrace.topology.conntrack import find_entry
+        from flowtrace.topology.nat_rules import attribute, read_ruleset
+
+        h = pkt.first.headers
+        sent = self.route.plan.src_ip
+        if pkt.probe is None or pkt.direction != "request" or not sent or h.src == sent:
+            return pkt
+        peer = Address(h.dst, h.dport)
+        ev = NatEvent(
+            "SNAT",
+            (self.source_stack, pkt.first.point),
+            Address(sent, h.sport),
+            Address(h.src, h.sport),
+        )
+        ns = self.route.src.netns.path
+        local = (*self.route.src.addresses, h.src)
+        try:
+            rule = attribute(
+                read_ruleset(ns), ev, h.proto_name, None, self.points[0].ifname, local, peer=peer
+            )
+        except FlowtraceError as exc:
+            rule = f"(rules not readable: {exc.message})"
+        try:
+            conntrack = find_entry(ns, h.proto_name, sent, h.dst, h.sport, h.dport, h.icmp_id)
+        except FlowtraceError as exc:
+            conntrack = f"(conntrack not readable: {exc.message})"
+        return replace(pkt, nat=(replace(ev, rule=rule, conntrack=conntrack), *pkt.nat))
 
     def _explain_source_dnat(self, ev: NatEvent, first: Sighting) -> NatEvent:
         from flowtrace.errors import FlowtraceError

@@ -95,10 +95,12 @@ def packet_table(pkt: Packet, points: dict[str, Point]) -> Text:
     out = Text(title + "\n", style="bold")
     out.append(line(header) + "\n", style="dim")
     indent = sum(widths[:5]) + 2 * 5
+    shown: set[int] = set()  # on lo a packet is seen twice at one point: show it once
     for s, row in zip(pkt.sightings, rows, strict=True):
         out.append(line(row) + "\n")
-        for ev in pkt.nat:
-            if ev.between[1] == s.point:
+        for n, ev in enumerate(pkt.nat):
+            if ev.between[1] == s.point and n not in shown:
+                shown.add(n)
                 out.append(" " * indent + "^ " + nat_text(ev) + "\n", style="bold yellow")
     out.rstrip()
     return out

@@ -164,3 +164,20 @@ def test_a_dnat_without_a_port_keeps_the_packets() -> None:
     assert predict_dnat(rules, "tcp", "10.0.0.1", 81, "eth0", frozenset())[:2] == ("10.0.0.9", 81)  # type: ignore[index]
     assert predict_dnat(rules, "tcp", "10.0.0.1", 82, "eth0", frozenset())[:2] == ("10.0.0.8", 90)  # type: ignore[index]
     assert predict_dnat(rules, "tcp", "10.0.0.1", 81, "eth1", frozenset()) is None
+
+
+def test_leg2_is_the_proxys_only_new_connection() -> None:
+    from flowtrace.proxy import pick_leg2
+
+    assert pick_leg2({}, 7) == (None, None)
+    assert pick_leg2({("172.17.0.1", 40000): 9}, 7) == (("172.17.0.1", 40000), None)
+
+
+def test_among_several_new_connections_leg2_follows_the_accepted_one() -> None:
+    from flowtrace.proxy import pick_leg2
+
+    new = {("172.17.0.1", 40000): 9, ("172.17.0.1", 40002): 13, ("172.17.0.1", 40004): 15}
+    end, caveat = pick_leg2(new, 12)
+    assert end == ("172.17.0.1", 40002)
+    assert caveat is not None and "3 connections" in caveat and "fd 13" in caveat
+    assert pick_leg2(new, None)[0] == ("172.17.0.1", 40000)  # accepted fd unknown: the oldest

@@ -82,7 +82,7 @@ def test_ports_scenario_has_one_container_per_form() -> None:
     assert members["pub-loopback"].publish == ("127.0.0.1::80",)
     assert members["pub-9999"].publish == (f"{lab.UPLINK_IP}:9999:80",)
     assert members["pub-all"].publish_all and members["pub-all"].expose == (80,)
-    assert scenarios.UPLINK_IP == lab.UPLINK_IP
+    assert scenarios.UPLINK_IP == lab.UPLINK_IP and scenarios.WEB == lab.WEB_CONTAINER
     assert all(m.command[0] == "httpd" and lab.WEB_ROOT in m.command for m in members.values())
 
 
