@@ -249,6 +249,19 @@ def test_host_to_a_port_bound_to_another_address_is_refused(ports: ScenarioState
         )
         assert [p.id for p in trace.points] == ["host/lo"]
         assert trace.meta.get("proxy") is None
+        rst = one(list(trace.packets), "reply")
+        assert (rst.first.src, rst.first.sport, rst.first.dst) == (address, 9999, address)
+    # From 172.17.0.1 to itself the packet leaves by lo, not docker0, so Docker's
+    # MASQUERADE takes it before lo: flowtrace shows the rewrite no point could see.
+    trace = api.trace("host", f"{GATEWAY}:9999", kind="tcp", count=1, record=False)
+    syn = syn_of(trace)
+    snat = [ev for ev in syn.nat if ev.kind == "SNAT"]
+    assert syn.first.src != GATEWAY
+    assert [(ev.between, ev.before.ip, ev.after.ip) for ev in snat] == [
+        ((LOCAL_STACK, "host/lo"), GATEWAY, syn.first.src)
+    ]
+    assert snat[0].rule == "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
+    assert trace.verdicts[0].outcome == "refused"
 
 
 # --- from the Docker host to 127.0.0.1: docker-proxy -------------------------------------
@@ -422,6 +435,30 @@ def test_other_connections_through_the_proxy_are_left_out(
     for leg in (1, 2):
         syns = [f for f in flags(leg_packets(trace, leg)) if f == 0x02]
         assert len(syns) == 1, (leg, proxy)
+
+
+def test_a_container_to_its_gateway_port_goes_through_docker_proxy(ports: ScenarioState) -> None:
+    """PREROUTING's DOCKER chain returns for packets from docker0: the proxy answers."""
+    web = container(ports, "web")
+    c1 = ports.lab.container("c1")
+    trace = api.trace("c1", f"{GATEWAY}:8080", kind="tcp", count=1, record=False)
+    leg1_points = ["c1/eth0", f"host/{host_veth_of(c1.pid)}", "host/docker0"]
+    leg2_points = ["host/docker0", f"host/{host_veth_of(web.pid)}", "web/eth0"]
+    assert [p.id for p in trace.points] == [*leg1_points, *leg2_points[1:]]
+    assert not trace.nat_events
+    assert trace.verdicts[0].detail.startswith(
+        f"SYN-ACK from docker-proxy pid {proxy_pid('0.0.0.0', 8080)} (listening on 0.0.0.0:8080)"
+    )
+    assert any("the SYN comes in from a Docker bridge" in n for n in trace.notes), trace.notes
+    proxy = trace.meta["proxy"]
+    assert isinstance(proxy, dict)
+    leg1, leg2 = proxy["legs"]
+    assert (leg1["points"], leg2["points"]) == (leg1_points, leg2_points)
+    assert leg1["from"].startswith(f"{c1.ip}:") and leg2["from"].startswith(f"{GATEWAY}:")
+    for leg, points in ((1, leg1_points), (2, leg2_points)):
+        packets = leg_packets(trace, leg)
+        assert flags(packets)[:3] == [0x02, 0x12, 0x10]
+        assert [s.point for s in packets[0].sightings] == points
 
 
 # --- bad input ----------------------------------------------------------------------------
