@@ -18,9 +18,10 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.endpoints.netns import run_in_netns
-from flowtrace.model import Point
+from flowtrace.model import Headers, Packet, Point, Sighting
 from flowtrace.topology.published import (
     ProxyCommand,
     TcpSocket,
@@ -28,6 +29,9 @@ from flowtrace.topology.published import (
     parse_proc_net_tcp,
     parse_proxy_cmdline,
 )
+
+if TYPE_CHECKING:
+    from flowtrace.tracer import Tracer
 
 #: Where a connection flowtrace opens through the proxy waits at most for the proxy's leg.
 LEG_WAIT_S = 2.0
@@ -221,3 +225,125 @@ def connect_through(leg: ProxyLeg, src_netns: str, dst_ip: str, dst_port: int) -
         return LegResult(client, (end,), caveat)
     finally:
         sock.close()
+
+
+class LegFollower:
+    """A trace's part in a docker-proxy connection: which frames are the legs', and them.
+
+    The tracer keeps only frames of its probes (their marks) and of the two
+    connections this follower knows the ends of, so other clients of the same proxy
+    or container never enter the trace.
+    """
+
+    def __init__(self, tracer: Tracer, leg: ProxyLeg) -> None:
+        self.tracer = tracer
+        self.leg = leg
+        route = tracer.route
+        self.server: Endpoint = (route.dst_ip, route.dst_port or 0)
+        #: (address, port) of flowtrace's client socket and of the proxy's leg-2 socket.
+        self.ends: set[Endpoint] = set()
+        self.marks = {tracer.probe.seq_mark(seq) for seq in range(tracer.options.count)}
+        #: What the legs were, once followed: the trace's meta["proxy"].
+        self.summary: dict[str, object] | None = None
+
+    def capture_filter(self, probes: str) -> str:
+        """The probes' filter, widened to both legs' connections."""
+        return f"({probes}) or {self.leg.capture_filter(*self.server)}"
+
+    def keeps(self, h: Headers | None) -> bool:
+        """A probe's packet (its mark), or a packet of one of the legs flowtrace opened."""
+        if h is None:
+            return False
+        if h.proto != 6:  # an ICMP error (the filter lets no other through): about ours?
+            return h.inner is not None and h.inner.proto == 6 and self.keeps(h.inner)
+        if (h.src, h.sport) in self.ends or (h.dst, h.dport) in self.ends:
+            return True
+        ack = ((h.tcp_ack or 0) - 1) & 0xFFFFFFFF
+        return bool({h.tcp_seq, ((h.tcp_seq or 0) - 1) & 0xFFFFFFFF, ack} & self.marks)
+
+    def label(self, pkt: Packet) -> str | None:
+        """Which leg a packet is on, in words (the end of its pcapng comments)."""
+        h = pkt.first.headers
+        ends = {(h.src, h.sport), (h.dst, h.dport)}
+        pid = self.leg.listener.pid
+        if not ends & self.ends:
+            return None
+        if self.server in ends:
+            return f"docker-proxy leg 1, client -> proxy pid {pid}"
+        return f"docker-proxy leg 2, proxy pid {pid} -> container"
+
+    def follow(self, session: Any) -> None:
+        """Connect through the proxy for real, find its leg-2 socket, record both legs."""
+        from flowtrace.tracer import POLL_S, RETIRE_MS
+
+        t = self.tracer
+        # the probes' frames first, so the legs' come in a chunk of their own
+        t._absorb(session.frames(since=t._taken))
+        t._flush_chunk()
+        first_packet = t._next_packet_id
+        result = connect_through(self.leg, t.route.src.netns.path, *self.server)
+        if result.client is not None:
+            self.ends.add(result.client)
+        self.ends.update(result.proxy_side)
+        deadline = time.monotonic() + max(t.options.timeout, 0.2)
+        while time.monotonic() < deadline:
+            t._absorb(session.frames(since=t._taken))
+            if self._closed(t.sightings[t._decoded_upto :]):
+                time.sleep(2 * RETIRE_MS / 1000)  # the last ACKs
+                break
+            time.sleep(POLL_S)
+        t._absorb(session.frames(since=t._taken))
+        t._flush_chunk()
+        self.summary = self._describe(result, [p for p in t.packets if p.packet_id >= first_packet])
+
+    def _closed(self, sightings: list[Sighting]) -> bool:
+        """Every end of both legs sent its FIN (or a RST), on what was seen so far."""
+        closing = {
+            (s.src, s.sport)
+            for s in sightings
+            if s.headers.proto == 6 and (s.headers.tcp_flags or 0) & 0x05
+        }
+        return bool(self.ends) and len(closing) >= 2 * len(self.ends)
+
+    def _describe(self, result: LegResult, packets: list[Packet]) -> dict[str, object]:
+        def ids(ends: set[Endpoint]) -> list[int]:
+            return [
+                p.packet_id
+                for p in packets
+                if (p.first.src, p.first.sport) in ends or (p.first.dst, p.first.dport) in ends
+            ]
+
+        listener, command = self.leg.listener, self.leg.proxy
+        target = f"{command.container_ip}:{command.container_port}"
+        client = set() if result.client is None else {result.client}
+        legs = [
+            {
+                "leg": 1,
+                "what": "client -> docker-proxy",
+                "from": _text(result.client),
+                "to": _text(self.server),
+                "points": [p.id for p in self.tracer.route.plan.points],
+                "packets": ids(client),
+            },
+            {
+                "leg": 2,
+                "what": "docker-proxy -> container",
+                "from": ", ".join(_text(end) or "" for end in result.proxy_side) or None,
+                "to": target,
+                "points": [p.id for p in self.leg.points],
+                "packets": ids(set(result.proxy_side)),
+            },
+        ]
+        return {
+            "pid": listener.pid,
+            "cmdline": listener.cmdline,
+            "listen": f"{listener.ip}:{listener.port}",
+            "container": self.leg.container,
+            "target": target,
+            "legs": legs,
+            "problem": result.problem,
+        }
+
+
+def _text(end: Endpoint | None) -> str | None:
+    return None if end is None else f"{end[0]}:{end[1]}"

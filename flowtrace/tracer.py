@@ -14,22 +14,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from flowtrace.model import (
-    Frame,
-    Headers,
-    NatEvent,
-    Packet,
-    Point,
-    PointStats,
-    Sighting,
-    Trace,
-    Verdict,
-)
+from flowtrace.model import Frame, NatEvent, Packet, Point, PointStats, Sighting, Trace, Verdict
 from flowtrace.probe import ProbePlan, open_sender, send_probe
 
 if TYPE_CHECKING:
     from flowtrace.api import Route, TraceOptions
     from flowtrace.output.traceset import TraceRecorder
+    from flowtrace.proxy import LegFollower
 
 POLL_S = 0.002
 RETIRE_MS = 4  # ring blocks hand over frames at least this often
@@ -58,10 +49,12 @@ class Tracer:
         self._written_upto = 0
         self._next_packet_id = 1
         self._taken = 0  # frames the session handed over (kept or not)
-        #: With a docker-proxy: the (address, port) ends of both legs' connections, once
-        #: known; until then only the probes' frames are kept.
-        self._leg_ends: set[tuple[str, int]] = set()
-        self._legs: dict[str, object] | None = None
+        #: With a docker-proxy: the real connection's two legs (flowtrace.proxy).
+        self.legs: LegFollower | None = None
+        if route.proxy is not None:
+            from flowtrace.proxy import LegFollower
+
+            self.legs = LegFollower(self, route.proxy)
         self._ip_ids: dict[int, int] = {}  # request IP ID -> probe number
         self.recorder: TraceRecorder | None = None
         #: Why a lost request vanished, by (last point, protocol, addresses, ports).
@@ -75,7 +68,9 @@ class Tracer:
         opts = self.options
         session = CaptureSession(
             self.points,
-            self._capture_filter(),
+            self.legs.capture_filter(self.probe.capture_filter(opts.count))
+            if self.legs is not None
+            else self.probe.capture_filter(opts.count),
             None,
             keep_frames=True,
             workers=0,
@@ -101,8 +96,8 @@ class Tracer:
                         time.sleep(max(0.0, opts.interval - (time.monotonic() - started)))
             finally:
                 sender.close()
-            if self.route.proxy is not None:
-                self._follow_proxy(session)
+            if self.legs is not None:
+                self.legs.follow(session)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -126,7 +121,7 @@ class Tracer:
                         "interrupted": interrupted,
                         # the rule and conntrack entry of each rewrite: the pcapng cannot hold them
                         "nat": nat,
-                        **({"proxy": self._legs} if self._legs is not None else {}),
+                        **({"proxy": self.legs.summary} if self.legs is not None else {}),
                     },
                 )
         return self._trace(stats, interrupted)
@@ -203,13 +198,6 @@ class Tracer:
 
     # --- decoding and correlation -----------------------------------------------------------
 
-    def _capture_filter(self) -> str:
-        probes = self.probe.capture_filter(self.options.count)
-        proxy = self.route.proxy
-        if proxy is None or self.route.dst_port is None:
-            return probes
-        return f"({probes}) or {proxy.capture_filter(self.route.dst_ip, self.route.dst_port)}"
-
     def _absorb(self, new: Sequence[Frame]) -> None:
         """Decode the frames the session handed over since last time."""
         from flowtrace.correlate.decode import decode_frame
@@ -217,7 +205,7 @@ class Tracer:
         self._taken += len(new)
         for f in new:
             headers = decode_frame(f.data, self.points[f.point].linktype)
-            if self.route.proxy is not None and not self._ours(headers):
+            if self.legs is not None and not self.legs.keeps(headers):
                 continue  # another connection through the same port or to the same container
             i = len(self.frames)
             self.frames.append(f)
@@ -225,112 +213,6 @@ class Tracer:
                 self.sightings.append(
                     Sighting(self.point_ids[f.point], f.time_ns, headers, f.outbound, i)
                 )
-
-    def _ours(self, h: Headers | None) -> bool:
-        """A probe's packet (its mark), or one of the legs flowtrace opened through a proxy."""
-        if h is None:
-            return False
-        if h.proto != 6:  # an ICMP error (the filter lets no other through): about ours?
-            return h.inner is not None and h.inner.proto == 6 and self._ours(h.inner)
-        if (h.src, h.sport) in self._leg_ends or (h.dst, h.dport) in self._leg_ends:
-            return True
-        marks = {self.probe.seq_mark(seq) for seq in range(self.options.count)}
-        ack = ((h.tcp_ack or 0) - 1) & 0xFFFFFFFF
-        return bool({h.tcp_seq, ((h.tcp_seq or 0) - 1) & 0xFFFFFFFF, ack} & marks)
-
-    # --- docker-proxy: a real connection, both legs ------------------------------------------
-
-    def _follow_proxy(self, session: Any) -> None:
-        """Connect through the proxy for real, find its leg-2 socket, record both legs."""
-        from flowtrace.proxy import connect_through
-
-        proxy = self.route.proxy
-        if proxy is None or self.route.dst_port is None:
-            return
-        # the probes' frames first, so the legs' come in a chunk of their own
-        self._absorb(session.frames(since=self._taken))
-        self._flush_chunk()
-        first_leg_packet = self._next_packet_id
-        result = connect_through(
-            proxy, self.route.src.netns.path, self.route.dst_ip, self.route.dst_port
-        )
-        if result.client is not None:
-            self._leg_ends.add(result.client)
-        self._leg_ends.update(result.proxy_side)
-        deadline = time.monotonic() + max(self.options.timeout, 0.2)
-        while time.monotonic() < deadline:
-            self._absorb(session.frames(since=self._taken))
-            if self._legs_closed():
-                time.sleep(2 * RETIRE_MS / 1000)  # the last ACKs
-                break
-            time.sleep(POLL_S)
-        self._absorb(session.frames(since=self._taken))
-        self._flush_chunk()
-        self._legs = self._describe_legs(result, first_leg_packet)
-
-    def _leg_label(self, pkt: Packet) -> str | None:
-        """Which leg of the connection through docker-proxy a packet is on, in words."""
-        h = pkt.first.headers
-        ends = {(h.src, h.sport), (h.dst, h.dport)}
-        proxy = self.route.proxy
-        if proxy is None or not ends & self._leg_ends:
-            return None
-        if (self.route.dst_ip, self.route.dst_port) in ends:
-            return f"docker-proxy leg 1, client -> proxy pid {proxy.listener.pid}"
-        return f"docker-proxy leg 2, proxy pid {proxy.listener.pid} -> container"
-
-    def _legs_closed(self) -> bool:
-        """Every end of both legs sent its FIN (or a RST), on what was seen so far."""
-        closing = {
-            (s.src, s.sport)
-            for s in self.sightings[self._decoded_upto :]
-            if s.headers.proto == 6 and (s.headers.tcp_flags or 0) & 0x05
-        }
-        return bool(self._leg_ends) and len(closing) >= 2 * len(self._leg_ends)
-
-    def _describe_legs(self, result: Any, first_packet: int) -> dict[str, object]:
-        proxy = self.route.proxy
-        assert proxy is not None
-        listener = proxy.listener
-        leg_packets = [p for p in self.packets if p.packet_id >= first_packet]
-
-        def ids(ends: set[tuple[str, int]]) -> list[int]:
-            return [
-                p.packet_id
-                for p in leg_packets
-                if (p.first.src, p.first.sport) in ends or (p.first.dst, p.first.dport) in ends
-            ]
-
-        target = f"{proxy.proxy.container_ip}:{proxy.proxy.container_port}"
-        server = f"{self.route.dst_ip}:{self.route.dst_port}"
-        client = set() if result.client is None else {result.client}
-        legs = [
-            {
-                "leg": 1,
-                "what": "client -> docker-proxy",
-                "from": _end(result.client),
-                "to": server,
-                "points": [p.id for p in self.route.plan.points],
-                "packets": ids(client),
-            },
-            {
-                "leg": 2,
-                "what": "docker-proxy -> container",
-                "from": ", ".join(str(_end(end)) for end in result.proxy_side) or None,
-                "to": target,
-                "points": [p.id for p in proxy.points],
-                "packets": ids(set(result.proxy_side)),
-            },
-        ]
-        return {
-            "pid": listener.pid,
-            "cmdline": listener.cmdline,
-            "listen": f"{listener.ip}:{listener.port}",
-            "container": proxy.container,
-            "target": target,
-            "legs": legs,
-            "problem": result.problem,
-        }
 
     def _answered_at_source(self, seq: int) -> bool:
         for s in self.sightings[self._decoded_upto :]:
@@ -401,16 +283,20 @@ class Tracer:
         packets = self._attribute_nat(packets)
         self.packets.extend(packets)
         if self.recorder is not None:
-            labels = {p.packet_id: label for p in packets if (label := self._leg_label(p))}
+            labels = {}
+            if self.legs is not None:
+                labels = {p.packet_id: text for p in packets if (text := self.legs.label(p))}
             self.recorder.write(frames_chunk, packets, labels)
 
     # --- NAT: the rule and the conntrack entry ------------------------------------------------
 
     def _attribute_nat(self, packets: list[Packet]) -> list[Packet]:
+        from flowtrace.local_nat import loopback_snat, source_dnat
+
         if self.route.plan.dnat_at_source:
-            packets = [self._source_dnat(pkt) for pkt in packets]
+            packets = [source_dnat(self.route, pkt) for pkt in packets]
         elif self.points[0].role == "loopback":
-            packets = [self._loopback_snat(pkt) for pkt in packets]
+            packets = [loopback_snat(self.route, self.points[0].ifname, pkt) for pkt in packets]
         by_id = {p.id: p for p in self.points}
         out = []
         forward: dict[tuple[str, str, str], NatEvent] = {}
@@ -432,97 +318,6 @@ class Tracer:
                 events.append(ev)
             out.append(replace(pkt, nat=tuple(events)))
         return out
-
-    @property
-    def source_stack(self) -> str:
-        """The pseudo point where a namespace's own nat OUTPUT rewrites (before any interface)."""
-        return f"{self.route.src.netns.label} (local stack)"
-
-    def _source_dnat(self, pkt: Packet) -> Packet:
-        """The DNAT the source's nat OUTPUT made before the first point, and its reversal.
-
-        No point sees the probe before the rewrite, so the event is between the source's
-        own stack (where the probe was addressed to the published port) and the first
-        point; the reply is put back after the last point, on its way into that stack.
-        """
-        from flowtrace.model import Address
-
-        sent = Address(self.route.dst_ip, self.route.dst_port)
-        if pkt.probe is None or pkt.first.headers.proto != 6:
-            return pkt
-        if pkt.direction == "request":
-            h = pkt.first.headers
-            if (h.dst, h.dport) == (sent.ip, sent.port):
-                return pkt
-            ev = NatEvent(
-                "DNAT", (self.source_stack, pkt.first.point), sent, Address(h.dst, h.dport)
-            )
-            ev = self._explain_source_dnat(ev, pkt.first)
-        else:
-            h = pkt.last.headers
-            if (h.src, h.sport) == (sent.ip, sent.port):
-                return pkt
-            ev = NatEvent(
-                "SNAT",
-                (pkt.last.point, self.source_stack),
-                Address(h.src, h.sport),
-                sent,
-                reverse_of="DNAT",
-            )
-        return replace(pkt, nat=(ev, *pkt.nat))
-
-    def _loopback_snat(self, pkt: Packet) -> Packet:
-        """A source rewritten before lo (Docker's MASQUERADE `-s 172.17.0.0/16 ! -o docker0`
-        takes the host's packets from 172.17.0.1 to itself): SNAT between its stack and lo."""
-        from flowtrace.errors import FlowtraceError
-        from flowtrace.model import Address
-        from flowtrace.topology.conntrack import find_entry
-        from flowtrace.topology.nat_rules import attribute, read_ruleset
-
-        h = pkt.first.headers
-        sent = self.route.plan.src_ip
-        if pkt.probe is None or pkt.direction != "request" or not sent or h.src == sent:
-            return pkt
-        peer = Address(h.dst, h.dport)
-        ev = NatEvent(
-            "SNAT",
-            (self.source_stack, pkt.first.point),
-            Address(sent, h.sport),
-            Address(h.src, h.sport),
-        )
-        ns = self.route.src.netns.path
-        local = (*self.route.src.addresses, h.src)
-        try:
-            rule = attribute(
-                read_ruleset(ns), ev, h.proto_name, None, self.points[0].ifname, local, peer=peer
-            )
-        except FlowtraceError as exc:
-            rule = f"(rules not readable: {exc.message})"
-        try:
-            conntrack = find_entry(ns, h.proto_name, sent, h.dst, h.sport, h.dport, h.icmp_id)
-        except FlowtraceError as exc:
-            conntrack = f"(conntrack not readable: {exc.message})"
-        return replace(pkt, nat=(replace(ev, rule=rule, conntrack=conntrack), *pkt.nat))
-
-    def _explain_source_dnat(self, ev: NatEvent, first: Sighting) -> NatEvent:
-        from flowtrace.errors import FlowtraceError
-        from flowtrace.model import Address
-        from flowtrace.topology.conntrack import find_entry
-        from flowtrace.topology.nat_rules import attribute, read_ruleset
-
-        ns = self.route.src.netns.path
-        h = first.headers
-        rule = conntrack = None
-        try:
-            peer = Address(h.src, h.sport)
-            rule = attribute(read_ruleset(ns), ev, "tcp", None, None, (h.src,), peer=peer)
-        except FlowtraceError as exc:
-            rule = f"(rules not readable: {exc.message})"
-        try:
-            conntrack = find_entry(ns, "tcp", h.src, ev.before.ip, h.sport, ev.before.port, None)
-        except FlowtraceError as exc:
-            conntrack = f"(conntrack not readable: {exc.message})"
-        return replace(ev, rule=rule, conntrack=conntrack)
 
     def _explain(self, ev: NatEvent, pkt: Packet, ns_point: Point, a: Point, b: Point) -> NatEvent:
         from flowtrace.errors import FlowtraceError
@@ -645,8 +440,8 @@ class Tracer:
         }
         if self.recorder is not None:
             meta["pcap"] = str(self.recorder.path)
-        if self._legs is not None:
-            meta["proxy"] = self._legs
+        if self.legs is not None and self.legs.summary is not None:
+            meta["proxy"] = self.legs.summary
         return Trace(
             tuple(self.points),
             tuple(self.packets),
@@ -678,10 +473,6 @@ def icmp_error_text(h: Any) -> str:
     else:
         what = f"error type {h.icmp_type}"
     return f"ICMP {what} (type {h.icmp_type} code {h.icmp_code})"
-
-
-def _end(end: tuple[str, int] | None) -> str | None:
-    return None if end is None else f"{end[0]}:{end[1]}"
 
 
 def _at(sightings: Iterable[Sighting], point: str) -> int | None:
