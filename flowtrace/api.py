@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flowtrace.capturing import CaptureResult, capture
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
@@ -104,6 +104,7 @@ def docker_redirect(kind: ProbeKind) -> Redirect:
     ) -> tuple[str, int | None, str] | None:
         if port is None or kind == "icmp" or ns.label != "host":
             return None
+        from flowtrace.proxy import binding_target, bindings
         from flowtrace.topology.kernel import read_state
         from flowtrace.topology.nat_rules import read_ruleset
         from flowtrace.topology.published import predict_dnat
@@ -112,70 +113,15 @@ def docker_redirect(kind: ProbeKind) -> Redirect:
             local = frozenset(a.ip for a in read_state(ns.path).addresses)
             predicted = predict_dnat(read_ruleset(ns.path), kind, ip, port, in_iface, local)
         except FlowtraceError:
-            predicted = _binding_target(kind, ip, port)
+            predicted = binding_target(kind, ip, port)
         if predicted is None:
             return None
         target, cport, _ = predicted
-        owners = [c.name for c, *_ in _bindings(kind, port) if target in c.addresses.values()]
+        owners = [c.name for c, *_ in bindings(kind, port) if target in c.addresses.values()]
         by = f"container {owners[0]}" if owners else target
         return target, cport, f"{ip}:{port} is published by {by}: DNAT to {target}:{cport}"
 
     return redirect
-
-
-def _binding_target(kind: ProbeKind, ip: str, port: int) -> tuple[str, int, str] | None:
-    """Docker's bindings for the port that take the address (no rules to read)."""
-    from flowtrace.topology.published import binding_serves, output_dnat_applies
-
-    if not output_dnat_applies(ip):
-        return None
-    for c, cport, host_ip, _ in _bindings(kind, port):
-        target = next(iter(c.addresses.values()), None)
-        if target and binding_serves(host_ip, ip):
-            return target, cport, ""
-    return None
-
-
-def _bindings(kind: str, port: int) -> list[tuple[Any, int, str, int]]:
-    """(container, container port, host ip, host port) of running containers' `port`/kind."""
-    from flowtrace.endpoints.docker import docker_available, running_containers
-
-    if not docker_available():
-        return []
-    found = []
-    for c in running_containers():
-        for key, bindings in c.ports.items():
-            cport, _, proto = key.partition("/")
-            found += [
-                (c, int(cport), host_ip, host_port)
-                for host_ip, host_port in bindings
-                if proto == kind and host_port == port
-            ]
-    return found
-
-
-def unserved_binding(kind: ProbeKind, ip: str, port: int | None) -> str | None:
-    """Why a host port that Docker publishes is closed at this address, or None.
-
-    E.g. `-p 127.0.0.1::80`: the DNAT rule matches `-d 127.0.0.1` and docker-proxy
-    listens on 127.0.0.1 only, so a SYN for another host address reaches the host's
-    own stack, where nothing listens.
-    """
-    if port is None or kind == "icmp":
-        return None
-    from flowtrace.topology.published import binding_serves
-
-    for c, cport, host_ip, _ in _bindings(kind, port):
-        if ":" in host_ip and ":" not in ip:
-            continue  # an IPv6 binding says nothing about an IPv4 address
-        if not binding_serves(host_ip, ip):
-            return (
-                f"container {c.name} publishes port {port} (-> {cport}/{kind}) on {host_ip} "
-                f"only: Docker's DNAT rule matches -d {host_ip} and its docker-proxy listens on "
-                f"{host_ip}, so a packet for {ip}:{port} is not rewritten and the host's own "
-                "stack, where nothing listens there, answers"
-            )
-    return None
 
 
 def _loopback_destination(src: Endpoint, dst_spec: str) -> Endpoint | None:
@@ -213,13 +159,17 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
     if not plan.points:
         raise NoPathError(f"no path from {src_spec} to {dst_spec}")
     if plan.redirected is None and plan.destination and plan.dst_port is not None:
+        from flowtrace.proxy import unserved_binding
+
         hint = unserved_binding(kind, plan.dst_ip, plan.dst_port)
         if hint:
             plan.notes.append(hint)
             plan.closed_hint = hint
     proxy = None
     if kind == "tcp" and plan.redirected is None and plan.destination and dst.port is not None:
-        proxy = _proxy_leg(view, plan, dst.port)
+        from flowtrace.proxy import proxy_leg
+
+        proxy = proxy_leg(view, plan, dst.port)
     mates = (src.netns.container, dst.netns.container)
     if src.netns.inode == dst.netns.inode and all(mates) and mates[0] != mates[1]:
         plan.notes.append(
@@ -227,38 +177,6 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
             "the packet never leaves it and crosses only lo"
         )
     return Route(src, dst, dst_ip, dst.port, plan, proxy)
-
-
-def _proxy_leg(view: LiveView, plan: PathPlan, port: int) -> ProxyLeg | None:
-    """When the host's own stack takes the SYN: who listens there (a docker-proxy: leg 2)."""
-    from flowtrace.endpoints.resolve import host_namespace
-    from flowtrace.proxy import ProxyLeg, find_listener
-    from flowtrace.topology.path import plan_path
-
-    host = host_namespace()
-    end = next((p for p in plan.points if p.id == plan.destination), None)
-    if end is None or end.netns.inode != host.inode:
-        return None
-    listener = find_listener(plan.dst_ip, port)
-    if listener is None:
-        return None
-    command = listener.proxy
-    if command is None or listener.pid is None or command.proto != "tcp":
-        plan.notes.append(f"{listener.describe()}: it answers the SYN itself")
-        return None
-    leg2 = plan_path(view, host, command.container_ip, command.container_port)
-    container = leg2.points[-1].netns.container if leg2.destination else None
-    to = f"container {container}" if container else command.container_ip
-    if ipaddress.ip_address(plan.dst_ip).is_loopback:
-        why = "Docker's nat OUTPUT jumps to its DNAT rules only for ! -d 127.0.0.0/8"
-    else:
-        why = "the SYN comes in from a Docker bridge, and the DOCKER chain returns for those"
-    plan.notes.append(
-        f"no DNAT rewrites {plan.dst_ip}:{port} ({why}): docker-proxy pid {listener.pid} "
-        f"listens on {listener.ip}:{listener.port} and carries the connection to {to} "
-        f"({command.container_ip}:{command.container_port}) over a connection of its own"
-    )
-    return ProxyLeg(listener, command, tuple(leg2.points), container)
 
 
 def path(src: str, dst: str, kind: ProbeKind = "icmp") -> tuple[list[Point], list[str]]:
