@@ -20,6 +20,7 @@ from flowtrace.model import Endpoint, Namespace, Point, Trace
 from flowtrace.probe import ProbeKind
 
 if TYPE_CHECKING:
+    from flowtrace.dns import DnsLookup
     from flowtrace.proxy import ProxyLeg
     from flowtrace.topology.path import LiveView, PathPlan, Redirect
 
@@ -28,6 +29,7 @@ __all__ = [
     "Route",
     "TraceOptions",
     "capture",
+    "dns_lookup",
     "load",
     "path",
     "run_trace",
@@ -226,3 +228,18 @@ def load(path: str | Path | Sequence[str | Path]) -> Trace:
     from flowtrace.analyze import analyze
 
     return analyze(path).trace
+
+
+def dns_lookup(
+    src: str,
+    name: str,
+    qtype: str = "A",
+    server: str | None = None,
+    timeout: float = 2.0,
+    output_dir: str | Path | None = None,
+    record: bool = True,
+) -> DnsLookup:
+    """Look `name` up from `src` as its resolver would and follow the query and the answer."""
+    from flowtrace.dns import lookup
+
+    return lookup(src, name, qtype, server, timeout, output_dir, record)

@@ -322,6 +322,74 @@ def udp(src: str, dst: str, **opts: Any) -> None:
 # --- capture / analyze / plot -------------------------------------------------------------
 
 
+@cli.command("dns")
+@click.argument("src")
+@click.argument("name")
+@click.option(
+    "-t", "--type", "qtype", default="A", show_default=True, help="Record type to ask for."
+)
+@click.option(
+    "--server",
+    metavar="IP",
+    help="Ask this server instead of the first nameserver in SRC's resolv.conf.",
+)
+@click.option(
+    "--timeout",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.01),
+    help="Seconds to wait for the answer.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (see README).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False),
+    help="Folder for the pcap set [default: captures/<time>-<src>-dns-<name>/].",
+)
+@click.option("--no-record", is_flag=True, help="Do not write a pcap set.")
+@handle_errors
+def dns_cmd(
+    src: str,
+    name: str,
+    qtype: str,
+    server: str | None,
+    timeout: float,
+    as_json: bool,
+    output: str | None,
+    no_record: bool,
+) -> None:
+    """Look NAME up from SRC as its resolver would, and follow the query and the answer.
+
+    The server is the first nameserver of SRC's /etc/resolv.conf (on a user-defined
+    Docker network: 127.0.0.11, Docker's embedded DNS, reached through a DNAT rule in
+    the container's own namespace); a name in SRC's /etc/hosts is answered from there.
+    Exit status 0 when an answer came, 10 when none did.
+    """
+    from flowtrace.dns import lookup, lookup_dict, render
+
+    result = lookup(
+        src,
+        name,
+        qtype,
+        server,
+        timeout,
+        output,
+        record=not no_record,
+        command=" ".join(["flowtrace", *sys.argv[1:]]),
+    )
+    if as_json:
+        import json
+
+        click.echo(json.dumps(lookup_dict(result), indent=2))
+    else:
+        from rich.console import Console
+
+        render(result, Console(highlight=False, soft_wrap=True))
+    if not result.answered:
+        sys.exit(int(ExitStatus.NO_REPLY))
+
+
 class OneLineUsageCommand(click.Command):
     """A command whose usage mistakes are one line (`flowtrace: ...`, exit 2) like its errors."""
 

@@ -151,6 +151,12 @@ SCENARIOS: dict[str, Scenario] = {
             (Member("ownerc"), Member("sharerc", mode="container:ownerc")),
         ),
         Scenario(
+            "dns",
+            "names: c3 and c4 on ftlab resolve each other through Docker's embedded DNS, "
+            "c1 and c2 on docker0 cannot",
+            ("flowtrace dns c3 c4", "flowtrace ping c3 c4", "flowtrace dns c1 c2"),
+        ),
+        Scenario(
             "isolated",
             "two bridges: c1 on docker0 cannot reach c3 on ftlab",
             ("flowtrace ping c1 c3",),

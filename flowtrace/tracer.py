@@ -280,7 +280,7 @@ class Tracer:
                 pkt = replace(pkt, direction="reply")  # a rewrite no point saw hid its flow
             self._next_packet_id += 1
             packets.append(pkt)
-        packets = self._attribute_nat(packets)
+        packets = attribute_nat(self._local_nat(packets), self.points)
         self.packets.extend(packets)
         if self.recorder is not None:
             labels = {}
@@ -290,57 +290,15 @@ class Tracer:
 
     # --- NAT: the rule and the conntrack entry ------------------------------------------------
 
-    def _attribute_nat(self, packets: list[Packet]) -> list[Packet]:
+    def _local_nat(self, packets: list[Packet]) -> list[Packet]:
+        """Rewrites the source's own stack made before the first point (flowtrace.local_nat)."""
         from flowtrace.local_nat import loopback_snat, source_dnat
 
         if self.route.plan.dnat_at_source:
-            packets = [source_dnat(self.route, pkt) for pkt in packets]
-        elif self.points[0].role == "loopback":
-            packets = [loopback_snat(self.route, self.points[0].ifname, pkt) for pkt in packets]
-        by_id = {p.id: p for p in self.points}
-        out = []
-        forward: dict[tuple[str, str, str], NatEvent] = {}
-        for pkt in packets:
-            events = []
-            for ev in pkt.nat:
-                a, b = by_id.get(ev.between[0]), by_id.get(ev.between[1])
-                if a is None or b is None:
-                    events.append(ev)
-                    continue
-                ns_point = b if ev.kind == "SNAT" else a
-                if ev.reverse_of is None:
-                    ev = self._explain(ev, pkt, ns_point, a, b)
-                    forward[(ev.kind, ev.between[1], ev.between[0])] = ev
-                else:
-                    twin = next((f for f in forward.values() if f.kind == ev.reverse_of), None)
-                    if twin is not None:
-                        ev = replace(ev, rule=twin.rule, conntrack=twin.conntrack)
-                events.append(ev)
-            out.append(replace(pkt, nat=tuple(events)))
-        return out
-
-    def _explain(self, ev: NatEvent, pkt: Packet, ns_point: Point, a: Point, b: Point) -> NatEvent:
-        from flowtrace.errors import FlowtraceError
-        from flowtrace.topology.conntrack import find_entry
-        from flowtrace.topology.nat_rules import attribute, read_ruleset
-
-        before = next((s for s in pkt.sightings if s.point == ev.between[0]), pkt.first)
-        h = before.headers
-        rule = conntrack = None
-        try:
-            ruleset = read_ruleset(ns_point.netns.path)
-            in_iface = a.ifname if a.netns.inode == ns_point.netns.inode else None
-            out_iface = b.ifname if b.netns.inode == ns_point.netns.inode else None
-            rule = attribute(ruleset, ev, h.proto_name, in_iface, out_iface)
-        except FlowtraceError as exc:
-            rule = f"(rules not readable: {exc.message})"
-        try:
-            conntrack = find_entry(
-                ns_point.netns.path, h.proto_name, h.src, h.dst, h.sport, h.dport, h.icmp_id
-            )
-        except FlowtraceError as exc:
-            conntrack = f"(conntrack not readable: {exc.message})"
-        return replace(ev, rule=rule, conntrack=conntrack)
+            return [source_dnat(self.route, pkt) for pkt in packets]
+        if self.points[0].role == "loopback":
+            return [loopback_snat(self.route, self.points[0].ifname, pkt) for pkt in packets]
+        return packets
 
     # --- verdicts -----------------------------------------------------------------------------
 
@@ -450,6 +408,55 @@ class Tracer:
             meta,
             tuple(self._notes()),
         )
+
+
+def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Packet]:
+    """Each rewrite with the rule that made it and the conntrack entry, read where it happened."""
+    by_id = {p.id: p for p in points}
+    out = []
+    forward: dict[tuple[str, str, str], NatEvent] = {}
+    for pkt in packets:
+        events = []
+        for ev in pkt.nat:
+            a, b = by_id.get(ev.between[0]), by_id.get(ev.between[1])
+            if a is None or b is None:
+                events.append(ev)
+                continue
+            ns_point = b if ev.kind == "SNAT" else a
+            if ev.reverse_of is None:
+                ev = _explain(ev, pkt, ns_point, a, b)
+                forward[(ev.kind, ev.between[1], ev.between[0])] = ev
+            else:
+                twin = next((f for f in forward.values() if f.kind == ev.reverse_of), None)
+                if twin is not None:
+                    ev = replace(ev, rule=twin.rule, conntrack=twin.conntrack)
+            events.append(ev)
+        out.append(replace(pkt, nat=tuple(events)))
+    return out
+
+
+def _explain(ev: NatEvent, pkt: Packet, ns_point: Point, a: Point, b: Point) -> NatEvent:
+    from flowtrace.errors import FlowtraceError
+    from flowtrace.topology.conntrack import find_entry
+    from flowtrace.topology.nat_rules import attribute, read_ruleset
+
+    before = next((s for s in pkt.sightings if s.point == ev.between[0]), pkt.first)
+    h = before.headers
+    rule = conntrack = None
+    try:
+        ruleset = read_ruleset(ns_point.netns.path)
+        in_iface = a.ifname if a.netns.inode == ns_point.netns.inode else None
+        out_iface = b.ifname if b.netns.inode == ns_point.netns.inode else None
+        rule = attribute(ruleset, ev, h.proto_name, in_iface, out_iface)
+    except FlowtraceError as exc:
+        rule = f"(rules not readable: {exc.message})"
+    try:
+        conntrack = find_entry(
+            ns_point.netns.path, h.proto_name, h.src, h.dst, h.sport, h.dport, h.icmp_id
+        )
+    except FlowtraceError as exc:
+        conntrack = f"(conntrack not readable: {exc.message})"
+    return replace(ev, rule=rule, conntrack=conntrack)
 
 
 UNREACHABLE_CODES = {

@@ -33,6 +33,9 @@ class ContainerNet:
     addresses: dict[str, str]
     #: "80/tcp" -> [(host ip, host port)]
     ports: dict[str, list[tuple[str, int]]]
+    #: The files Docker bind-mounts as the container's /etc/resolv.conf and /etc/hosts.
+    resolv_conf: str = ""
+    hosts_file: str = ""
 
 
 @cache
@@ -84,6 +87,8 @@ def _from_attrs(attrs: dict[str, Any]) -> ContainerNet:
         network_mode=str(host_config.get("NetworkMode", "default")),
         addresses={n: v["IPAddress"] for n, v in networks.items() if v.get("IPAddress")},
         ports=ports,
+        resolv_conf=str(attrs.get("ResolvConfPath") or ""),
+        hosts_file=str(attrs.get("HostsPath") or ""),
     )
 
 

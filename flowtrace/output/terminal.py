@@ -112,7 +112,7 @@ def verdict_line(v: Verdict) -> Text:
     return Text(f"probe {v.probe + 1}: {v}{rtt}", style=style)
 
 
-def _nat_details(events: Iterable[NatEvent]) -> list[str]:
+def nat_details(events: Iterable[NatEvent]) -> list[str]:
     lines = []
     for ev in events:
         lines.append(f"{nat_text(ev)} between {ev.between[0]} and {ev.between[1]}")
@@ -212,7 +212,7 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
                 if key not in shown_events:
                     shown_events.add(key)
                     fresh.append(ev)
-        for line in _nat_details(fresh):
+        for line in nat_details(fresh):
             console.print(line, style="yellow")
     for probe, verdict in sorted(verdicts.items()):
         if probe not in by_probe:

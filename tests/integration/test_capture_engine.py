@@ -12,6 +12,7 @@ traffic is what the tests send: UDP datagrams carrying a 4-byte sequence number.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -73,17 +74,28 @@ class Topology:
         return int(info[0]["promiscuity"])
 
 
+#: The private namespaces' network: small, so a lab scenario elsewhere in 198.51.100.0/24
+#: (macvlan uses a /26 of it) does not stop this module.
+TEST_NET = ipaddress.ip_network("198.51.100.0/29")
+
+
 def _host_routes_test_range() -> bool:
-    """True if the host already uses 198.51.100.0/24 (then this module must not)."""
-    routes = sh("ip -4 route show table all")
-    addresses = sh("ip -4 addr show")
-    return "198.51.100." in routes or "198.51.100." in addresses
+    """True if the host already routes or owns part of TEST_NET (then this module must not)."""
+    used = [
+        r["dst"] for r in json.loads(sh("ip -4 -j route show table all")) if r["dst"] != "default"
+    ]
+    used += [
+        f"{a['local']}/{a['prefixlen']}"
+        for link in json.loads(sh("ip -4 -j addr show"))
+        for a in link.get("addr_info", [])
+    ]
+    return any(ipaddress.ip_network(net, strict=False).overlaps(TEST_NET) for net in used)
 
 
 @pytest.fixture(scope="module")
 def topo(root: None) -> Iterator[Topology]:
     if _host_routes_test_range():
-        pytest.skip("198.51.100.0/24 is in use on this host")
+        pytest.skip(f"{TEST_NET} is in use on this host")
     tag = uuid.uuid4().hex[:6]
     t = Topology(a=f"ftcap-{tag}-a", b=f"ftcap-{tag}-b", br=f"ftcap-{tag}-br")
     made: list[str] = []
@@ -102,8 +114,8 @@ def topo(root: None) -> Iterator[Topology]:
         for port in ("pa", "pb"):
             sh(f"ip -n {t.br} link set {port} master br0 up")
         sh(f"ip -n {t.br} link set br0 up")
-        sh(f"ip -n {t.a} addr add {A_IP}/24 dev eth0")
-        sh(f"ip -n {t.b} addr add {B_IP}/24 dev eth0")
+        sh(f"ip -n {t.a} addr add {A_IP}/{TEST_NET.prefixlen} dev eth0")
+        sh(f"ip -n {t.b} addr add {B_IP}/{TEST_NET.prefixlen} dev eth0")
         sh(f"ip -n {t.a} link set eth0 up")
         sh(f"ip -n {t.b} link set eth0 up")
         mac = {
