@@ -22,14 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flowtrace.endpoints.netns import run_in_netns
+from flowtrace.endpoints.sockets import SocketEntry, owner_of, parse_proc_net
 from flowtrace.model import Headers, Packet, Point, Sighting
-from flowtrace.topology.published import (
-    ProxyCommand,
-    TcpSocket,
-    listener_for,
-    parse_proc_net_tcp,
-    parse_proxy_cmdline,
-)
+from flowtrace.topology.published import ProxyCommand, listener_for, parse_proxy_cmdline
 
 if TYPE_CHECKING:
     from flowtrace.topology.path import LiveView, PathPlan
@@ -90,9 +85,9 @@ def _read(path: str) -> str:
         return ""
 
 
-def tcp_sockets(pid: str = "self") -> list[TcpSocket]:
+def tcp_sockets(pid: str = "self") -> list[SocketEntry]:
     """IPv4 TCP sockets of the namespace process `pid` is in."""
-    return parse_proc_net_tcp(_read(f"/proc/{pid}/net/tcp"))
+    return parse_proc_net(_read(f"/proc/{pid}/net/tcp"))
 
 
 def socket_fds(pid: int) -> dict[int, int]:
@@ -117,28 +112,16 @@ def socket_inodes(pid: int) -> set[int]:
     return set(socket_fds(pid))
 
 
-def _argv(pid: int) -> tuple[str, ...]:
-    raw = _read(f"/proc/{pid}/cmdline")
-    return tuple(part for part in raw.split("\0") if part)
-
-
-def owner_of(inode: int) -> int | None:
-    """The process holding socket `inode` (docker-proxy processes are asked first)."""
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    proxies = [p for p in pids if _read(f"/proc/{p}/comm").strip() == "docker-proxy"]
-    for pid in [*proxies, *(p for p in pids if p not in set(proxies))]:
-        if inode in socket_inodes(pid):
-            return pid
-    return None
-
-
 def find_listener(ip: str, port: int) -> Listener | None:
     """The host's socket listening for ip:port and its process, or None."""
     sock = listener_for(tcp_sockets(), ip, port)
     if sock is None:
         return None
-    pid = owner_of(sock.inode)
-    return Listener(sock.local_ip, sock.local_port, sock.inode, pid, _argv(pid) if pid else ())
+    owner = owner_of(sock.inode)
+    if owner is None:
+        return Listener(sock.local_ip, sock.local_port, sock.inode, None)
+    argv = tuple(owner.cmdline.split())  # docker-proxy's arguments hold no spaces
+    return Listener(sock.local_ip, sock.local_port, sock.inode, owner.pid, argv)
 
 
 def proxy_connections(pid: int, container_ip: str, container_port: int) -> dict[Endpoint, int]:

@@ -11,24 +11,21 @@ where it comes from:
   connection to 127.0.0.1 is not rewritten and reaches the docker-proxy listening on the
   port, which opens a second connection of its own to the container.
 
-Everything here is pure (text in, values out) so it is tested on recorded input; the
-live reads (`/proc/net/tcp`, `/proc/PID/fd`, `/proc/PID/cmdline`) are in flowtrace.proxy.
+Everything here is pure (values in, values out) so it is tested on recorded input;
+/proc/net/tcp is parsed by endpoints.sockets, and the live reads (`/proc/PID/fd`,
+`/proc/PID/cmdline`) are in flowtrace.proxy.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from flowtrace.endpoints.sockets import TCP_LISTEN, SocketEntry
+
 if TYPE_CHECKING:
     from flowtrace.topology.nat_rules import NatRuleset
-
-#: /proc/net/tcp state of a listening socket (include/net/tcp_states.h TCP_LISTEN).
-TCP_LISTEN = 0x0A
-TCP_ESTABLISHED = 0x01
 
 
 def binding_serves(host_ip: str, dst_ip: str) -> bool:
@@ -52,56 +49,14 @@ def output_dnat_applies(dst_ip: str) -> bool:
     return not ipaddress.ip_address(dst_ip).is_loopback
 
 
-@dataclass(frozen=True)
-class TcpSocket:
-    """One line of /proc/net/tcp or /proc/net/tcp6."""
+def listener_for(sockets: list[SocketEntry], ip: str, port: int) -> SocketEntry | None:
+    """The listening socket that takes an IPv4 connection to ip:port (an exact address first).
 
-    local_ip: str
-    local_port: int
-    remote_ip: str
-    remote_port: int
-    state: int
-    inode: int
-
-    @property
-    def listening(self) -> bool:
-        return self.state == TCP_LISTEN
-
-
-def _address(text: str) -> tuple[str, int]:
-    """`0100007F:1F90` -> ("127.0.0.1", 8080); 32 hex digits are IPv6 (four host-order words)."""
-    hex_ip, _, hex_port = text.partition(":")
-    raw = bytes.fromhex(hex_ip)
-    if len(raw) == 4:
-        ip = socket.inet_ntop(socket.AF_INET, struct.pack("<I", struct.unpack(">I", raw)[0]))
-    elif len(raw) == 16:
-        words = struct.unpack(">4I", raw)
-        ip = socket.inet_ntop(socket.AF_INET6, struct.pack("<4I", *words))
-    else:
-        raise ValueError(f"bad address {text!r}")
-    return ip, int(hex_port, 16)
-
-
-def parse_proc_net_tcp(text: str) -> list[TcpSocket]:
-    """The sockets of /proc/net/tcp (or tcp6): addresses, state and inode."""
-    found = []
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 10:
-            continue
-        try:
-            local_ip, local_port = _address(fields[1])
-            remote_ip, remote_port = _address(fields[2])
-            state, inode = int(fields[3], 16), int(fields[9])
-        except ValueError:
-            continue
-        found.append(TcpSocket(local_ip, local_port, remote_ip, remote_port, state, inode))
-    return found
-
-
-def listener_for(sockets: list[TcpSocket], ip: str, port: int) -> TcpSocket | None:
-    """The listening socket that takes a connection to ip:port (an exact address first)."""
-    candidates = [s for s in sockets if s.listening and s.local_port == port]
+    Unlike endpoints.sockets.bound_socket, a `::` listener does not count for an IPv4
+    address: docker-proxy's IPv6 listeners are IPv6-only (Go sets IPV6_V6ONLY), and
+    Docker 20.10 may even give them another random port than the IPv4 one.
+    """
+    candidates = [s for s in sockets if s.state == TCP_LISTEN and s.local_port == port]
     for sock in candidates:
         if sock.local_ip == ip:
             return sock

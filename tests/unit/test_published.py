@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 
+from flowtrace.endpoints.sockets import SocketEntry, parse_proc_net
 from flowtrace.topology.nat_rules import parse_iptables_save
 from flowtrace.topology.published import (
     ProxyCommand,
-    TcpSocket,
     binding_serves,
     listener_for,
     output_dnat_applies,
-    parse_proc_net_tcp,
     parse_proxy_cmdline,
     predict_dnat,
 )
@@ -36,28 +35,20 @@ PROC_NET_TCP6 = """\
 """
 
 
-def test_proc_net_tcp_addresses_states_and_inodes() -> None:
-    sockets = parse_proc_net_tcp(PROC_NET_TCP)
-    assert sockets[0] == TcpSocket("0.0.0.0", 8080, "0.0.0.0", 0, 0x0A, 61234)
+def test_docker_proxies_sockets_as_proc_net_tcp_lists_them() -> None:
+    sockets = parse_proc_net(PROC_NET_TCP)
+    assert sockets[0] == SocketEntry("0.0.0.0", 8080, "0.0.0.0", 0, 0x0A, 61234)
     assert (sockets[1].local_ip, sockets[1].local_port) == ("127.0.0.1", 32769)
     assert (sockets[2].local_ip, sockets[2].local_port) == ("203.0.113.1", 9999)
-    connection = sockets[3]
+    connection = sockets[3]  # the proxy's own connection to the container
     assert (connection.local_ip, connection.local_port) == ("172.17.0.1", 46498)
     assert (connection.remote_ip, connection.remote_port) == ("172.17.0.4", 80)
-    assert not connection.listening and sockets[0].listening
-
-
-def test_proc_net_tcp6_words_are_in_host_order() -> None:
-    sockets = parse_proc_net_tcp(PROC_NET_TCP6)
-    assert [(s.local_ip, s.local_port) for s in sockets] == [("::", 8080), ("::1", 8081)]
-
-
-def test_proc_net_tcp_skips_what_it_cannot_read() -> None:
-    assert parse_proc_net_tcp("header\n   0: zz:1 00000000:0000 0A 0 0 0 0 0 1\nshort line\n") == []
+    six = parse_proc_net(PROC_NET_TCP6)
+    assert [(s.local_ip, s.local_port) for s in six] == [("::", 8080), ("::1", 8081)]
 
 
 def test_the_listener_for_an_address_exact_before_wildcard() -> None:
-    sockets = parse_proc_net_tcp(PROC_NET_TCP)
+    sockets = parse_proc_net(PROC_NET_TCP)
     assert listener_for(sockets, "127.0.0.1", 8080) == sockets[0]  # 0.0.0.0 takes it
     assert listener_for(sockets, "127.0.0.1", 32769) == sockets[1]
     assert listener_for(sockets, "203.0.113.1", 32769) is None  # bound to 127.0.0.1 only
@@ -65,10 +56,12 @@ def test_the_listener_for_an_address_exact_before_wildcard() -> None:
     assert listener_for(sockets, "127.0.0.1", 9999) is None
     assert listener_for(sockets, "172.17.0.1", 46498) is None  # a connection, not a listener
     both = [
-        TcpSocket("0.0.0.0", 80, "0.0.0.0", 0, 0x0A, 1),
-        TcpSocket("127.0.0.1", 80, "", 0, 10, 2),
+        SocketEntry("0.0.0.0", 80, "0.0.0.0", 0, 0x0A, 1),
+        SocketEntry("127.0.0.1", 80, "", 0, 10, 2),
     ]
     assert listener_for(both, "127.0.0.1", 80) == both[1]
+    v6_only = parse_proc_net(PROC_NET_TCP6)  # docker-proxy's [::] listeners are IPv6-only
+    assert listener_for(v6_only, "127.0.0.1", 8080) is None
 
 
 @pytest.mark.parametrize(
