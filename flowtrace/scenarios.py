@@ -168,11 +168,6 @@ SCENARIOS: dict[str, Scenario] = {
             (Member("multi", joins=(LAB_NETWORK,)),),
         ),
         Scenario(
-            "outside",
-            "container to the outside host through MASQUERADE",
-            ("flowtrace ping c1 netns:ft-outside",),
-        ),
-        Scenario(
             "ports",
             "published ports, every form: -p 8080:80 (web), -p 80, -p 127.0.0.1::80, "
             f"-p {UPLINK_IP}:9999:80, -P",
@@ -187,6 +182,11 @@ SCENARIOS: dict[str, Scenario] = {
                 Member("pub-9999", command=HTTPD, publish=(f"{UPLINK_IP}:9999:80",)),
                 Member("pub-all", command=HTTPD, expose=(80,), publish_all=True),
             ),
+        ),
+        Scenario(
+            "outside",
+            "container to the outside host through MASQUERADE",
+            ("flowtrace ping c1 netns:ft-outside",),
         ),
     )
 }
