@@ -60,9 +60,6 @@ class PathPlan:
     src_ip: str | None = None
     dst_ip: str = ""
     dst_port: int | None = None
-    #: Where the walk ended when it reached the destination (None: it did not).
-    destination: str | None = None
-    notes: list[str] = field(default_factory=list)
     #: (address, port) the probe is sent to when a published port's DNAT rewrote it on
     #: the way (the plan's dst_ip/dst_port are then the rewritten ones), else None.
     redirected: tuple[str, int | None] | None = None
@@ -70,6 +67,9 @@ class PathPlan:
     dnat_at_source: bool = False
     #: Why the destination is expected to refuse (a port published on another address).
     closed_hint: str | None = None
+    #: Where the walk ended when it reached the destination (None: it did not).
+    destination: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def add(self, ns: Namespace, link: Link, state: NetnsState, role: str) -> Point:
         point_id = f"{ns.label}/{link.name}"
