@@ -21,7 +21,8 @@ from flowtrace.probe import ProbeKind
 
 if TYPE_CHECKING:
     from flowtrace.dns import DnsLookup
-    from flowtrace.topology.path import LiveView, PathPlan
+    from flowtrace.proxy import ProxyLeg
+    from flowtrace.topology.path import LiveView, PathPlan, Redirect
 
 __all__ = [
     "CaptureResult",
@@ -68,6 +69,8 @@ class Route:
     dst_ip: str
     dst_port: int | None
     plan: PathPlan
+    #: The docker-proxy that will accept the connection (no DNAT applies), else None.
+    proxy: ProxyLeg | None = None
 
 
 def choose_destination_ip(view: LiveView, src: Namespace, dst: Endpoint) -> str:
@@ -88,35 +91,53 @@ def choose_destination_ip(view: LiveView, src: Namespace, dst: Endpoint) -> str:
     return dst.ip or candidates[0]
 
 
-def docker_redirect(
-    kind: ProbeKind,
-) -> Callable[[Namespace, str, int | None], tuple[str, int | None, str] | None]:
-    """Predict a published port's DNAT: Docker maps host ports to container ports."""
+def docker_redirect(kind: ProbeKind) -> Redirect:
+    """Predict a published port's DNAT: Docker maps host ports to container ports.
 
-    def redirect(ns: Namespace, ip: str, port: int | None) -> tuple[str, int | None, str] | None:
+    The host's nat table is walked as the kernel walks it for the first packet
+    (PREROUTING for one that came in by `in_iface`, OUTPUT for the host's own), so
+    what Docker's rules leave out stays out: 127.0.0.0/8 from the host, packets from
+    Docker's own bridges (docker-proxy takes those), a binding on another address.
+    When the rules cannot be read, Docker's bindings are matched instead.
+    """
+
+    def redirect(
+        ns: Namespace, ip: str, port: int | None, in_iface: str | None = None
+    ) -> tuple[str, int | None, str] | None:
         if port is None or kind == "icmp" or ns.label != "host":
             return None
-        from flowtrace.endpoints.docker import docker_available, running_containers
+        from flowtrace.proxy import binding_target, bindings
+        from flowtrace.topology.kernel import read_state
+        from flowtrace.topology.nat_rules import read_ruleset
+        from flowtrace.topology.published import predict_dnat
 
-        if not docker_available():
+        try:
+            local = frozenset(a.ip for a in read_state(ns.path).addresses)
+            predicted = predict_dnat(read_ruleset(ns.path), kind, ip, port, in_iface, local)
+        except FlowtraceError:
+            predicted = binding_target(kind, ip, port)
+        if predicted is None:
             return None
-        for c in running_containers():
-            for key, bindings in c.ports.items():
-                cport, _, proto = key.partition("/")
-                if proto != kind:
-                    continue
-                for host_ip, host_port in bindings:
-                    if host_port == port and host_ip in ("0.0.0.0", "::", "", ip):
-                        target = next(iter(c.addresses.values()), None)
-                        if target:
-                            why = (
-                                f"{ip}:{port} is published by container {c.name}: "
-                                f"DNAT to {target}:{cport}"
-                            )
-                            return target, int(cport), why
-        return None
+        target, cport, _ = predicted
+        owners = [c.name for c, *_ in bindings(kind, port) if target in c.addresses.values()]
+        by = f"container {owners[0]}" if owners else target
+        return target, cport, f"{ip}:{port} is published by {by}: DNAT to {target}:{cport}"
 
     return redirect
+
+
+def _loopback_destination(src: Endpoint, dst_spec: str) -> Endpoint | None:
+    """`127.0.0.1:PORT`: the source's own loopback (every namespace has one)."""
+    from flowtrace.endpoints.resolve import split_port
+
+    name, port = split_port(dst_spec.strip())
+    try:
+        is_loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return None
+    if not is_loopback:
+        return None
+    return Endpoint(name, src.netns, src.addresses, name, port)
 
 
 def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Route:
@@ -125,7 +146,7 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
     from flowtrace.topology.path import LiveView, plan_path
 
     src = resolve(src_spec)
-    dst = resolve(dst_spec, allow_port=True)
+    dst = _loopback_destination(src, dst_spec) or resolve(dst_spec, allow_port=True)
     if kind in ("tcp", "udp") and dst.port is None:
         raise FlowtraceError(f"{kind} needs a destination port: {dst_spec}:PORT", ExitStatus.USAGE)
     if kind == "icmp" and dst.port is not None:
@@ -139,13 +160,25 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
         plan.src_ip = src.ip
     if not plan.points:
         raise NoPathError(f"no path from {src_spec} to {dst_spec}")
+    if plan.redirected is None and plan.destination and plan.dst_port is not None:
+        from flowtrace.proxy import unserved_binding
+
+        hint = unserved_binding(kind, plan.dst_ip, plan.dst_port)
+        if hint:
+            plan.notes.append(hint)
+            plan.closed_hint = hint
+    proxy = None
+    if kind == "tcp" and plan.redirected is None and plan.destination and dst.port is not None:
+        from flowtrace.proxy import proxy_leg
+
+        proxy = proxy_leg(view, plan, dst.port)
     mates = (src.netns.container, dst.netns.container)
     if src.netns.inode == dst.netns.inode and all(mates) and mates[0] != mates[1]:
         plan.notes.append(
             f"containers {mates[0]} and {mates[1]} share one network namespace: "
             "the packet never leaves it and crosses only lo"
         )
-    return Route(src, dst, dst_ip, dst.port, plan)
+    return Route(src, dst, dst_ip, dst.port, plan, proxy)
 
 
 def path(src: str, dst: str, kind: ProbeKind = "icmp") -> tuple[list[Point], list[str]]:

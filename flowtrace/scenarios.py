@@ -36,19 +36,35 @@ DEFAULT_NETWORK = "bridge"
 LAB_NETWORK = "ftlab"
 
 
+#: A member's command, publish, expose and publish_all when it sets none of them.
+_PLAIN: tuple[object, ...] = (("sleep", "infinity"), (), (), False)
+#: What the `ports` scenario's containers run (the same page as the lab's web).
+HTTPD = ("httpd", "-f", "-p", "80", "-h", "/www")
+#: The base lab's container publishing -p 8080:80 (flowtrace.lab.WEB_CONTAINER).
+WEB = "web"
+#: The host address the `ports` scenario binds one port to: the lab's uplink (flowtrace.lab).
+UPLINK_IP = "203.0.113.1"
+
+
 @dataclass(frozen=True)
 class Member:
     """One container a scenario makes.
 
     `mode` is Docker's network mode: "bridge" (on `network`), "none", "host" or
     "container:<name of another member>".  `joins` are networks it is connected to
-    after creation, as `docker network connect` does (eth1, eth2...).
+    after creation, as `docker network connect` does (eth1, eth2...).  `publish` are
+    TCP ports in `docker run -p` syntax ("80", "127.0.0.1::80", "IP:9999:80");
+    `publish_all` is `-P`: every exposed port (`expose`) on a random host port.
     """
 
     name: str
     mode: str = "bridge"
     network: str = DEFAULT_NETWORK
     joins: tuple[str, ...] = ()
+    command: tuple[str, ...] = ("sleep", "infinity")
+    publish: tuple[str, ...] = ()
+    expose: tuple[int, ...] = ()
+    publish_all: bool = False
 
     @property
     def owner(self) -> str | None:
@@ -60,8 +76,47 @@ class Member:
         import hashlib
         import json
 
-        text = json.dumps([image, self.mode, self.network, list(self.joins)])
+        settings: list[Any] = [image, self.mode, self.network, list(self.joins)]
+        if (self.command, self.publish, self.expose, self.publish_all) != _PLAIN:
+            # only when set: the older members' digests (and containers) stay as they are
+            settings += [list(self.command), list(self.publish), list(self.expose)]
+            settings.append(self.publish_all)
+        text = json.dumps(settings)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def port_options(self) -> dict[str, Any]:
+        """The Docker SDK's `ports` and `publish_all_ports` for this member's -p / -P."""
+        ports: dict[str, Any] = {f"{port}/tcp": [] for port in self.expose}
+        for spec in self.publish:
+            inner, binding = parse_publish(spec)
+            ports.setdefault(f"{inner}/tcp", []).append(binding)
+        options: dict[str, Any] = {"ports": ports} if ports else {}
+        if self.publish_all:
+            options["publish_all_ports"] = True
+        return options
+
+
+def parse_publish(spec: str) -> tuple[int, tuple[str, int | None] | int | None]:
+    """`docker run -p` syntax (TCP) -> (container port, the Docker SDK's binding).
+
+    "80" -> (80, None): a random host port on every address; "8080:80" -> (80, 8080);
+    "127.0.0.1::80" -> (80, ("127.0.0.1", None)); "IP:9999:80" -> (80, ("IP", 9999)).
+    """
+
+    def number(text: str) -> int:
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise ValueError(f"bad port {text!r} in -p {spec!r}")
+        return int(text)
+
+    parts = spec.split(":")
+    if len(parts) == 1:
+        return number(parts[0]), None
+    if len(parts) == 2:
+        return number(parts[1]), number(parts[0])
+    if len(parts) == 3:
+        ip, host, inner = parts
+        return number(inner), (ip, number(host) if host else None)
+    raise ValueError(f"cannot read -p {spec!r}: give [IP:][HOSTPORT:]PORT")
 
 
 @dataclass(frozen=True)
@@ -123,6 +178,22 @@ SCENARIOS: dict[str, Scenario] = {
             "docker network connect: multi is on docker0 (eth0) and ftlab (eth1)",
             ("flowtrace ping multi c1", "flowtrace ping multi c3"),
             (Member("multi", joins=(LAB_NETWORK,)),),
+        ),
+        Scenario(
+            "ports",
+            "published ports, every form: -p 8080:80 (web), -p 80, -p 127.0.0.1::80, "
+            f"-p {UPLINK_IP}:9999:80, -P",
+            (
+                f"flowtrace tcp netns:ft-outside {UPLINK_IP}:8080",
+                "flowtrace tcp host 127.0.0.1:8080",
+                f"flowtrace tcp host {UPLINK_IP}:8080",
+            ),
+            (
+                Member("pub-random", command=HTTPD, publish=("80",)),
+                Member("pub-loopback", command=HTTPD, publish=("127.0.0.1::80",)),
+                Member("pub-9999", command=HTTPD, publish=(f"{UPLINK_IP}:9999:80",)),
+                Member("pub-all", command=HTTPD, expose=(80,), publish_all=True),
+            ),
         ),
         Scenario(
             "outside",
@@ -235,6 +306,8 @@ def _problems(view: MemberView, views: dict[str, MemberView]) -> list[str]:
         for net in (member.network, *member.joins)
         if member.mode == "bridge" and net not in item.addresses
     ]
+    if (member.publish or member.publish_all) and not item.ports:
+        found.append(f"container {member.name}'s published port")
     owner = views.get(member.owner) if member.owner else None
     if owner is not None and owner.container.running and owner.netns_inode != view.netns_inode:
         found.append(f"container {member.name} in {owner.member.name}'s namespace")
@@ -292,9 +365,10 @@ def _create(client: Any, scenario: Scenario, member: Member) -> Any:
         options.update(network=member.network, hostname=member.name)
     else:  # Docker refuses a hostname of one's own in host and container modes
         options.update(network_mode=member.mode)
+    options.update(member.port_options())
     container = client.containers.create(
         IMAGE,
-        command=["sleep", "infinity"],
+        command=list(member.command),
         name=member.name,
         labels={
             LAB_LABEL: LAB_LABEL_VALUE,
@@ -490,7 +564,40 @@ def render(state: ScenarioState) -> str:
     lines.append("")
     lines.append("trace it:")
     lines += [f"  {command}" for command in scenario.commands]
+    owners = [(v.member.name, v.container) for v in state.members]
+    if any(v.member.publish or v.member.publish_all for v in state.members):
+        owners.insert(0, (WEB, _web_of(state)))  # -p 8080:80, the base lab's
+    published = [(name, *split_binding(p)) for name, item in owners for p in item.ports]
+    if published:
+        lines.append("")
+        lines.append("published (docker port), traced from the outside host and from the host:")
+        for name, host_ip, host_port, inner in published:
+            if ":" in host_ip:
+                continue  # the IPv6 twin of a binding: flowtrace traces IPv4
+            lines.append(f"  {name}: {host_ip}:{host_port} -> {inner}")
+            targets = [f"netns:ft-outside {UPLINK_IP}"]
+            if host_ip in ("0.0.0.0", "127.0.0.1"):
+                targets.append("host 127.0.0.1")
+            if host_ip in ("0.0.0.0", UPLINK_IP):
+                targets.append(f"host {UPLINK_IP}")
+            lines += [f"    flowtrace tcp {target}:{host_port}" for target in targets]
     return "\n".join(lines)
+
+
+def _web_of(state: ScenarioState) -> LabContainer:
+    try:
+        return state.lab.container(WEB)
+    except KeyError:
+        from flowtrace.lab import LabContainer
+
+        return LabContainer(WEB)
+
+
+def split_binding(text: str) -> tuple[str, int, str]:
+    """ "0.0.0.0:49153->80/tcp" -> ("0.0.0.0", 49153, "80/tcp"); "[::]:…" -> ("::", …)."""
+    host, _, inner = text.partition("->")
+    ip, _, port = host.rpartition(":")
+    return ip.strip("[]"), int(port), inner
 
 
 def render_summary(state: ScenarioState) -> str:

@@ -21,6 +21,7 @@ from flowtrace.probe import ProbePlan, open_sender, send_probe
 if TYPE_CHECKING:
     from flowtrace.api import Route, TraceOptions
     from flowtrace.output.traceset import TraceRecorder
+    from flowtrace.proxy import LegFollower
     from flowtrace.topology.path import Blocked
 
 POLL_S = 0.002
@@ -33,6 +34,9 @@ class Tracer:
         self.route = route
         self.options = options
         self.points: list[Point] = list(route.plan.points)
+        if route.proxy is not None:  # leg 2: the proxy's own connection to the container
+            known = {p.id for p in self.points}
+            self.points += [p for p in route.proxy.points if p.id not in known]
         self.point_ids = [p.id for p in self.points]
         self.source_point = self.points[0].id
         self.probe = ProbePlan.new(
@@ -46,6 +50,13 @@ class Tracer:
         self._decoded_upto = 0
         self._written_upto = 0
         self._next_packet_id = 1
+        self._taken = 0  # frames the session handed over (kept or not)
+        #: With a docker-proxy: the real connection's two legs (flowtrace.proxy).
+        self.legs: LegFollower | None = None
+        if route.proxy is not None:
+            from flowtrace.proxy import LegFollower
+
+            self.legs = LegFollower(self, route.proxy)
         self._ip_ids: dict[int, int] = {}  # request IP ID -> probe number
         self.recorder: TraceRecorder | None = None
         #: Why a lost request vanished, by (last point, protocol, addresses, ports).
@@ -85,12 +96,14 @@ class Tracer:
                         time.sleep(max(0.0, opts.interval - (time.monotonic() - started)))
             finally:
                 sender.close()
+            if self.legs is not None:
+                self.legs.follow(session)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             session.stop()
             stats = session.snapshot()
-            self._absorb(session.frames(since=len(self.frames)))
+            self._absorb(session.frames(since=self._taken))
             self._flush_chunk(final=True)
             self._finish_verdicts()
             if self.recorder is not None:
@@ -108,6 +121,7 @@ class Tracer:
                         "interrupted": interrupted,
                         # the rule and conntrack entry of each rewrite: the pcapng cannot hold them
                         "nat": nat,
+                        **({"proxy": self.legs.summary} if self.legs is not None else {}),
                     },
                 )
         return self._trace(stats, interrupted)
@@ -146,9 +160,12 @@ class Tracer:
         return TraceRecorder(directory, self.points, manifest, names)
 
     def _capture_filter(self) -> str:
-        """The probes' filter; when the path is blocked, also the ARP about the neighbour
-        the source cannot reach (the only frames such a probe makes)."""
+        """The probes' filter (plus a docker-proxy's legs); when the path is blocked, also
+        the ARP about the neighbour the source cannot reach (the only frames such a probe
+        makes)."""
         probes = self.probe.capture_filter(self.options.count)
+        if self.legs is not None:  # and the docker-proxy's two connections
+            probes = self.legs.capture_filter(probes)
         blocked = self.route.plan.blocked
         if blocked is None:
             return probes
@@ -164,7 +181,7 @@ class Tracer:
     def _wait_for_answer(self, session: Any, seq: int) -> None:
         deadline = time.monotonic() + self.options.timeout
         while time.monotonic() < deadline:
-            self._absorb(session.frames(since=len(self.frames)))
+            self._absorb(session.frames(since=self._taken))
             if self._answered_at_source(seq):
                 return
             time.sleep(POLL_S)
@@ -178,12 +195,12 @@ class Tracer:
         """
         deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline:
-            self._absorb(session.frames(since=len(self.frames)))
+            self._absorb(session.frames(since=self._taken))
             if self._seen_everywhere(seq):
                 time.sleep(2 * RETIRE_MS / 1000)
                 break
             time.sleep(POLL_S)
-        self._absorb(session.frames(since=len(self.frames)))
+        self._absorb(session.frames(since=self._taken))
         self._flush_chunk()
 
     def _seen_everywhere(self, seq: int) -> bool:
@@ -198,10 +215,13 @@ class Tracer:
         """Decode the frames the session handed over since last time."""
         from flowtrace.correlate.decode import decode_frame
 
-        base = len(self.frames)
-        self.frames.extend(new)
-        for i, f in enumerate(new, base):
+        self._taken += len(new)
+        for f in new:
             headers = decode_frame(f.data, self.points[f.point].linktype)
+            if self.legs is not None and not self.legs.keeps(headers):
+                continue  # another connection through the same port or to the same container
+            i = len(self.frames)
+            self.frames.append(f)
             if headers is not None:
                 self.sightings.append(
                     Sighting(self.point_ids[f.point], f.time_ns, headers, f.outbound, i)
@@ -241,9 +261,20 @@ class Tracer:
                     or h.tcp_ack == (isn + 1) & 0xFFFFFFFF
                 ):
                     return seq
+        if h.proto == 6 and self.route.proxy is not None:
+            return None  # a packet of the real connection through the proxy
         # a UDP answer: the newest probe sent before it
         earlier = [k for k, t in self.sent_at.items() if t <= pkt.first.time_ns]
         return max(earlier) if earlier else None
+
+    def _answers_probe(self, pkt: Packet) -> bool:
+        """A TCP answer to a probe by its acknowledgement (SYN-ACK, RST-ACK), whatever its tuple."""
+        h = pkt.first.headers
+        if pkt.probe is None or h.proto != 6 or not (h.tcp_flags or 0) & 0x10:
+            return False
+        isn = self.probe.seq_mark(pkt.probe)
+        after = (isn + 1) & 0xFFFFFFFF
+        return h.tcp_ack == after and h.tcp_seq not in (isn, after)
 
     def _flush_chunk(self, final: bool = False) -> None:
         """Correlate the sightings since the last flush and append them to the pcap set."""
@@ -258,14 +289,29 @@ class Tracer:
         packets = []
         for pkt in correlate(chunk, self.point_ids):
             pkt = replace(pkt, packet_id=self._next_packet_id, probe=self._probe_of(pkt))
+            if pkt.direction == "request" and self._answers_probe(pkt):
+                pkt = replace(pkt, direction="reply")  # a rewrite no point saw hid its flow
             self._next_packet_id += 1
             packets.append(pkt)
-        packets = attribute_nat(packets, self.points)
+        packets = attribute_nat(self._local_nat(packets), self.points)
         self.packets.extend(packets)
         if self.recorder is not None:
-            self.recorder.write(frames_chunk, packets)
+            labels = {}
+            if self.legs is not None:
+                labels = {p.packet_id: text for p in packets if (text := self.legs.label(p))}
+            self.recorder.write(frames_chunk, packets, labels)
 
     # --- NAT: the rule and the conntrack entry ------------------------------------------------
+
+    def _local_nat(self, packets: list[Packet]) -> list[Packet]:
+        """Rewrites the source's own stack made before the first point (flowtrace.local_nat)."""
+        from flowtrace.local_nat import loopback_snat, source_dnat
+
+        if self.route.plan.dnat_at_source:
+            return [source_dnat(self.route, pkt) for pkt in packets]
+        if self.points[0].role == "loopback":
+            return [loopback_snat(self.route, self.points[0].ifname, pkt) for pkt in packets]
+        return packets
 
     # --- verdicts -----------------------------------------------------------------------------
 
@@ -295,9 +341,18 @@ class Tracer:
             if h.proto == 1 and h.icmp_type == 0:
                 return Verdict(seq, "replied", None, "echo reply", rtt)
             if h.proto == 6 and (h.tcp_flags or 0) & 0x12 == 0x12:
+                proxy = self.route.proxy
+                if proxy is not None:
+                    listening = f"{proxy.listener.ip}:{proxy.listener.port}"
+                    by = f"docker-proxy pid {proxy.listener.pid} (listening on {listening})"
+                    return Verdict(
+                        seq, "replied", None, f"SYN-ACK from {by}: the port is open", rtt
+                    )
                 return Verdict(seq, "replied", None, "SYN-ACK: the port is open", rtt)
             if h.proto == 6 and (h.tcp_flags or 0) & 0x04:
-                return Verdict(seq, "refused", None, f"RST from {h.src}: the port is closed", rtt)
+                closed = f"RST from {h.src}: the port is closed"
+                hint = self.route.plan.closed_hint
+                return Verdict(seq, "refused", None, f"{closed}; {hint}" if hint else closed, rtt)
             if h.proto == 1 and h.icmp_type == 3 and h.icmp_code == 3:
                 port = f"{self.route.dst_port}/{self.options.kind}"
                 return Verdict(
@@ -401,6 +456,8 @@ class Tracer:
         }
         if self.recorder is not None:
             meta["pcap"] = str(self.recorder.path)
+        if self.legs is not None and self.legs.summary is not None:
+            meta["proxy"] = self.legs.summary
         return Trace(
             tuple(self.points),
             tuple(self.packets),

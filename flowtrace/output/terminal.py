@@ -95,10 +95,12 @@ def packet_table(pkt: Packet, points: dict[str, Point]) -> Text:
     out = Text(title + "\n", style="bold")
     out.append(line(header) + "\n", style="dim")
     indent = sum(widths[:5]) + 2 * 5
+    shown: set[int] = set()  # on lo a packet is seen twice at one point: show it once
     for s, row in zip(pkt.sightings, rows, strict=True):
         out.append(line(row) + "\n")
-        for ev in pkt.nat:
-            if ev.between[1] == s.point:
+        for n, ev in enumerate(pkt.nat):
+            if ev.between[1] == s.point and n not in shown:
+                shown.add(n)
                 out.append(" " * indent + "^ " + nat_text(ev) + "\n", style="bold yellow")
     out.rstrip()
     return out
@@ -179,10 +181,18 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         console.print(Text(str(header), style="bold"))
     for note in trace.notes:
         console.print(f"note: {note}")
-    console.print("path: " + " -> ".join(p.id for p in trace.points))
+    proxy = trace.meta.get("proxy")
+    legs = proxy.get("legs", []) if isinstance(proxy, dict) else []
+    if legs:
+        console.print("path: " + " -> ".join(legs[0]["points"]))
+        console.print("path of docker-proxy's own connection: " + " -> ".join(legs[1]["points"]))
+    else:
+        console.print("path: " + " -> ".join(p.id for p in trace.points))
+    on_legs = {i for leg in legs for i in leg["packets"]}
     by_probe: dict[int | None, list[Packet]] = {}
     for pkt in trace.packets:
-        by_probe.setdefault(pkt.probe, []).append(pkt)
+        if pkt.packet_id not in on_legs:
+            by_probe.setdefault(pkt.probe, []).append(pkt)
     verdicts = {v.probe: v for v in trace.verdicts}
     shown_events: set[tuple[str, str, str]] = set()
     for probe, packets in sorted(by_probe.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
@@ -207,6 +217,10 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
     for probe, verdict in sorted(verdicts.items()):
         if probe not in by_probe:
             console.print(verdict_line(verdict))
+    if isinstance(proxy, dict):
+        console.print()
+        for line in proxy_lines(proxy, trace.packets):
+            console.print(line)
     stats = hop_stats_table(trace) if len(trace.verdicts) > 1 else None
     if stats is not None:
         console.print()
@@ -231,6 +245,47 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
     pcap = trace.meta.get("pcap")
     if pcap:
         console.print(f"pcap set: {pcap}")
+
+
+def proxy_lines(proxy: dict[str, Any], packets: Sequence[Packet]) -> list[str]:
+    """The docker-proxy that carried a connection, and each leg packet by packet."""
+    lines = [
+        f"docker-proxy carried it: pid {proxy['pid']}, listening on {proxy['listen']}",
+        f"    {proxy['cmdline']}",
+    ]
+    if proxy.get("problem"):
+        lines.append(f"the real connection through it: {proxy['problem']}")
+    by_id = {p.packet_id: p for p in packets}
+    leg_packets = [by_id[i] for leg in proxy["legs"] for i in leg["packets"] if i in by_id]
+    start = min((p.first.time_ns for p in leg_packets), default=0)
+    for leg in proxy["legs"]:
+        what = leg["what"]
+        if leg["leg"] == 2 and proxy.get("container"):
+            what += f" {proxy['container']}"
+        ends = f"{leg['from'] or '?'} -> {leg['to']}"
+        lines.append("")
+        lines.append(f"leg {leg['leg']}, {what}: {ends} via {' -> '.join(leg['points'])}")
+        rows = []
+        for number in leg["packets"]:
+            pkt = by_id.get(number)
+            if pkt is None:
+                continue
+            where = " -> ".join(dict.fromkeys(s.point for s in pkt.sightings))
+            rows.append(
+                (
+                    str(pkt.packet_id),
+                    _us(pkt.first.time_ns - start),
+                    describe(pkt.first).removeprefix("tcp "),
+                    f"{endpoint_text(pkt.first, 'src')} -> {endpoint_text(pkt.first, 'dst')}",
+                    f"{where} ({len(pkt.sightings)} sightings)",
+                )
+            )
+        if rows:
+            header = ("packet", "t µs", "flags", "src -> dst", "seen at")
+            lines += ["  " + line for line in aligned_lines(header, rows, frozenset({0, 1}))]
+        else:
+            lines.append("  no packet seen")
+    return lines
 
 
 def aligned_lines(

@@ -83,10 +83,16 @@ class TraceRecorder:
         )
         self._flush()
 
-    def write(self, frames: dict[int, Frame], packets: Sequence[Packet]) -> None:
+    def write(
+        self,
+        frames: dict[int, Frame],
+        packets: Sequence[Packet],
+        labels: dict[int, str] | None = None,
+    ) -> None:
         """Append these frames: the packets' sightings with ids and comments, then the rest.
 
-        `frames` maps Sighting.frame_index to the captured frame.
+        `frames` maps Sighting.frame_index to the captured frame; `labels` (by packet id)
+        end a packet's comments (e.g. which leg of a docker-proxy connection it is on).
         """
         written: set[int] = set()
         for pkt in packets:
@@ -102,7 +108,8 @@ class TraceRecorder:
                     frame.orig_len,
                     outbound=frame.outbound,
                     packet_id=pkt.packet_id,
-                    comment=sighting_comment(pkt, i, self._by_id),
+                    comment=sighting_comment(pkt, i, self._by_id)
+                    + (f"; {labels[pkt.packet_id]}" if labels and pkt.packet_id in labels else ""),
                 )
         # the rest (an unanswered ARP...) by kernel time: rings hand frames over out of order
         for index, frame in sorted(frames.items(), key=lambda item: (item[1].time_ns, item[0])):

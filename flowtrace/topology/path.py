@@ -13,7 +13,6 @@ instead of pretending the packet arrives.  It reads state through a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -47,8 +46,14 @@ class KernelView(Protocol):
         ...
 
 
-#: (namespace that owns the address, address, port) -> (new address, new port, why) or None
-Redirect = Callable[[Namespace, str, int | None], tuple[str, int | None, str] | None]
+class Redirect(Protocol):
+    """(namespace that owns the address, address, port, the interface the packet came in
+    by there, None for the namespace's own packets) -> (new address, new port, why) or None.
+    """
+
+    def __call__(
+        self, ns: Namespace, ip: str, port: int | None, in_iface: str | None = None
+    ) -> tuple[str, int | None, str] | None: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,13 @@ class PathPlan:
     src_ip: str | None = None
     dst_ip: str = ""
     dst_port: int | None = None
+    #: (address, port) the probe is sent to when a published port's DNAT rewrote it on
+    #: the way (the plan's dst_ip/dst_port are then the rewritten ones), else None.
+    redirected: tuple[str, int | None] | None = None
+    #: The DNAT happened in the source namespace's nat OUTPUT, before any point.
+    dnat_at_source: bool = False
+    #: Why the destination is expected to refuse (a port published on another address).
+    closed_hint: str | None = None
     #: Where the walk ended when it reached the destination (None: it did not).
     destination: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -248,6 +260,16 @@ def plan_path(
     plan = PathPlan(dst_ip=dst_ip, dst_port=dst_port)
     state = view.state(src)
     route = view.route(src, dst_ip)
+    if route.local and redirect is not None:
+        target = redirect(src, dst_ip, dst_port, None)
+        if target is not None:  # a published port: DNAT in this namespace's nat OUTPUT
+            new_ip, new_port, why = target
+            plan = plan_path(view, src, new_ip, new_port)
+            plan.src_ip = dst_ip  # the kernel picks it for the connection before the DNAT
+            plan.redirected = (dst_ip, dst_port)
+            plan.dnat_at_source = True
+            plan.notes.insert(0, f"{why}, in {src.label}'s nat OUTPUT before any interface")
+            return plan
     if route.local:
         lo = next((link for link in state.links if link.arptype == 772), None)
         if lo is None:
@@ -283,12 +305,15 @@ def plan_path(
             ingress_link = link
             ingress = None
         if state.owns(plan.dst_ip):
-            target = redirect(ns, plan.dst_ip, plan.dst_port) if redirect else None
+            target = (
+                redirect(ns, plan.dst_ip, plan.dst_port, ingress_link.name) if redirect else None
+            )
             if target is None:
                 if ingress is None:
                     ingress = plan.add(ns, link, state, "destination")
                 plan.destination = ingress.id
                 return plan
+            plan.redirected = (plan.dst_ip, plan.dst_port)
             plan.dst_ip, plan.dst_port, why = target
             plan.notes.append(why)
         route_in = _route_or_fail(view, ns, plan.dst_ip, plan)

@@ -158,7 +158,12 @@ def test_container_to_outside_leaves_by_the_uplink() -> None:
 
 
 def test_outside_to_published_port_follows_the_redirect() -> None:
-    def redirect(ns: Namespace, ip: str, port: int | None) -> tuple[str, int, str] | None:
+    asked: list[str | None] = []
+
+    def redirect(
+        ns: Namespace, ip: str, port: int | None, in_iface: str | None = None
+    ) -> tuple[str, int, str] | None:
+        asked.append(in_iface)
         if ns.label == "host" and port == 8080:
             return "172.17.0.4", 80, "published by web"
         return None
@@ -173,6 +178,8 @@ def test_outside_to_published_port_follows_the_redirect() -> None:
     ]
     assert (plan.dst_ip, plan.dst_port) == ("172.17.0.4", 80)
     assert plan.notes == ["published by web"]
+    assert asked == ["ft-uplink", "eth0"]  # PREROUTING: the interface the SYN came in by
+    assert plan.redirected == ("203.0.113.1", 8080) and not plan.dnat_at_source
 
 
 def test_outside_to_host_without_redirect_ends_at_the_uplink() -> None:
@@ -216,3 +223,24 @@ def test_find_peer_uses_the_netnsid_when_indexes_collide() -> None:
     assert host_veth is not None
     peer = find_peer(view, HOST, host_veth)
     assert peer is not None and peer[0] == C2
+
+
+def test_host_to_its_own_published_port_is_rewritten_before_any_interface() -> None:
+    asked: list[tuple[str, str | None]] = []
+
+    def redirect(
+        ns: Namespace, ip: str, port: int | None, in_iface: str | None = None
+    ) -> tuple[str, int, str] | None:
+        asked.append((ns.label, in_iface))
+        if ns.label == "host" and ip == "203.0.113.1" and port == 8080:
+            return "172.17.0.4", 80, "published by web"
+        return None
+
+    plan = plan_path(RecordedView(), HOST, "203.0.113.1", 8080, redirect)
+    assert asked[0] == ("host", None)  # nat OUTPUT: the host's own packet has no in-interface
+    assert ids(plan) == ["host/docker0", "host/vethweb", "web/eth0"]
+    assert (plan.dst_ip, plan.dst_port, plan.src_ip) == ("172.17.0.4", 80, "203.0.113.1")
+    assert plan.redirected == ("203.0.113.1", 8080) and plan.dnat_at_source
+    assert plan.notes[0] == "published by web, in host's nat OUTPUT before any interface"
+    stays = plan_path(RecordedView(), HOST, "203.0.113.1", 9, redirect)
+    assert ids(stays) == ["host/lo"] and stays.redirected is None

@@ -45,3 +45,59 @@ def test_unknown_scenario_is_a_usage_error() -> None:
     with pytest.raises(FlowtraceError, match="choose one of none, host") as caught:
         scenarios.get("bogus")
     assert caught.value.status == ExitStatus.USAGE
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("80", (80, None)),
+        ("8080:80", (80, 8080)),
+        ("127.0.0.1::80", (80, ("127.0.0.1", None))),
+        ("203.0.113.1:9999:80", (80, ("203.0.113.1", 9999))),
+    ],
+)
+def test_publish_in_docker_run_syntax(spec: str, expected: tuple[object, object]) -> None:
+    assert scenarios.parse_publish(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "x", "0", "70000:80", "1:2:3:4", "127.0.0.1:x:80"])
+def test_bad_publish_specs_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="-p"):
+        scenarios.parse_publish(spec)
+
+
+def test_port_options_are_the_docker_sdks() -> None:
+    member = scenarios.Member("m", publish=("80", "127.0.0.1::81", "9999:82"))
+    assert member.port_options() == {
+        "ports": {"80/tcp": [None], "81/tcp": [("127.0.0.1", None)], "82/tcp": [9999]}
+    }
+    exposed = scenarios.Member("m", expose=(80,), publish_all=True).port_options()
+    assert exposed == {"ports": {"80/tcp": []}, "publish_all_ports": True}
+    assert scenarios.Member("m").port_options() == {}
+
+
+def test_ports_scenario_has_one_container_per_form() -> None:
+    members = {m.name: m for m in scenarios.get("ports").members}
+    assert members["pub-random"].publish == ("80",)
+    assert members["pub-loopback"].publish == ("127.0.0.1::80",)
+    assert members["pub-9999"].publish == (f"{lab.UPLINK_IP}:9999:80",)
+    assert members["pub-all"].publish_all and members["pub-all"].expose == (80,)
+    assert scenarios.UPLINK_IP == lab.UPLINK_IP and scenarios.WEB == lab.WEB_CONTAINER
+    assert all(m.command[0] == "httpd" and lab.WEB_ROOT in m.command for m in members.values())
+
+
+def test_older_members_keep_their_digest() -> None:
+    """A member that sets no port or command hashes as before these settings existed."""
+    import hashlib
+    import json
+
+    text = json.dumps(["img:1", "bridge", "bridge", []])
+    assert scenarios.Member("x").digest("img:1") == hashlib.sha256(text.encode()).hexdigest()[:12]
+    assert scenarios.Member("x", publish=("80",)).digest("img:1") != scenarios.Member("x").digest(
+        "img:1"
+    )
+
+
+def test_bindings_read_as_docker_prints_them() -> None:
+    assert scenarios.split_binding("0.0.0.0:49153->80/tcp") == ("0.0.0.0", 49153, "80/tcp")
+    assert scenarios.split_binding("[::]:8080->80/tcp") == ("::", 8080, "80/tcp")
