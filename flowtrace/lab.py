@@ -662,7 +662,9 @@ def _outside_view() -> OutsideHost:
     )
 
 
-def _host_range_conflicts() -> list[str]:
+def host_range_conflicts(net: str, own_link: str) -> list[str]:
+    """The host's addresses and main-table routes that overlap `net` (other than on the
+    lab's own link `own_link`), in words."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
@@ -675,7 +677,7 @@ def _host_range_conflicts() -> list[str]:
             (r.get("RTA_DST") or "0.0.0.0", r["dst_len"], names.get(r.get("RTA_OIF"), "?"))
             for r in ipr.get_routes(family=socket.AF_INET, table=254)
         ]
-    return overlapping_use(OUTSIDE_NET, addresses, routes, UPLINK)
+    return overlapping_use(net, addresses, routes, own_link)
 
 
 def _uplink_is_foreign() -> bool:
@@ -877,7 +879,7 @@ def _conflicts(client: Any) -> list[str]:
         found.append(_HOST_NETNS_MESSAGE)
     if _uplink_is_foreign():
         found.append(f"a link named {UPLINK} exists and is not the lab's: delete it")
-    for use in _host_range_conflicts():
+    for use in host_range_conflicts(OUTSIDE_NET, UPLINK):
         found.append(f"{OUTSIDE_NET} is already in use on this host ({use})")
     for use in destinations_inside(OUTSIDE_NET, _host_destinations()):
         found.append(

@@ -219,6 +219,7 @@ def conflicts(client: Any) -> list[str]:
         _host_destinations,
         _is_lab_labelled,
         destinations_inside,
+        host_range_conflicts,
     )
 
     found: list[str] = []
@@ -236,31 +237,16 @@ def conflicts(client: Any) -> list[str]:
             f"a Docker network named {NETWORK} exists and is not the lab's "
             f"(no label {LAB_LABEL}={LAB_LABEL_VALUE}): rename or remove it"
         )
-    found += [f"{SUBNET} is already in use on this host ({use})" for use in _range_in_use()]
+    found += [
+        f"{SUBNET} is already in use on this host ({use})"
+        for use in host_range_conflicts(SUBNET, SEGMENT_A)
+    ]
     found += [
         f"{SUBNET} holds an address this host talks to, {use}: the scenario's segment "
         "would cut it off"
         for use in destinations_inside(SUBNET, _host_destinations())
     ]
     return found
-
-
-def _range_in_use() -> list[str]:
-    from pyroute2 import IPRoute
-
-    from flowtrace.lab import overlapping_use
-
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
-        addresses = [
-            (a.get("IFA_ADDRESS"), a["prefixlen"], names.get(a["index"], "?"))
-            for a in ipr.get_addr(family=socket.AF_INET)
-        ]
-        routes = [
-            (r.get("RTA_DST") or "0.0.0.0", r["dst_len"], names.get(r.get("RTA_OIF"), "?"))
-            for r in ipr.get_routes(family=socket.AF_INET, table=254)
-        ]
-    return overlapping_use(SUBNET, addresses, routes, SEGMENT_A)
 
 
 # --- building -------------------------------------------------------------------------
