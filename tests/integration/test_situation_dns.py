@@ -20,7 +20,7 @@ from typing import Any
 
 import docker
 import pytest
-from test_trace import run_cli
+from test_trace import run_cli, tshark_fields
 
 from flowtrace.errors import ExitStatus
 from flowtrace.lab import LabState
@@ -107,25 +107,9 @@ def test_lookup_on_a_user_network_goes_through_the_embedded_dns_dnat(
     assert {s["dport"] for s in query["sightings"]} == {udp_port}
     assert {s["sport"] for s in answer["sightings"]} == {53}
 
-    fields = subprocess.run(
-        [
-            "tshark",
-            "-r",
-            str(out / "trace.pcapng"),
-            "-T",
-            "fields",
-            "-e",
-            "frame.interface_name",
-            "-e",
-            "frame.packet_id",
-            "-e",
-            "udp.dstport",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\n")
-    rows = [line.split("\t") for line in fields if line]
+    rows = tshark_fields(
+        out / "trace.pcapng", "frame.interface_name", "frame.packet_id", "udp.dstport"
+    )
     assert rows == [
         ["c3/lo", "1", str(udp_port)],
         ["c3/lo", "1", str(udp_port)],

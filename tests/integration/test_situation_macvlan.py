@@ -22,7 +22,7 @@ import docker
 import pytest
 from test_situations import BuildScenario, assert_one_line_error
 from test_situations import scenario as scenario  # the fixture, for this module
-from test_trace import assert_in_path_order, one, run_cli
+from test_trace import assert_in_path_order, one, run_cli, tshark_fields
 
 from flowtrace import api, lab_macvlan, scenarios
 from flowtrace import lab as lab_module
@@ -137,29 +137,14 @@ def test_a_container_cannot_reach_its_own_host(macvlan: ScenarioState, tmp_path:
     assert not trace.packets  # the echo request waited in m1 for an answer to its ARP
     assert any("predicted from the kernel's state" in n for n in trace.notes), trace.notes
 
-    arp = subprocess.run(
-        [
-            "tshark",
-            "-r",
-            str(out / "trace.pcapng"),
-            "-Y",
-            "arp",
-            "-T",
-            "fields",
-            "-e",
-            "frame.interface_name",
-            "-e",
-            "arp.opcode",
-            "-e",
-            "arp.src.proto_ipv4",
-            "-e",
-            "arp.dst.proto_ipv4",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\n")
-    rows = [line.split("\t") for line in arp if line]
+    rows = tshark_fields(
+        out / "trace.pcapng",
+        "frame.interface_name",
+        "arp.opcode",
+        "arp.src.proto_ipv4",
+        "arp.dst.proto_ipv4",
+        display_filter="arp",
+    )
     assert rows and all(r[1:] == ["1", m1_ip, "198.51.100.65"] for r in rows), rows
     assert {r[0] for r in rows} == {"m1/eth0", "host/ft-l2a"}
     sent = int(verdict.detail.split("198.51.100.65 (", 1)[1].split(" ", 1)[0])

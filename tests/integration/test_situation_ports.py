@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_trace import OUTSIDE, host_veth_of, one, run_cli
+from test_trace import OUTSIDE, host_veth_of, one, run_cli, tshark_fields
 
 from flowtrace import api, scenarios
 from flowtrace import lab as lab_module
@@ -338,27 +338,9 @@ def test_host_to_127_0_0_1_goes_through_docker_proxy_in_two_legs(
     assert second[0].first.time_ns < accepted + 1_000_000_000
 
     pcap = tmp_path / "set" / "trace.pcapng"
-    rows = subprocess.run(
-        [
-            "tshark",
-            "-r",
-            str(pcap),
-            "-T",
-            "fields",
-            "-e",
-            "frame.interface_name",
-            "-e",
-            "tcp.srcport",
-            "-e",
-            "frame.comment",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    rows = tshark_fields(pcap, "frame.interface_name", "tcp.srcport", "frame.comment")
     leg_rows = {1: set(), 2: set()}
-    for row in rows:
-        point, _, comment = row.split("\t")
+    for point, _, comment in rows:
         for leg in (1, 2):
             if f"docker-proxy leg {leg}," in comment:
                 leg_rows[leg].add(point)

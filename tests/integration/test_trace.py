@@ -41,6 +41,19 @@ def run_cli(
     )
 
 
+def tshark_fields(
+    pcap: Path | str, *fields: str, display_filter: str | None = None
+) -> list[list[str]]:
+    """Rows of `tshark -T fields` on a capture file: what Wireshark users would see."""
+    command = ["tshark", "-r", str(pcap), "-T", "fields"]
+    if display_filter:
+        command += ["-Y", display_filter]
+    for name in fields:
+        command += ["-e", name]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
 def host_veth_of(container_pid: int) -> str:
     """The host-side name of a container's eth0 peer, as `ip link` reports it (iflink)."""
     inside = subprocess.run(
