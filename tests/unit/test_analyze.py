@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+from flowtrace import analyze as analyze_module
 from flowtrace.analyze import Analysis, analyze, parse_point_names, summary_dict
 from flowtrace.capturing import trim_to_count
 from flowtrace.cli import cli
@@ -299,11 +300,13 @@ def test_memory_stays_flat_as_the_capture_grows(
 ) -> None:
     """Four times the packets, the same flows and window: the peak must not follow.
 
-    The reader's chunk is made smaller than both files, so that what is measured is
-    the pass itself, not a read buffer that happens to hold a whole small file.
+    The reader's chunk and the frames the pass remembers decoded are made smaller
+    than both files, so that what is measured is the pass itself, not a buffer of
+    fixed size that happens to hold a whole small file.
     """
     monkeypatch.setattr(reader_module, "CHUNK_SIZE", 1 << 15)
     monkeypatch.setattr(reader_module, "MIN_CHUNK_SIZE", 1 << 15)
+    monkeypatch.setattr(analyze_module, "_RECENT_FRAMES", 64)
     short = write_pcapng(tmp_path / "short.pcapng", snat_ping(150))
     long = write_pcapng(tmp_path / "long.pcapng", snat_ping(600))
     analyze(short, keep_packets=False)  # imports and caches, outside the measure
