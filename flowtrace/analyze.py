@@ -71,7 +71,9 @@ class Analysis:
     packet_count: int = 0
     flows: dict[FlowKey, FlowSummary] = field(default_factory=dict)
     nat: dict[tuple[str, str, str, str, str], tuple[NatEvent, int]] = field(default_factory=dict)
-    hops: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    #: (direction, packet kind, from point, to point) -> HopStats: a SYN's hops and its
+    #: RST's are told apart (see packet_kind).
+    hops: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
     truncated: bool = False
     sources: list[str] = field(default_factory=list)
     #: Plain sentences about the set: what looks wrong with it and what to do.
@@ -90,8 +92,8 @@ class Summaries:
         self.analysis = analysis
         #: id(event) -> (event, its key in analysis.nat); the event is held so its id stays its own.
         self._nat_keys: dict[int, tuple[NatEvent, tuple[str, str, str, str, str]]] = {}
-        #: (direction, points in path order) -> the HopStats of each hop, in order.
-        self._paths: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
+        #: (direction, kind, points in path order) -> the HopStats of each hop, in order.
+        self._paths: dict[tuple[str, str, tuple[str, ...]], list[Any]] = {}
 
     def add(self, pkt: Packet) -> None:
         analysis = self.analysis
@@ -113,7 +115,8 @@ class Summaries:
             seen = analysis.nat.get(nat_key)
             analysis.nat[nat_key] = (ev, (seen[1] if seen else 0) + 1)
         if len(sightings) > 1:
-            path = (pkt.direction, tuple([s.point for s in sightings]))
+            kind = packet_kind(sightings[0].headers)
+            path = (pkt.direction, kind, tuple([s.point for s in sightings]))
             hops = self._paths.get(path) or self._hops_of(path)
             before = sightings[0].time_ns
             for stats, s in zip(hops, sightings[1:], strict=True):
@@ -130,17 +133,17 @@ class Summaries:
         self._nat_keys[id(ev)] = (ev, key)
         return key
 
-    def _hops_of(self, path: tuple[str, tuple[str, ...]]) -> list[Any]:
+    def _hops_of(self, path: tuple[str, str, tuple[str, ...]]) -> list[Any]:
         from flowtrace.correlate.stats import HopStats
 
         if len(self._paths) >= _SUMMARY_CACHE_LIMIT:
             self._paths.clear()
-        direction, points = path
+        direction, kind, points = path
         hops = []
         for a, b in pairwise(points):
-            stats = self.analysis.hops.get((direction, a, b))
+            stats = self.analysis.hops.get((direction, kind, a, b))
             if stats is None:
-                stats = self.analysis.hops[(direction, a, b)] = HopStats()
+                stats = self.analysis.hops[(direction, kind, a, b)] = HopStats()
             hops.append(stats)
         self._paths[path] = hops
         return hops
@@ -177,6 +180,38 @@ def _explain_from_manifest(ev: NatEvent, packet_id: int, explained: Explanations
     return replace(ev, rule=ev.rule or rule, conntrack=ev.conntrack or conntrack)
 
 
+_ICMP_KINDS = {
+    1: {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"},
+    58: {128: "echo request", 129: "echo reply", 1: "unreachable", 3: "time exceeded"},
+}
+
+
+def packet_kind(h: Headers) -> str:
+    """What a packet is, for per-hop latency: "TCP SYN", "TCP RST", "ICMP echo reply", "UDP".
+
+    Hop times differ by kind (the first packet of a connection makes conntrack and
+    NAT set up state; a RST may be sent by another stack than the SYN's), so each
+    kind gets its own statistics.  TCP segments without SYN, FIN or RST (data and
+    acknowledgements) are "TCP ACK".
+    """
+    proto = h.proto
+    if proto == 6:
+        flags = h.tcp_flags or 0
+        if flags & _TCP_RST:
+            return "TCP RST"
+        if flags & _TCP_SYN:
+            return "TCP SYN-ACK" if flags & _TCP_ACK else "TCP SYN"
+        if flags & _TCP_FIN:
+            return "TCP FIN"
+        return "TCP ACK"
+    if proto in _ICMP_KINDS:
+        prefix = "ICMP" if proto == 1 else "ICMPv6"
+        if h.icmp_type is None:
+            return prefix
+        return f"{prefix} {_ICMP_KINDS[proto].get(h.icmp_type) or f'type {h.icmp_type}'}"
+    return h.proto_name.upper()
+
+
 def _flow_key(pkt: Packet) -> FlowKey:
     s = pkt.first if pkt.direction == "request" else pkt.last
     h = s.headers
@@ -192,6 +227,7 @@ TRACE_KINDS = ("icmp", "tcp", "udp")
 PROBE_ISN_STEP = 0x10000
 _ICMP_ECHO_TYPES = (0, 8)
 _TCP_SYN, _TCP_ACK = 0x02, 0x10
+_TCP_FIN, _TCP_RST = 0x01, 0x04
 _VERDICT_TEXT = re.compile(
     r"(?P<outcome>replied|refused|unreachable|delivered|lost)"
     r"(?: without reply| after (?P<last>\S+)| before the first point)?"
@@ -621,8 +657,8 @@ def summary_dict(analysis: Analysis) -> dict[str, Any]:
         "flows": [f.as_dict() for f in analysis.flows.values()],
         "nat": [dict(nat_dict(ev), count=n) for ev, n in analysis.nat.values()],
         "hops": [
-            dict({"direction": d, "from": a, "to": b}, **stats.summary())
-            for (d, a, b), stats in analysis.hops.items()
+            dict({"direction": d, "kind": kind, "from": a, "to": b}, **stats.summary())
+            for (d, kind, a, b), stats in analysis.hops.items()
         ],
         "stats": [
             {"point": s.point, "packets": s.packets, "drops": s.drops} for s in analysis.trace.stats
