@@ -584,13 +584,13 @@ def _analyze(
         names: list[str] = [p.id for p in points]
         frames = undecoded = 0
         missing = _MISSING
-        for frames, rec in enumerate(reader, 1):
-            interface = rec.interface
+        for frames, (interface, time_ns, data, _, outbound, packet_id, _, _) in enumerate(
+            reader, 1
+        ):
             if interface >= len(names):  # an interface described mid-file
                 points = _points_from(reader, manifest, point_names)
                 decoders = _recent_decodings(points)
                 names = [p.id for p in points]
-            data = rec.data
             linktype, decoded = decoders[interface]
             headers = decoded.get(data, missing)
             if headers is missing:
@@ -600,11 +600,9 @@ def _analyze(
             if headers is None:
                 undecoded += 1
                 continue
-            if rec.packet_id is not None:
-                recorded_ids[frames - 1] = rec.packet_id
-            batch.append(
-                new_sighting((names[interface], rec.time_ns, headers, rec.outbound, frames - 1))
-            )
+            if packet_id is not None:
+                recorded_ids[frames - 1] = packet_id
+            batch.append(new_sighting((names[interface], time_ns, headers, outbound, frames - 1)))
             if len(batch) == _BATCH:
                 for pkt in correlate(batch):
                     packet_done(pkt)

@@ -319,6 +319,9 @@ class _Layouts:
         flags_option = struct.pack(order + "HH", 2, 4)
         (packet_id_option,) = struct.unpack(order + "I", struct.pack(order + "HH", 5, 8))
         flags_id_end = struct.Struct(order + "IIQI")
+        # What a capture writes: epb_flags, end of options; read with the block's trailer.
+        (flags_option_word,) = struct.unpack(order + "I", flags_option)
+        flags_end_trailer = struct.Struct(order + "IIII")
         #: What the packet loop binds to local names.
         self.hot = (
             self.epb_head.unpack_from,
@@ -326,6 +329,8 @@ class _Layouts:
             flags_option,
             packet_id_option,
             flags_id_end.unpack_from,
+            flags_option_word,
+            flags_end_trailer.unpack_from,
         )
         self.pb = struct.Struct(order + "HHIIII")
         self.isb = struct.Struct(order + "III")
@@ -554,7 +559,10 @@ class _PcapngSource(_Source):
         buf, pos = self.buf, self.pos
         self.buf = b""
         end = len(buf)
-        head, tail, flags_option, packet_id_option, flags_id_end = self.layouts.hot
+        (
+            head, tail, flags_option, packet_id_option, flags_id_end,
+            flags_option_word, flags_end_trailer,
+        ) = self.layouts.hot  # fmt: skip
         conversions = self.conversions
         plain_indexes = self.plain_indexes
         try:
@@ -578,11 +586,15 @@ class _PcapngSource(_Source):
                             self.truncated = True
                             return
                     block_end = pos + length - 4
-                    if tail(buf, block_end)[0] != length:
-                        raise self.corrupt(self.base + pos)
                     start = pos + 28
                     options_at = start + ((caplen + 3) & ~3)
-                    if options_at > block_end:
+                    if block_end - options_at == 12:  # one unpack for options and trailer
+                        option, flags, end_mark, trailer = flags_end_trailer(buf, options_at)
+                        capture_flags = option == flags_option_word and end_mark == 0
+                    else:
+                        (trailer,) = tail(buf, block_end)
+                        capture_flags = False
+                    if trailer != length or options_at > block_end:
                         raise self.corrupt(self.base + pos)
                     try:
                         index = plain_indexes[local_id]
@@ -597,14 +609,10 @@ class _PcapngSource(_Source):
                         ]
                         time_ns = ((high << 32) | low) * multiplier // divisor + offset
                     record = None
-                    if (
-                        block_end - options_at == 12
-                        and buf.startswith(flags_option, options_at)
-                        and tail(buf, options_at + 8)[0] == 0
-                    ):  # what a capture writes: epb_flags, end
+                    if capture_flags:  # what a capture writes: epb_flags, end
                         record = _new_record((
                             index, time_ns, buf[start : start + caplen], orig_len,
-                            _DIRECTIONS[tail(buf, options_at + 4)[0] & 3], None, None, None,
+                            _DIRECTIONS[flags & 3], None, None, None,
                         ))  # fmt: skip
                     elif options_at == block_end:
                         record = _new_record((
@@ -650,7 +658,10 @@ class _PcapngSource(_Source):
                     yield self._obsolete_packet(buf, pos, length)
                 else:
                     self._other_block(buf, pos, block_type, length)
-                    head, tail, flags_option, packet_id_option, flags_id_end = self.layouts.hot
+                    (
+                        head, tail, flags_option, packet_id_option, flags_id_end,
+                        flags_option_word, flags_end_trailer,
+                    ) = self.layouts.hot  # fmt: skip
                     conversions = self.conversions
                     plain_indexes = self.plain_indexes
                 pos += length
