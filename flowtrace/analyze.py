@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,11 +71,86 @@ class Analysis:
     packet_count: int = 0
     flows: dict[FlowKey, FlowSummary] = field(default_factory=dict)
     nat: dict[tuple[str, str, str, str, str], tuple[NatEvent, int]] = field(default_factory=dict)
-    hops: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    #: (direction, packet kind, from point, to point) -> HopStats: a SYN's hops and its
+    #: RST's are told apart (see packet_kind).
+    hops: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
     truncated: bool = False
     sources: list[str] = field(default_factory=list)
     #: Plain sentences about the set: what looks wrong with it and what to do.
     notes: list[str] = field(default_factory=list)
+
+
+class Summaries:
+    """Folds each packet of a pass into the analysis's flows, NAT rewrites and hop statistics.
+
+    Runs once per packet of captures of millions, so what repeats from packet to
+    packet is worked out once: the NAT key of a rewrite (the correlator hands the same
+    NatEvent object to every packet of a flow) and the HopStats of each hop of a path.
+    """
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.analysis = analysis
+        #: id(event) -> (event, its key in analysis.nat); the event is held so its id stays its own.
+        self._nat_keys: dict[int, tuple[NatEvent, tuple[str, str, str, str, str]]] = {}
+        #: (direction, kind, points in path order) -> the HopStats of each hop, in order.
+        self._paths: dict[tuple[str, str, tuple[str, ...]], list[Any]] = {}
+
+    def add(self, pkt: Packet) -> None:
+        analysis = self.analysis
+        sightings = pkt.sightings
+        key = _flow_key(pkt)
+        flow = analysis.flows.get(key)
+        if flow is None:
+            flow = analysis.flows[key] = FlowSummary(key, first_ns=sightings[0].time_ns)
+        if pkt.direction == "request":
+            flow.requests += 1
+        else:
+            flow.replies += 1
+        last_ns = sightings[-1].time_ns
+        if last_ns > flow.last_ns:
+            flow.last_ns = last_ns
+        for ev in pkt.nat:
+            flow.nat.add(ev.kind)
+            nat_key = self._nat_key(ev)
+            seen = analysis.nat.get(nat_key)
+            analysis.nat[nat_key] = (ev, (seen[1] if seen else 0) + 1)
+        if len(sightings) > 1:
+            kind = packet_kind(sightings[0].headers)
+            path = (pkt.direction, kind, tuple([s.point for s in sightings]))
+            hops = self._paths.get(path) or self._hops_of(path)
+            before = sightings[0].time_ns
+            for stats, s in zip(hops, sightings[1:], strict=True):
+                stats.add(s.time_ns - before)
+                before = s.time_ns
+
+    def _nat_key(self, ev: NatEvent) -> tuple[str, str, str, str, str]:
+        known = self._nat_keys.get(id(ev))
+        if known is not None and known[0] is ev:
+            return known[1]
+        if len(self._nat_keys) >= _SUMMARY_CACHE_LIMIT:
+            self._nat_keys.clear()
+        key = (ev.kind, ev.between[0], ev.between[1], str(ev.before), str(ev.after))
+        self._nat_keys[id(ev)] = (ev, key)
+        return key
+
+    def _hops_of(self, path: tuple[str, str, tuple[str, ...]]) -> list[Any]:
+        from flowtrace.correlate.stats import HopStats
+
+        if len(self._paths) >= _SUMMARY_CACHE_LIMIT:
+            self._paths.clear()
+        direction, kind, points = path
+        hops = []
+        for a, b in pairwise(points):
+            stats = self.analysis.hops.get((direction, kind, a, b))
+            if stats is None:
+                stats = self.analysis.hops[(direction, kind, a, b)] = HopStats()
+            hops.append(stats)
+        self._paths[path] = hops
+        return hops
+
+
+#: Entries the per-packet caches hold before they start over (memory stays bounded).
+_SUMMARY_CACHE_LIMIT = 1 << 14
 
 
 #: (packet id, kind, point before, point after) -> (rule, conntrack entry)
@@ -104,6 +180,38 @@ def _explain_from_manifest(ev: NatEvent, packet_id: int, explained: Explanations
     return replace(ev, rule=ev.rule or rule, conntrack=ev.conntrack or conntrack)
 
 
+_ICMP_KINDS = {
+    1: {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"},
+    58: {128: "echo request", 129: "echo reply", 1: "unreachable", 3: "time exceeded"},
+}
+
+
+def packet_kind(h: Headers) -> str:
+    """What a packet is, for per-hop latency: "TCP SYN", "TCP RST", "ICMP echo reply", "UDP".
+
+    Hop times differ by kind (the first packet of a connection makes conntrack and
+    NAT set up state; a RST may be sent by another stack than the SYN's), so each
+    kind gets its own statistics.  TCP segments without SYN, FIN or RST (data and
+    acknowledgements) are "TCP ACK".
+    """
+    proto = h.proto
+    if proto == 6:
+        flags = h.tcp_flags or 0
+        if flags & _TCP_RST:
+            return "TCP RST"
+        if flags & _TCP_SYN:
+            return "TCP SYN-ACK" if flags & _TCP_ACK else "TCP SYN"
+        if flags & _TCP_FIN:
+            return "TCP FIN"
+        return "TCP ACK"
+    if proto in _ICMP_KINDS:
+        prefix = "ICMP" if proto == 1 else "ICMPv6"
+        if h.icmp_type is None:
+            return prefix
+        return f"{prefix} {_ICMP_KINDS[proto].get(h.icmp_type) or f'type {h.icmp_type}'}"
+    return h.proto_name.upper()
+
+
 def _flow_key(pkt: Packet) -> FlowKey:
     s = pkt.first if pkt.direction == "request" else pkt.last
     h = s.headers
@@ -119,6 +227,7 @@ TRACE_KINDS = ("icmp", "tcp", "udp")
 PROBE_ISN_STEP = 0x10000
 _ICMP_ECHO_TYPES = (0, 8)
 _TCP_SYN, _TCP_ACK = 0x02, 0x10
+_TCP_FIN, _TCP_RST = 0x01, 0x04
 _VERDICT_TEXT = re.compile(
     r"(?P<outcome>replied|refused|unreachable|delivered|lost)"
     r"(?: without reply| after (?P<last>\S+)| before the first point)?"
@@ -374,6 +483,27 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+#: Frames whose headers a pass remembers (see _recent_decodings): a ring block of
+#: each point of a long path, so that the same frame at the next point is still there.
+_RECENT_FRAMES = 1 << 12
+_MISSING: Any = object()
+#: Sightings handed to the correlator at a time: few enough to keep memory flat, enough
+#: that its per-call work is spread thin.
+_BATCH = 256
+
+
+def _recent_decodings(points: Sequence[Point]) -> list[tuple[int, dict[bytes, Headers | None]]]:
+    """Per interface: its link type, and the headers of recent frames of that link type.
+
+    A frame crosses several points of a path byte for byte (a container's eth0, its
+    veth peer and the bridge see the same Ethernet frame), and decoding depends on
+    nothing but the bytes and the link type: looking the frame up costs a hash of its
+    bytes, a tenth of decoding it again.
+    """
+    by_linktype: dict[int, dict[bytes, Headers | None]] = {}
+    return [(p.linktype, by_linktype.setdefault(p.linktype, {})) for p in points]
+
+
 def _analyze(
     path: str | Path | Sequence[str | Path],
     keep_packets: bool,
@@ -383,9 +513,9 @@ def _analyze(
 ) -> Analysis:
     from collections import deque
 
+    from flowtrace.correlate.decode import decode_frame, new_sighting
     from flowtrace.correlate.fingerprint import fingerprint
-    from flowtrace.correlate.match import correlate
-    from flowtrace.correlate.stats import HopStats
+    from flowtrace.correlate.match import Correlator
     from flowtrace.pcap.pcapset import read_manifest
     from flowtrace.pcap.reader import open_capture
 
@@ -404,6 +534,7 @@ def _analyze(
     packet_ids = PacketIds()
     probes = ProbeNumbers.for_set(manifest)
     explained = _rewrites_in_manifest(manifest)
+    summaries = Summaries(analysis)
     with reader:
         if point_names is not None and len(point_names) != len(reader.interfaces):
             raise FlowtraceError(
@@ -418,33 +549,11 @@ def _analyze(
         one_point = len(points) == 1
         recent: deque[Any] = deque(maxlen=_REPEAT_LOOKBACK)
         repeats = 0
-
-        def sightings() -> Iterator[Sighting]:
-            """Runs once per frame: everything it touches is a local name."""
-            from flowtrace.correlate.decode import decode_frame, new_sighting
-
-            nonlocal points
-            linktypes: list[int] = [p.linktype for p in points]
-            names: list[str] = [p.id for p in points]
-            frames = undecoded = 0
-            for frames, rec in enumerate(reader, 1):
-                index = frames - 1
-                interface = rec.interface
-                if interface >= len(names):  # an interface described mid-file
-                    points = _points_from(reader, manifest, point_names)
-                    linktypes = [p.linktype for p in points]
-                    names = [p.id for p in points]
-                headers = decode_frame(rec.data, linktypes[interface])
-                if headers is None:
-                    undecoded += 1
-                    continue
-                if rec.packet_id is not None:
-                    recorded_ids[index] = rec.packet_id
-                yield new_sighting(names[interface], rec.time_ns, headers, rec.outbound, index)
-            analysis.frames, analysis.undecoded = frames, undecoded
-
         no_ids: set[int | None] = {None}
-        for pkt in correlate(sightings(), order, window_ns):
+
+        def packet_done(pkt: Packet) -> None:
+            """Runs once per packet: number it, hand it on, fold it into the summaries."""
+            nonlocal repeats
             if recorded_ids:
                 recorded = {recorded_ids.pop(s.frame_index, None) for s in pkt.sightings}
             else:
@@ -453,13 +562,9 @@ def _analyze(
             nat = pkt.nat
             if explained and nat:
                 nat = tuple(_explain_from_manifest(ev, packet_id, explained) for ev in nat)
-            pkt = Packet(
-                packet_id,
-                pkt.direction,
-                pkt.sightings,
-                nat,
-                probes.number(pkt) if probes is not None else None,
-            )
+            probe = probes.number(pkt) if probes is not None else None
+            if packet_id != pkt.packet_id or nat is not pkt.nat or probe is not None:
+                pkt = Packet(packet_id, pkt.direction, pkt.sightings, nat, probe)
             analysis.packet_count += 1
             if one_point:
                 key = fingerprint(pkt.first.headers)
@@ -469,27 +574,44 @@ def _analyze(
                 on_packet(pkt)
             if keep_packets:
                 kept.append(pkt)
-            key = _flow_key(pkt)
-            flow = analysis.flows.get(key)
-            if flow is None:
-                flow = analysis.flows[key] = FlowSummary(key, first_ns=pkt.first.time_ns)
-            if pkt.direction == "request":
-                flow.requests += 1
-            else:
-                flow.replies += 1
-            flow.last_ns = max(flow.last_ns, pkt.last.time_ns)
-            for ev in pkt.nat:
-                flow.nat.add(ev.kind)
-                nat_key = (ev.kind, ev.between[0], ev.between[1], str(ev.before), str(ev.after))
-                seen = analysis.nat.get(nat_key)
-                analysis.nat[nat_key] = (ev, (seen[1] if seen else 0) + 1)
-            sights = pkt.sightings
-            for a, b in pairwise(sights):
-                hop = (pkt.direction, a.point, b.point)
-                stats = analysis.hops.get(hop)
-                if stats is None:
-                    stats = analysis.hops[hop] = HopStats()
-                stats.add(b.time_ns - a.time_ns)
+            summaries.add(pkt)
+
+        # Runs once per frame: everything it touches is a local name.
+        correlator = Correlator(order, window_ns)
+        correlate = correlator.add_many
+        batch: list[Sighting] = []  # handed to the correlator _BATCH at a time
+        decoders = _recent_decodings(points)
+        names: list[str] = [p.id for p in points]
+        frames = undecoded = 0
+        missing = _MISSING
+        for frames, (interface, time_ns, data, _, outbound, packet_id, _, _) in enumerate(
+            reader, 1
+        ):
+            if interface >= len(names):  # an interface described mid-file
+                points = _points_from(reader, manifest, point_names)
+                decoders = _recent_decodings(points)
+                names = [p.id for p in points]
+            linktype, decoded = decoders[interface]
+            headers = decoded.get(data, missing)
+            if headers is missing:
+                if len(decoded) >= _RECENT_FRAMES:
+                    decoded.clear()
+                headers = decoded[data] = decode_frame(data, linktype)
+            if headers is None:
+                undecoded += 1
+                continue
+            if packet_id is not None:
+                recorded_ids[frames - 1] = packet_id
+            batch.append(new_sighting((names[interface], time_ns, headers, outbound, frames - 1)))
+            if len(batch) == _BATCH:
+                for pkt in correlate(batch):
+                    packet_done(pkt)
+                batch.clear()
+        for pkt in correlate(batch):
+            packet_done(pkt)
+        for pkt in correlator.finish():
+            packet_done(pkt)
+        analysis.frames, analysis.undecoded = frames, undecoded
         analysis.truncated = bool(reader.truncated)
         if one_point and repeats and len(points) == 1:
             analysis.notes.append(_merged_note(points[0].id, repeats))
@@ -533,8 +655,8 @@ def summary_dict(analysis: Analysis) -> dict[str, Any]:
         "flows": [f.as_dict() for f in analysis.flows.values()],
         "nat": [dict(nat_dict(ev), count=n) for ev, n in analysis.nat.values()],
         "hops": [
-            dict({"direction": d, "from": a, "to": b}, **stats.summary())
-            for (d, a, b), stats in analysis.hops.items()
+            dict({"direction": d, "kind": kind, "from": a, "to": b}, **stats.summary())
+            for (d, kind, a, b), stats in analysis.hops.items()
         ],
         "stats": [
             {"point": s.point, "packets": s.packets, "drops": s.drops} for s in analysis.trace.stats
@@ -565,58 +687,88 @@ def _json_int(value: int | None) -> str:
 
 _DIRECTION_JSON = {None: "null", True: '"out"', False: '"in"'}
 
-
+# packet_json's pieces of sighting text, each encoded once: a sighting is
+#   {"point": P, "time_ns": T, "proto": ..., "icmp_type": X, "ip_id": I, "ttl": L, "direction": D}
+# = _json_heads[P] + T + _json_middles[fields] + I + _json_tails[(L, D)].
 _json_heads: dict[str, str] = {}
-_json_middles: dict[tuple[int, str, str], str] = {}
+_json_middles: dict[tuple[object, ...], str] = {}
+_json_tails: dict[tuple[int, bool | None], str] = {}
+#: id(event) -> (event, its JSON); the event is held so its id stays its own.
+_json_nat: dict[int, tuple[NatEvent, str]] = {}
+#: The fields _json_middles is keyed by: proto, src, dst, sport, dport, icmp_id, icmp_type.
+_middle_fields = itemgetter(*(Headers._fields.index(name) for name in (
+    "proto", "src", "dst", "sport", "dport", "icmp_id", "icmp_type",
+)))  # fmt: skip
+
+
+def _bounded(cache: dict[Any, str]) -> dict[Any, str]:
+    if len(cache) >= _JSON_TEXT_LIMIT:
+        cache.clear()
+    return cache
 
 
 def _json_head(point: str) -> str:
-    if len(_json_heads) >= _JSON_TEXT_LIMIT:
-        _json_heads.clear()
-    text = _json_heads[point] = f'{{"point": {_json_text(point)}, "time_ns": '
+    text = _bounded(_json_heads)[point] = f'{{"point": {_json_text(point)}, "time_ns": '
     return text
 
 
 def _json_middle(h: Headers) -> str:
-    if len(_json_middles) >= _JSON_TEXT_LIMIT:
-        _json_middles.clear()
-    text = _json_middles[(h.proto, h.src, h.dst)] = (
-        f'"proto": {_json_text(h.proto_name)}, "src": {_json_text(h.src)}, '
-        f'"dst": {_json_text(h.dst)}, '
+    text = _bounded(_json_middles)[_middle_fields(h)] = (
+        f', "proto": {_json_text(h.proto_name)}, "src": {_json_text(h.src)}, '
+        f'"dst": {_json_text(h.dst)}, "sport": {_json_int(h.sport)}, '
+        f'"dport": {_json_int(h.dport)}, "icmp_id": {_json_int(h.icmp_id)}, '
+        f'"icmp_type": {_json_int(h.icmp_type)}, "ip_id": '
     )
     return text
 
 
-def packet_json(pkt: Packet) -> str:
-    """json.dumps(jsonout.packet_dict(pkt)), character for character, 1.6x as fast.
+def _json_tail(ttl: int, outbound: bool | None) -> str:
+    text = _bounded(_json_tails)[(ttl, outbound)] = (
+        f', "ttl": {ttl}, "direction": {_DIRECTION_JSON[outbound]}}}'
+    )
+    return text
 
-    `analyze --json` writes one per packet of captures of millions of packets, where
-    building the dicts and encoding them cost as much as correlating.  The text that
-    repeats (a point's name, a protocol and address pair) is encoded once and reused.
-    """
+
+def _nat_json(ev: NatEvent) -> str:
+    known = _json_nat.get(id(ev))
+    if known is not None and known[0] is ev:
+        return known[1]
     import json
 
     from flowtrace.output.jsonout import nat_dict
 
+    if len(_json_nat) >= _JSON_TEXT_LIMIT:
+        _json_nat.clear()
+    text = json.dumps(nat_dict(ev))
+    _json_nat[id(ev)] = (ev, text)
+    return text
+
+
+def packet_json(pkt: Packet) -> str:
+    """json.dumps(jsonout.packet_dict(pkt)), character for character, 3x as fast.
+
+    `analyze --json` writes one per packet of captures of millions of packets, where
+    building the dicts and encoding them cost as much as correlating.  The text that
+    repeats (a point's name; a protocol, address and port set; a TTL and direction;
+    a NAT rewrite, which the correlator shares between the packets of a flow) is
+    encoded once and reused; only times and IP ids are formatted per sighting.
+    """
+    heads, middles, tails = _json_heads, _json_middles, _json_tails
     sightings = []
-    heads, middles, directions = _json_heads, _json_middles, _DIRECTION_JSON
-    for s in pkt.sightings:
-        h = s.headers
-        head = heads.get(s.point) or _json_head(s.point)
-        middle = middles.get((h.proto, h.src, h.dst)) or _json_middle(h)
-        sport, dport, icmp_id, icmp_type = h.sport, h.dport, h.icmp_id, h.icmp_type
+    deltas = []
+    before = None
+    for point, time_ns, h, outbound, _ in pkt.sightings:
         sightings.append(
-            f"{head}{s.time_ns}, {middle}"
-            f'"sport": {"null" if sport is None else sport}, '
-            f'"dport": {"null" if dport is None else dport}, '
-            f'"icmp_id": {"null" if icmp_id is None else icmp_id}, '
-            f'"icmp_type": {"null" if icmp_type is None else icmp_type}, '
-            f'"ip_id": {h.ip_id}, "ttl": {h.ttl}, "direction": {directions[s.outbound]}}}'
+            f"{heads.get(point) or _json_head(point)}{time_ns}"
+            f"{middles.get(_middle_fields(h)) or _json_middle(h)}{h.ip_id}"
+            f"{tails.get((h.ttl, outbound)) or _json_tail(h.ttl, outbound)}"
         )
-    deltas = ", ".join(str(delta) for delta in pkt.hop_deltas_ns())
-    nat = ", ".join(json.dumps(nat_dict(ev)) for ev in pkt.nat)
+        if before is not None:
+            deltas.append(str(time_ns - before))
+        before = time_ns
+    nat = ", ".join([_nat_json(ev) for ev in pkt.nat]) if pkt.nat else ""
     return (
         f'{{"id": {pkt.packet_id}, "probe": {_json_int(pkt.probe)}, '
         f'"direction": {_json_text(pkt.direction)}, "sightings": [{", ".join(sightings)}], '
-        f'"hop_deltas_ns": [{deltas}], "nat": [{nat}]}}'
+        f'"hop_deltas_ns": [{", ".join(deltas)}], "nat": [{nat}]}}'
     )

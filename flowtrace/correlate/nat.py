@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from operator import itemgetter
 
 from flowtrace.model import Address, Direction, Headers, NatEvent, NatKind, Packet, Sighting
 
@@ -23,11 +24,15 @@ _OPPOSITE: dict[NatKind, NatKind] = {"SNAT": "DNAT", "DNAT": "SNAT"}
 
 def nat_ends(h: Headers, direction: Direction) -> tuple[str, int | None, str, int | None]:
     """(source address, source port, destination address, destination port) as NAT sees them."""
-    if h.icmp_id is not None:
-        if direction == "request":
-            return h.src, h.icmp_id, h.dst, None
-        return h.src, None, h.dst, h.icmp_id
-    return h.src, h.sport, h.dst, h.dport
+    if h.icmp_id is None:
+        return _port_ends(h)
+    if direction == "request":
+        return h.src, h.icmp_id, h.dst, None
+    return h.src, None, h.dst, h.icmp_id
+
+
+#: (src, sport, dst, dport) of a Headers tuple, picked in C: runs once per sighting.
+_port_ends = itemgetter(*(Headers._fields.index(name) for name in ("src", "sport", "dst", "dport")))
 
 
 #: A rewrite in plain values: (kind, address before, port before, address after, port after).
@@ -50,18 +55,25 @@ def nat_events(
         return ()
     events: list[NatEvent] = []
     before = sightings[0]
-    src, sport, dst, dport = nat_ends(before.headers, direction)
+    ends = nat_ends(before.headers, direction)
     for after in sightings[1:]:
-        src2, sport2, dst2, dport2 = nat_ends(after.headers, direction)
-        if src2 != src or sport2 != sport:
-            events.append(
-                _event("SNAT", before.point, after.point, src, sport, src2, sport2, undone, memo)
-            )
-        if dst2 != dst or dport2 != dport:
-            events.append(
-                _event("DNAT", before.point, after.point, dst, dport, dst2, dport2, undone, memo)
-            )
-        before, src, sport, dst, dport = after, src2, sport2, dst2, dport2
+        ends_after = nat_ends(after.headers, direction)
+        if ends_after != ends:  # most hops rewrite nothing: one comparison tells
+            src, sport, dst, dport = ends
+            src2, sport2, dst2, dport2 = ends_after
+            if src2 != src or sport2 != sport:
+                events.append(
+                    _event(
+                        "SNAT", before.point, after.point, src, sport, src2, sport2, undone, memo
+                    )
+                )
+            if dst2 != dst or dport2 != dport:
+                events.append(
+                    _event(
+                        "DNAT", before.point, after.point, dst, dport, dst2, dport2, undone, memo
+                    )
+                )
+        before, ends = after, ends_after
     return tuple(events)
 
 

@@ -58,8 +58,9 @@ class HopStats:
             self.min = delta_ns
         if self.max is None or delta_ns > self.max:
             self.max = delta_ns
-        index = bucket_index(delta_ns)
-        self.buckets[index] = self.buckets.get(index, 0) + 1
+        index = delta_ns if delta_ns < _LINEAR_LIMIT else bucket_index(delta_ns)
+        buckets = self.buckets
+        buckets[index] = buckets.get(index, 0) + 1
 
     def merge(self, other: HopStats) -> HopStats:
         """Fold another hop's samples into this one (e.g. from a parallel pass); returns self."""

@@ -399,19 +399,29 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
             console.print(f"  ... and {len(ranked) - FLOWS_SHOWN:,} more (--json lists them)")
     if analysis.hops:
         rank = {p.id: i for i, p in enumerate(trace.points)}
+        kinds: dict[str, int] = {}  # in the order they first came
+        for _, kind, _, _ in analysis.hops:
+            kinds.setdefault(kind, len(kinds))
 
-        def path_order(item: tuple[tuple[str, str, str], Any]) -> tuple[int, int]:
-            (direction, a, _), _ = item
+        def path_order(item: tuple[tuple[str, str, str, str], Any]) -> tuple[int, int, int]:
+            (direction, kind, a, _), _ = item
             step = rank.get(a, len(rank))
-            return (0, step) if direction == "request" else (1, -step)
+            if direction == "request":
+                return (0, kinds[kind], step)
+            return (1, kinds[kind], -step)
 
+        # One line naming the direction and packet kind, then its hops: a kind column
+        # would push the table past 80 columns with lab point names.
         rows = []
-        for (direction, a, b), stats in sorted(analysis.hops.items(), key=path_order):
+        group = None
+        for (direction, kind, a, b), stats in sorted(analysis.hops.items(), key=path_order):
+            if (direction, kind) != group:
+                group = (direction, kind)
+                rows.append((f"{direction}, {kind}", "", "", "", "", ""))
             s = stats.summary()
             rows.append(
                 (
-                    direction,
-                    f"{a} -> {b}",
+                    f"  {a} -> {b}",
                     f"{s['count']:,}",
                     _us(s["min_ns"]),
                     _us(s["median_ns"]),
@@ -422,9 +432,9 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
         _print_aligned(
             console,
             "per-hop latency",
-            ("dir", "hop", "n", "min µs", "median µs", "p99 µs", "max µs"),
+            ("hop", "n", "min µs", "median µs", "p99 µs", "max µs"),
             rows,
-            frozenset((2, 3, 4, 5, 6)),
+            frozenset((1, 2, 3, 4, 5)),
         )
     for s in trace.stats:
         if s.drops:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import heapq
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import ip_address
 from operator import attrgetter
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from flowtrace.errors import CaptureFormatError, FlowtraceError, NotFoundError
 
@@ -69,9 +70,12 @@ class Interface:
         return timestamp * NANOSECONDS // self.units_per_second + self.tsoffset * NANOSECONDS
 
 
-@dataclass(slots=True)
-class Record:
-    """One captured frame."""
+class Record(NamedTuple):
+    """One captured frame.
+
+    A named tuple: one is made per frame of files of millions, and a tuple is built
+    in C (`_new_record`) at a fraction of a dataclass's cost.
+    """
 
     interface: int  # Interface.index
     time_ns: int
@@ -81,6 +85,11 @@ class Record:
     packet_id: int | None = None
     comment: str | None = None
     dropcount: int | None = None
+
+
+#: Record((interface, time_ns, data, orig_len, outbound, packet_id, comment, dropcount)),
+#: built in C without the named tuple's Python-level __new__.
+_new_record: Callable[[tuple[object, ...]], Record] = partial(tuple.__new__, Record)
 
 
 @dataclass
@@ -310,6 +319,9 @@ class _Layouts:
         flags_option = struct.pack(order + "HH", 2, 4)
         (packet_id_option,) = struct.unpack(order + "I", struct.pack(order + "HH", 5, 8))
         flags_id_end = struct.Struct(order + "IIQI")
+        # What a capture writes: epb_flags, end of options; read with the block's trailer.
+        (flags_option_word,) = struct.unpack(order + "I", flags_option)
+        flags_end_trailer = struct.Struct(order + "IIII")
         #: What the packet loop binds to local names.
         self.hot = (
             self.epb_head.unpack_from,
@@ -317,6 +329,8 @@ class _Layouts:
             flags_option,
             packet_id_option,
             flags_id_end.unpack_from,
+            flags_option_word,
+            flags_end_trailer.unpack_from,
         )
         self.pb = struct.Struct(order + "HHIIII")
         self.isb = struct.Struct(order + "III")
@@ -545,7 +559,10 @@ class _PcapngSource(_Source):
         buf, pos = self.buf, self.pos
         self.buf = b""
         end = len(buf)
-        head, tail, flags_option, packet_id_option, flags_id_end = self.layouts.hot
+        (
+            head, tail, flags_option, packet_id_option, flags_id_end,
+            flags_option_word, flags_end_trailer,
+        ) = self.layouts.hot  # fmt: skip
         conversions = self.conversions
         plain_indexes = self.plain_indexes
         try:
@@ -569,11 +586,15 @@ class _PcapngSource(_Source):
                             self.truncated = True
                             return
                     block_end = pos + length - 4
-                    if tail(buf, block_end)[0] != length:
-                        raise self.corrupt(self.base + pos)
                     start = pos + 28
                     options_at = start + ((caplen + 3) & ~3)
-                    if options_at > block_end:
+                    if block_end - options_at == 12:  # one unpack for options and trailer
+                        option, flags, end_mark, trailer = flags_end_trailer(buf, options_at)
+                        capture_flags = option == flags_option_word and end_mark == 0
+                    else:
+                        (trailer,) = tail(buf, block_end)
+                        capture_flags = False
+                    if trailer != length or options_at > block_end:
                         raise self.corrupt(self.base + pos)
                     try:
                         index = plain_indexes[local_id]
@@ -588,32 +609,33 @@ class _PcapngSource(_Source):
                         ]
                         time_ns = ((high << 32) | low) * multiplier // divisor + offset
                     record = None
-                    if options_at == block_end:
-                        record = Record(index, time_ns, buf[start : start + caplen], orig_len)
+                    if capture_flags:  # what a capture writes: epb_flags, end
+                        record = _new_record((
+                            index, time_ns, buf[start : start + caplen], orig_len,
+                            _DIRECTIONS[flags & 3], None, None, None,
+                        ))  # fmt: skip
+                    elif options_at == block_end:
+                        record = _new_record((
+                            index, time_ns, buf[start : start + caplen], orig_len,
+                            None, None, None, None,
+                        ))  # fmt: skip
                     elif block_end - options_at == 24 and buf.startswith(flags_option, options_at):
                         # What flowtrace writes for a trace: epb_flags, epb_packetid, end.
                         flags, second, packet_id, end_mark = flags_id_end(buf, options_at + 4)
                         if second == packet_id_option and end_mark == 0:
-                            record = Record(
+                            record = _new_record((
                                 index, time_ns, buf[start : start + caplen], orig_len,
-                                _DIRECTIONS[flags & 3], packet_id,
-                            )  # fmt: skip
-                    elif (
-                        block_end - options_at == 12
-                        and buf.startswith(flags_option, options_at)
-                        and tail(buf, options_at + 8)[0] == 0
-                    ):  # what a capture writes: epb_flags, end
-                        record = Record(
-                            index, time_ns, buf[start : start + caplen], orig_len,
-                            _DIRECTIONS[tail(buf, options_at + 4)[0] & 3],
-                        )  # fmt: skip
+                                _DIRECTIONS[flags & 3], packet_id, None, None,
+                            ))  # fmt: skip
                     if record is None:
                         record = self._epb_options(
                             buf, options_at, block_end, pos,
                             Record(index, time_ns, buf[start : start + caplen], orig_len),
                         )  # fmt: skip
                     if direction_at >= 0 and record.outbound is None and caplen > direction_at:
-                        record.outbound = buf[start + direction_at] == PACKET_OUTGOING
+                        record = record._replace(
+                            outbound=buf[start + direction_at] == PACKET_OUTGOING
+                        )
                     pos += length
                     yield record
                     continue
@@ -636,7 +658,10 @@ class _PcapngSource(_Source):
                     yield self._obsolete_packet(buf, pos, length)
                 else:
                     self._other_block(buf, pos, block_type, length)
-                    head, tail, flags_option, packet_id_option, flags_id_end = self.layouts.hot
+                    (
+                        head, tail, flags_option, packet_id_option, flags_id_end,
+                        flags_option_word, flags_end_trailer,
+                    ) = self.layouts.hot  # fmt: skip
                     conversions = self.conversions
                     plain_indexes = self.plain_indexes
                 pos += length
@@ -651,6 +676,9 @@ class _PcapngSource(_Source):
         """
         layouts = self.layouts
         option = layouts.option.unpack_from
+        outbound, packet_id, comment, dropcount = (
+            record.outbound, record.packet_id, record.comment, record.dropcount,
+        )  # fmt: skip
         at = start
         while at + 4 <= end:
             code, size = option(buf, at)
@@ -661,17 +689,19 @@ class _PcapngSource(_Source):
                 raise self.corrupt(self.base + pos, "options of the block")
             if code == 2:
                 if size == 4:
-                    record.outbound = _DIRECTIONS[buf[at if layouts is _LITTLE else at + 3] & 3]
+                    outbound = _DIRECTIONS[buf[at if layouts is _LITTLE else at + 3] & 3]
             elif code == 5:
                 if size == 8:
-                    (record.packet_id,) = layouts.u64.unpack_from(buf, at)
+                    (packet_id,) = layouts.u64.unpack_from(buf, at)
             elif code == 1:
                 text = _text(buf, at, size)
-                record.comment = text if record.comment is None else f"{record.comment}\n{text}"
+                comment = text if comment is None else f"{comment}\n{text}"
             elif code == 4 and size == 8:
-                (record.dropcount,) = layouts.u64.unpack_from(buf, at)
+                (dropcount,) = layouts.u64.unpack_from(buf, at)
             at += (size + 3) & ~3
-        return record
+        return record._replace(
+            outbound=outbound, packet_id=packet_id, comment=comment, dropcount=dropcount
+        )
 
     def _simple_packet(self, buf: bytes, pos: int, length: int) -> Record:
         """A Simple Packet Block: interface 0 of the section, no timestamp (time_ns 0)."""
@@ -681,10 +711,10 @@ class _PcapngSource(_Source):
         index, _, _, _, _, direction_at, snaplen = self._conversion(0, pos)
         caplen = min(orig_len, snaplen or orig_len, length - 16)
         data = buf[pos + 12 : pos + 12 + caplen]
-        record = Record(index, 0, data, orig_len)
+        outbound = None
         if direction_at >= 0 and caplen > direction_at:
-            record.outbound = data[direction_at] == PACKET_OUTGOING
-        return record
+            outbound = data[direction_at] == PACKET_OUTGOING
+        return Record(index, 0, data, orig_len, outbound)
 
     def _obsolete_packet(self, buf: bytes, pos: int, length: int) -> Record:
         """The obsolete Packet Block: like an EPB with a 16-bit interface id and drop count."""
@@ -703,7 +733,7 @@ class _PcapngSource(_Source):
         )
         record = self._epb_options(buf, options_at, pos + length - 4, pos, record)
         if record.outbound is None and direction_at >= 0 and caplen > direction_at:
-            record.outbound = data[direction_at] == PACKET_OUTGOING
+            record = record._replace(outbound=data[direction_at] == PACKET_OUTGOING)
         return record
 
 
@@ -783,11 +813,12 @@ class _ClassicSource(_Source):
                         return
                 data = buf[pos + 16 : pos + 16 + caplen]
                 pos += 16 + caplen
-                record = Record(
-                    index, seconds * NANOSECONDS + fraction * fraction_ns, data, orig_len
-                )
+                outbound = None
                 if direction_at >= 0 and caplen > direction_at:
-                    record.outbound = data[direction_at] == PACKET_OUTGOING
-                yield record
+                    outbound = data[direction_at] == PACKET_OUTGOING
+                yield _new_record((
+                    index, seconds * NANOSECONDS + fraction * fraction_ns, data, orig_len,
+                    outbound, None, None, None,
+                ))  # fmt: skip
         finally:
             self.close()

@@ -121,7 +121,7 @@ def test_every_datagram_of_a_burst_at_every_point(lab_now: LabState, tmp_path: P
     assert analysis.packet_count == burst and analysis.undecoded == 0
     request_hops = [hop for hop in analysis.hops if hop[0] == "request"]
     assert [analysis.hops[hop].count for hop in request_hops] == [burst] * (PATH_POINTS - 1)
-    assert [(a, b) for _, a, b in request_hops] == [
+    assert [(a, b) for _, _, a, b in request_hops] == [
         (p.id, q.id) for p, q in zip(result.points, result.points[1:], strict=False)
     ]
 

@@ -226,8 +226,7 @@ def docker0_ping(
         if probe in lost_probes:
             verdicts.append(Verdict(probe, "lost", last_point=DOCKER0.id))
             continue
-        reply = replace(
-            request,
+        reply = request._replace(
             src=C2_IP,
             dst=C1_IP,
             ip_id=timing.rng.randrange(65536),
@@ -309,7 +308,7 @@ def snat_walk(probes: int = 20, seed: int = 2) -> Trace:
             icmp_seq=probe + 1,
             payload_digest=_digest(f"snat {probe}"),
         )
-        outside = replace(inside, src=UPLINK_IP, ttl=63)
+        outside = inside._replace(src=UPLINK_IP, ttl=63)
         hops = list(SNAT_REQUEST_HOPS)
         if probe == 0:
             hops[3] = replace(hops[3], link="nat-new")
@@ -330,7 +329,7 @@ def snat_walk(probes: int = 20, seed: int = 2) -> Trace:
             icmp_seq=probe + 1,
             payload_digest=inside.payload_digest,
         )
-        delivered = replace(answer, dst=C1_IP, ttl=63)
+        delivered = answer._replace(dst=C1_IP, ttl=63)
         rep = _walk(
             timing,
             frames,
@@ -414,7 +413,7 @@ def dnat_walk(probes: int = 1, seed: int = 3) -> Trace:
             tcp_ack=0,
             tcp_flags=SYN,
         )
-        inside = replace(outside, dst=WEB_IP, dport=80, ttl=63)
+        inside = outside._replace(dst=WEB_IP, dport=80, ttl=63)
         hops = list(DNAT_REQUEST_HOPS)
         if probe == 0:
             hops[2] = replace(hops[2], link="nat-new")
@@ -435,7 +434,7 @@ def dnat_walk(probes: int = 1, seed: int = 3) -> Trace:
             tcp_ack=(isn + 1) % 2**32,
             tcp_flags=SYN_ACK,
         )
-        leaving = replace(answer, src=UPLINK_IP, sport=8080, ttl=63)
+        leaving = answer._replace(src=UPLINK_IP, sport=8080, ttl=63)
         rep = _walk(
             timing,
             frames,

@@ -16,8 +16,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoReply, IPv6
+from scapy.layers.l2 import Ether
+from scapy.layers.sctp import SCTP
 
-from flowtrace.analyze import Analysis, analyze, parse_point_names, summary_dict
+from flowtrace import analyze as analyze_module
+from flowtrace.analyze import Analysis, analyze, packet_kind, parse_point_names, summary_dict
 from flowtrace.capturing import trim_to_count
 from flowtrace.cli import cli
 from flowtrace.correlate.decode import decode_frame
@@ -116,7 +121,8 @@ def test_pcapng_set_packets_nat_flows_and_hops(tmp_path: Path) -> None:
     (flow,) = analysis.flows.values()
     assert flow.key == ("icmp", C1_IP, 77, OUTSIDE_IP, None)
     assert (flow.requests, flow.replies, flow.nat) == (3, 3, {"SNAT", "DNAT"})
-    docker0_to_uplink = analysis.hops[("request", "host/docker0", "host/ft-uplink")].summary()
+    hop = ("request", "ICMP echo request", "host/docker0", "host/ft-uplink")
+    docker0_to_uplink = analysis.hops[hop].summary()
     assert docker0_to_uplink["count"] == 3 and docker0_to_uplink["min_ns"] == 50_000
     assert analysis.notes == []
 
@@ -193,11 +199,13 @@ def test_render_analysis_stays_within_80_columns_for_lab_names(tmp_path: Path) -
     text = console.export_text()
     assert "SNAT 172.17.0.2 -> 203.0.113.1 between host/veth66060ea and host/docker0" in text
     assert "icmp id 77  172.17.0.2  203.0.113.2" in text
-    hop_lines = [line for line in text.splitlines() if line.startswith(("request ", "reply "))]
+    latency = text.split("per-hop latency\n", 1)[1].splitlines()
+    assert latency[1] == "request, ICMP echo request" and latency[4] == "reply, ICMP echo reply"
+    hop_lines = [line for line in latency if line.startswith("  ")]
     assert len(hop_lines) == 4  # two hops each way, one line each
-    assert all(len(line) <= 80 for line in hop_lines)
-    assert hop_lines[0].split()[1:4] == ["c1/eth0", "->", "host/veth66060ea"]
-    assert hop_lines[2].split()[1:4] == ["host/docker0", "->", "host/veth66060ea"]
+    assert all(len(line) <= 80 for line in latency)
+    assert hop_lines[0].split()[0:3] == ["c1/eth0", "->", "host/veth66060ea"]
+    assert hop_lines[2].split()[0:3] == ["host/docker0", "->", "host/veth66060ea"]
 
 
 def _set_folder(tmp_path: Path, pings: int) -> Path:
@@ -299,11 +307,13 @@ def test_memory_stays_flat_as_the_capture_grows(
 ) -> None:
     """Four times the packets, the same flows and window: the peak must not follow.
 
-    The reader's chunk is made smaller than both files, so that what is measured is
-    the pass itself, not a read buffer that happens to hold a whole small file.
+    The reader's chunk and the frames the pass remembers decoded are made smaller
+    than both files, so that what is measured is the pass itself, not a buffer of
+    fixed size that happens to hold a whole small file.
     """
     monkeypatch.setattr(reader_module, "CHUNK_SIZE", 1 << 15)
     monkeypatch.setattr(reader_module, "MIN_CHUNK_SIZE", 1 << 15)
+    monkeypatch.setattr(analyze_module, "_RECENT_FRAMES", 64)
     short = write_pcapng(tmp_path / "short.pcapng", snat_ping(150))
     long = write_pcapng(tmp_path / "long.pcapng", snat_ping(600))
     analyze(short, keep_packets=False)  # imports and caches, outside the measure
@@ -432,3 +442,65 @@ def test_rules_and_conntrack_come_back_from_the_manifest() -> None:
     assert restored.conntrack is not None and "src=172.17.0.2" in restored.conntrack
     assert _explain_from_manifest(event, 2, explained) is event  # another packet: untouched
     assert _rewrites_in_manifest(None) == {}
+
+
+# --- per-hop latency by direction and packet kind -----------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "captures" / "examples"
+UPLINK_TO_DOCKER0 = ("host/ft-uplink", "host/docker0")
+
+
+@pytest.mark.parametrize(
+    ("packet", "kind"),
+    [
+        (TCP(flags="S"), "TCP SYN"),
+        (TCP(flags="SA"), "TCP SYN-ACK"),
+        (TCP(flags="R"), "TCP RST"),
+        (TCP(flags="RA"), "TCP RST"),
+        (TCP(flags="FA"), "TCP FIN"),
+        (TCP(flags="PA") / b"data", "TCP ACK"),
+        (TCP(flags="A"), "TCP ACK"),
+        (ICMP(type=8), "ICMP echo request"),
+        (ICMP(type=0), "ICMP echo reply"),
+        (ICMP(type=3, code=3) / IP() / UDP(), "ICMP unreachable"),
+        (ICMP(type=11) / IP() / UDP(), "ICMP time exceeded"),
+        (ICMP(type=5), "ICMP type 5"),
+        (UDP(), "UDP"),
+    ],
+)
+def test_packet_kinds(packet: object, kind: str) -> None:
+    headers = decode_frame(bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / packet))  # type: ignore[operator]
+    assert headers is not None
+    assert packet_kind(headers) == kind
+
+
+def test_packet_kinds_of_ipv6_and_other_protocols() -> None:
+    echo = decode_frame(bytes(Ether() / IPv6() / ICMPv6EchoReply()))
+    sctp = decode_frame(bytes(Ether() / IP() / SCTP(sport=1, dport=2)))
+    assert echo is not None and sctp is not None
+    assert packet_kind(echo) == "ICMPv6 echo reply"
+    assert packet_kind(sctp) == "132"
+
+
+def test_a_syn_and_the_rst_after_it_have_hop_rows_of_their_own() -> None:
+    """The published-port example: the SYN is DNATed (conntrack sets up state, tens of µs);
+    the source's RST follows an entry that exists (a few µs).  One row would mix them."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["analyze", str(EXAMPLES / "dnat-outside-web"), "--json"])
+    assert result.exit_code == 0, result.output
+    hops = json.loads(result.output)["hops"]
+    kinds = [(hop["direction"], hop["kind"]) for hop in hops]
+    assert sorted(set(kinds)) == [
+        ("reply", "TCP SYN-ACK"),
+        ("request", "TCP RST"),
+        ("request", "TCP SYN"),
+    ]
+    into_docker0 = {
+        hop["kind"]: hop for hop in hops if (hop["from"], hop["to"]) == UPLINK_TO_DOCKER0
+    }
+    assert into_docker0["TCP SYN"]["count"] == into_docker0["TCP RST"]["count"] == 5
+    assert into_docker0["TCP SYN"]["min_ns"] > 4 * into_docker0["TCP RST"]["max_ns"]
+    text = runner.invoke(cli, ["analyze", str(EXAMPLES / "dnat-outside-web")]).output
+    latency = text.split("per-hop latency\n", 1)[1].splitlines()
+    groups = [line for line in latency if line and not line.startswith(("  ", "hop "))]
+    assert groups == ["request, TCP SYN", "request, TCP RST", "reply, TCP SYN-ACK"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -69,8 +68,11 @@ def test_icmp_echo_request_fields() -> None:
 def test_headers_from_the_fast_constructor_behave_like_any_other() -> None:
     h = decode_frame(ping())
     assert h is not None
-    assert hash(h) == hash(replace(h))
-    assert replace(h, ttl=1).ttl == 1
+    assert type(h) is Headers
+    same = Headers(**h._asdict())
+    assert h == same and hash(h) == hash(same)
+    assert h._replace(ttl=1).ttl == 1
+    assert h.proto_name == "icmp" and h._replace(proto=99).proto_name == "99"
     with pytest.raises(AttributeError):
         h.ttl = 3  # type: ignore[misc]
 

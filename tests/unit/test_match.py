@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import replace
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -351,7 +350,7 @@ def test_memory_stays_flat_over_a_long_stream() -> None:
     assert template is not None
     most_held = most_flows = emitted = 0
     for k in range(4000):  # one new flow every ms: 4 s of stream, 12,000 sightings
-        headers = replace(template, icmp_id=k, ip_id=k)
+        headers = template._replace(icmp_id=k, ip_id=k)
         for i, point in enumerate(BRIDGE[:3]):
             emitted += len(
                 correlator.add(Sighting(point, T0 + k * 1_000_000 + i * HOP_NS, headers))
