@@ -72,7 +72,7 @@ class Analysis:
     flows: dict[FlowKey, FlowSummary] = field(default_factory=dict)
     nat: dict[tuple[str, str, str, str, str], tuple[NatEvent, int]] = field(default_factory=dict)
     #: (direction, packet kind, from point, to point) -> HopStats: a SYN's hops and its
-    #: RST's are told apart (see packet_kind).
+    #: RST's are told apart (see Headers.kind).
     hops: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
     truncated: bool = False
     sources: list[str] = field(default_factory=list)
@@ -115,7 +115,7 @@ class Summaries:
             seen = analysis.nat.get(nat_key)
             analysis.nat[nat_key] = (ev, (seen[1] if seen else 0) + 1)
         if len(sightings) > 1:
-            kind = packet_kind(sightings[0].headers)
+            kind = sightings[0].headers.kind
             path = (pkt.direction, kind, tuple([s.point for s in sightings]))
             hops = self._paths.get(path) or self._hops_of(path)
             before = sightings[0].time_ns
@@ -178,38 +178,6 @@ def _explain_from_manifest(ev: NatEvent, packet_id: int, explained: Explanations
     if rule is None and conntrack is None:
         return ev
     return replace(ev, rule=ev.rule or rule, conntrack=ev.conntrack or conntrack)
-
-
-_ICMP_KINDS = {
-    1: {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"},
-    58: {128: "echo request", 129: "echo reply", 1: "unreachable", 3: "time exceeded"},
-}
-
-
-def packet_kind(h: Headers) -> str:
-    """What a packet is, for per-hop latency: "TCP SYN", "TCP RST", "ICMP echo reply", "UDP".
-
-    Hop times differ by kind (the first packet of a connection makes conntrack and
-    NAT set up state; a RST may be sent by another stack than the SYN's), so each
-    kind gets its own statistics.  TCP segments without SYN, FIN or RST (data and
-    acknowledgements) are "TCP ACK".
-    """
-    proto = h.proto
-    if proto == 6:
-        flags = h.tcp_flags or 0
-        if flags & _TCP_RST:
-            return "TCP RST"
-        if flags & _TCP_SYN:
-            return "TCP SYN-ACK" if flags & _TCP_ACK else "TCP SYN"
-        if flags & _TCP_FIN:
-            return "TCP FIN"
-        return "TCP ACK"
-    if proto in _ICMP_KINDS:
-        prefix = "ICMP" if proto == 1 else "ICMPv6"
-        if h.icmp_type is None:
-            return prefix
-        return f"{prefix} {_ICMP_KINDS[proto].get(h.icmp_type) or f'type {h.icmp_type}'}"
-    return h.proto_name.upper()
 
 
 def _flow_key(pkt: Packet) -> FlowKey:

@@ -131,9 +131,40 @@ class Headers(NamedTuple):
     def proto_name(self) -> str:
         return PROTO_NAMES.get(self.proto) or str(self.proto)
 
+    @property
+    def kind(self) -> str:
+        """What the packet is, for per-hop latency: "TCP SYN", "TCP RST", "ICMP echo reply".
+
+        Hop times differ by kind (the first packet of a connection makes conntrack and
+        NAT set up state; a RST may be sent by another stack than the SYN's), so each
+        kind gets its own statistics.  TCP segments without SYN, FIN or RST (data and
+        acknowledgements) are "TCP ACK".
+        """
+        proto = self.proto
+        if proto == 6:
+            flags = self.tcp_flags or 0
+            if flags & 0x04:
+                return "TCP RST"
+            if flags & 0x02:
+                return "TCP SYN-ACK" if flags & 0x10 else "TCP SYN"
+            if flags & 0x01:
+                return "TCP FIN"
+            return "TCP ACK"
+        if proto in ICMP_KINDS:
+            prefix = "ICMP" if proto == 1 else "ICMPv6"
+            if self.icmp_type is None:
+                return prefix
+            return f"{prefix} {ICMP_KINDS[proto].get(self.icmp_type) or f'type {self.icmp_type}'}"
+        return self.proto_name.upper()
+
 
 #: Names of the IP protocols flowtrace shows by name (others show as their number).
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
+#: ICMP and ICMPv6 types flowtrace names, by protocol number.
+ICMP_KINDS = {
+    1: {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"},
+    58: {128: "echo request", 129: "echo reply", 1: "unreachable", 3: "time exceeded"},
+}
 
 
 class Sighting(NamedTuple):
@@ -280,12 +311,16 @@ class Trace:
                 return p
         raise KeyError(point_id)
 
-    def hop_deltas(self) -> dict[tuple[str, str, str], list[int]]:
-        """(direction, from point, to point) -> each packet's time for that hop, in ns."""
-        hops: dict[tuple[str, str, str], list[int]] = {}
+    def hop_deltas(self) -> dict[tuple[str, str, str, str], list[int]]:
+        """(direction, packet kind, from point, to point) -> each packet's time for that hop,
+        in ns.  A TCP probe's SYN and the RST after it are both requests but separate rows:
+        conntrack and NAT set up state for the first only."""
+        hops: dict[tuple[str, str, str, str], list[int]] = {}
         for pkt in self.packets:
+            kind = pkt.first.headers.kind
             for a, b in pairwise(pkt.sightings):
-                hops.setdefault((pkt.direction, a.point, b.point), []).append(b.time_ns - a.time_ns)
+                key = (pkt.direction, kind, a.point, b.point)
+                hops.setdefault(key, []).append(b.time_ns - a.time_ns)
         return hops
 
     @property

@@ -70,11 +70,12 @@ def packet_dict(pkt: Packet) -> dict[str, Any]:
 
 
 def hop_summary(trace: Trace) -> list[dict[str, Any]]:
-    """min/median/max of each hop's delta over all packets, per direction."""
+    """min/median/max of each hop's delta over all packets, per direction and packet kind."""
     hops = trace.hop_deltas()
     return [
         {
             "direction": d,
+            "kind": kind,
             "from": a,
             "to": b,
             "count": len(v),
@@ -82,7 +83,7 @@ def hop_summary(trace: Trace) -> list[dict[str, Any]]:
             "median_ns": int(statistics.median(v)),
             "max_ns": max(v),
         }
-        for (d, a, b), v in hops.items()
+        for (d, kind, a, b), v in hops.items()
     ]
 
 

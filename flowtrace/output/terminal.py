@@ -128,30 +128,31 @@ def nat_details(events: Iterable[NatEvent]) -> list[str]:
     return lines
 
 
-def hop_stats_table(trace: Trace) -> Table | None:
-    rows = trace.hop_deltas()
-    if not rows:
-        return None
-    table = Table(title="per-hop latency", title_justify="left", show_edge=False, pad_edge=False)
-    for name, justify in (
-        ("dir", "left"),
-        ("hop", "left"),
-        ("n", "right"),
-        ("min µs", "right"),
-        ("median µs", "right"),
-        ("max µs", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for (direction, from_point, to_point), values in rows.items():
-        table.add_row(
-            direction,
-            f"{from_point} -> {to_point}",
-            str(len(values)),
-            _us(min(values)),
-            _us(int(statistics.median(values))),
-            _us(max(values)),
+def print_hop_stats(trace: Trace, console: Console) -> None:
+    """min/median/max per hop, a heading line per direction and packet kind (as analyze's)."""
+    rows: list[tuple[str, ...]] = []
+    group = None
+    for (direction, kind, a, b), values in trace.hop_deltas().items():
+        if (direction, kind) != group:
+            group = (direction, kind)
+            rows.append((f"{direction}, {kind}", "", "", "", ""))
+        rows.append(
+            (
+                f"  {a} -> {b}",
+                str(len(values)),
+                _us(min(values)),
+                _us(int(statistics.median(values))),
+                _us(max(values)),
+            )
         )
-    return table
+    if rows:
+        _print_aligned(
+            console,
+            "per-hop latency",
+            ("hop", "n", "min µs", "median µs", "max µs"),
+            rows,
+            frozenset((1, 2, 3, 4)),
+        )
 
 
 def render_path(points: list[Point], notes: Iterable[str], console: Console) -> None:
@@ -221,10 +222,8 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         console.print()
         for line in proxy_lines(proxy, trace.packets):
             console.print(line)
-    stats = hop_stats_table(trace) if len(trace.verdicts) > 1 else None
-    if stats is not None:
-        console.print()
-        console.print(stats)
+    if len(trace.verdicts) > 1:
+        print_hop_stats(trace, console)
     if trace.verdicts:
         answered = sum(1 for v in trace.verdicts if v.answered)
         sent = len(trace.verdicts)

@@ -22,7 +22,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP
 
 from flowtrace import analyze as analyze_module
-from flowtrace.analyze import Analysis, analyze, packet_kind, parse_point_names, summary_dict
+from flowtrace.analyze import Analysis, analyze, parse_point_names, summary_dict
 from flowtrace.capturing import trim_to_count
 from flowtrace.cli import cli
 from flowtrace.correlate.decode import decode_frame
@@ -471,15 +471,15 @@ UPLINK_TO_DOCKER0 = ("host/ft-uplink", "host/docker0")
 def test_packet_kinds(packet: object, kind: str) -> None:
     headers = decode_frame(bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / packet))  # type: ignore[operator]
     assert headers is not None
-    assert packet_kind(headers) == kind
+    assert headers.kind == kind
 
 
 def test_packet_kinds_of_ipv6_and_other_protocols() -> None:
     echo = decode_frame(bytes(Ether() / IPv6() / ICMPv6EchoReply()))
     sctp = decode_frame(bytes(Ether() / IP() / SCTP(sport=1, dport=2)))
     assert echo is not None and sctp is not None
-    assert packet_kind(echo) == "ICMPv6 echo reply"
-    assert packet_kind(sctp) == "132"
+    assert echo.kind == "ICMPv6 echo reply"
+    assert sctp.kind == "132"
 
 
 def test_a_syn_and_the_rst_after_it_have_hop_rows_of_their_own() -> None:

@@ -7,7 +7,6 @@ pre-encoded JSON pieces) is checked against the straightforward way on many inpu
 from __future__ import annotations
 
 import json
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Ether
 
 from flowtrace import analyze as analyze_module
-from flowtrace.analyze import analyze, packet_json, packet_kind, summary_dict
+from flowtrace.analyze import analyze, packet_json, summary_dict
 from flowtrace.correlate.decode import decode_frame
 from flowtrace.correlate.match import Correlator
 from flowtrace.model import Address, Headers, NatEvent, Packet, Sighting
@@ -148,13 +147,7 @@ def test_remembered_decodings_change_nothing(example: str, monkeypatch: pytest.M
 def test_streamed_summaries_are_those_of_the_kept_packets(example: str) -> None:
     analysis = analyze(EXAMPLES / example)
     packets = analysis.trace.packets
-    by_kind: dict[tuple[str, str, str, str], list[int]] = {}
-    for pkt in packets:
-        kind = packet_kind(pkt.first.headers)
-        for a, b in pairwise(pkt.sightings):
-            by_kind.setdefault((pkt.direction, kind, a.point, b.point), []).append(
-                b.time_ns - a.time_ns
-            )
+    by_kind = analysis.trace.hop_deltas()  # (direction, kind, from, to) -> deltas
     assert list(analysis.hops) == list(by_kind)  # the same rows, in the same order
     for hop, deltas in by_kind.items():
         stats = analysis.hops[hop]
