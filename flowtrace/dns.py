@@ -89,31 +89,17 @@ class DnsLookup:
 
 
 def parse_nameservers(text: str) -> tuple[str, ...]:
-    """The `nameserver` lines of a resolv.conf, in order."""
+    """The `nameserver` lines of a resolv.conf, in order (read by dnspython)."""
+    import io
+
     import dns.resolver
 
     resolver = dns.resolver.Resolver(configure=False)
     try:
-        resolver.read_resolv_conf(_Lines(text))  # type: ignore[arg-type]
+        resolver.read_resolv_conf(io.StringIO(text))
     except dns.resolver.NoResolverConfiguration:
         return ()
     return tuple(str(ns) for ns in resolver.nameservers)
-
-
-class _Lines:
-    """A resolv.conf's text as the file object dnspython reads."""
-
-    def __init__(self, text: str) -> None:
-        self._lines = text.splitlines(keepends=True)
-
-    def __iter__(self) -> Any:
-        return iter(self._lines)
-
-    def __enter__(self) -> _Lines:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def hosts_lookup(text: str, name: str) -> str | None:
