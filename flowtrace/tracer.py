@@ -15,7 +15,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from flowtrace.model import Frame, NatEvent, Packet, Point, PointStats, Sighting, Trace, Verdict
+from flowtrace.model import (
+    Frame,
+    Headers,
+    NatEvent,
+    Packet,
+    Point,
+    PointStats,
+    Sighting,
+    Trace,
+    Verdict,
+)
 from flowtrace.probe import ProbePlan, open_sender, send_probe
 
 if TYPE_CHECKING:
@@ -220,12 +230,22 @@ class Tracer:
             headers = decode_frame(f.data, self.points[f.point].linktype)
             if self.legs is not None and not self.legs.keeps(headers):
                 continue  # another connection through the same port or to the same container
+            if headers is not None and self._foreign_icmp_error(headers):
+                continue  # the filter lets every ICMP error through: this one is not ours
             i = len(self.frames)
             self.frames.append(f)
             if headers is not None:
                 self.sightings.append(
                     Sighting(self.point_ids[f.point], f.time_ns, headers, f.outbound, i)
                 )
+
+    def _foreign_icmp_error(self, h: Headers) -> bool:
+        """An ICMP error about a packet no probe sent (NAT never rewrites the quoted IP ID).
+
+        The capture filter cannot know the probes' IP IDs in advance, so on a busy bridge
+        it also passes other traffic's errors; they would show as packets of no probe.
+        """
+        return h.proto == 1 and h.inner is not None and h.inner.ip_id not in self._ip_ids
 
     def _answered_at_source(self, seq: int) -> bool:
         for s in self.sightings[self._decoded_upto :]:

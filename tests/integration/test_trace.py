@@ -383,3 +383,35 @@ def test_pid_endpoint_is_named_after_its_container(lab: LabState) -> None:
     trace = api.trace(f"pid:{c1.pid}", "c2", count=1, record=False)
     assert trace.points[0].id == "c1/eth0"
     assert trace.verdicts[0].outcome == "replied"
+
+
+def test_other_traffics_icmp_errors_stay_out_of_a_trace(lab: LabState, tmp_path: Path) -> None:
+    """The filter passes every ICMP error; errors about packets no probe sent are dropped.
+
+    While c1 pings c2, another flowtrace sends UDP from c2 to a closed port of c1: c1's
+    port-unreachable errors (as many as its ICMP rate limit lets out) cross all five
+    points of the ping's path.
+    """
+    noise = subprocess.Popen(
+        [*FLOWTRACE, "udp", "c2", "c1:9", "-c", "30", "-i", "0.1", "-o", str(tmp_path / "noise")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        ping = tmp_path / "ping"
+        result = run_cli("ping", "c1", "c2", "-c", "6", "-i", "0.25", "--json", "-o", str(ping))
+    finally:
+        noise.wait(timeout=60)
+    assert result.returncode == 0, result.stderr
+    ping_times = [float(r[0]) for r in tshark_fields(ping / "trace.pcapng", "frame.time_epoch")]
+    errors = tshark_fields(
+        tmp_path / "noise" / "trace.pcapng", "frame.time_epoch", display_filter="icmp.type == 3"
+    )
+    during = [t for (t,) in errors if min(ping_times) <= float(t) <= max(ping_times)]
+    assert during, "no ICMP error crossed the path while the ping ran: the test proves nothing"
+
+    doc = json.loads(result.stdout)
+    assert [p["probe"] for p in doc["packets"]] == [n for n in range(6) for _ in (0, 1)]
+    rows = tshark_fields(ping / "trace.pcapng", "icmp.type")
+    assert sorted(r[0] for r in rows) == ["0"] * 30 + ["8"] * 30  # 6 x 5 points each way
