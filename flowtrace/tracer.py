@@ -390,6 +390,10 @@ class Tracer:
             return Verdict(seq, "lost", last, "the answer was lost on its way back")
         seen = {s.point for s in request.sightings}
         if destination and destination in seen:
+            arrived = next(s for s in request.sightings if s.point == destination)
+            why = self._why_unanswered(arrived)
+            if why is not None:
+                return Verdict(seq, "lost", destination, why)
             return Verdict(seq, "delivered", destination, "no answer came back")
         final = request.last
         why = self._why_lost(final)
@@ -439,6 +443,21 @@ class Tracer:
             plan = self.route.plan
             try:
                 why = explain_loss(self.points, last.point, h, plan.dst_ip, plan.dst_port)
+            except (FlowtraceError, OSError):
+                why = None  # the namespace vanished, or its rules cannot be read
+            self._losses[key] = why
+        return self._losses[key]
+
+    def _why_unanswered(self, arrived: Sighting) -> str | None:
+        """The destination's filter rule that dropped a delivered request or its answer."""
+        from flowtrace.errors import FlowtraceError
+        from flowtrace.topology.drops import explain_unanswered
+
+        h = arrived.headers
+        key = ("unanswered", arrived.point, h.proto, h.src, h.dst, h.sport, h.dport)
+        if key not in self._losses:
+            try:
+                why = explain_unanswered(self.points, arrived.point, h)
             except (FlowtraceError, OSError):
                 why = None  # the namespace vanished, or its rules cannot be read
             self._losses[key] = why

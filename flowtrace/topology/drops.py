@@ -113,3 +113,64 @@ def explain_loss(
         [a.ip for a in state.addresses],
     )
     return describe_drop(rule, site) if rule is not None else None
+
+
+def arrival(points: Sequence[Point], destination: str) -> Point | None:
+    """The point where a packet entered the destination's namespace along the path.
+
+    None when the destination is not on the path or shares the source's namespace
+    (a packet that never left has no way in to be dropped on).
+    """
+    ids = [p.id for p in points]
+    if destination not in ids:
+        return None
+    first = ids.index(destination)
+    while first > 0 and points[first - 1].netns.inode == points[first].netns.inode:
+        first -= 1
+    return points[first] if first > 0 else None
+
+
+def describe_answer_drop(rule: str, netns_label: str, out_iface: str) -> str:
+    """The verdict's words when the destination's OUTPUT chain dropped the answer."""
+    text = (
+        f"the answer was dropped in {netns_label} by `{rule}`, filter chain OUTPUT to {out_iface}"
+    )
+    if rule.startswith("-P "):
+        text += ": no rule accepted it, so the chain's policy dropped it"
+    return text
+
+
+def explain_unanswered(points: Sequence[Point], destination: str, seen: Headers) -> str | None:
+    """Why a request seen arriving at its destination got no answer, or None if unknown.
+
+    Seen at the destination's interface means it passed every hop; the destination's
+    filter table can still drop it on INPUT (before the stack answers) or drop the
+    answer on OUTPUT (before any interface sees it).  `seen` are its headers there.
+    """
+    from flowtrace.topology.kernel import read_state, route_get
+    from flowtrace.topology.nat_rules import find_drop_rule, read_ruleset
+
+    ingress = arrival(points, destination)
+    if ingress is None:
+        return None
+    path = ingress.netns.path
+    state = read_state(path)
+    ruleset = read_ruleset(path)
+    local = [a.ip for a in state.addresses]
+    site = drop_site(ingress, state, route_get(path, seen.dst))
+    if site is not None and site.out_iface is None:
+        rule = find_drop_rule(
+            ruleset, seen.proto, seen.src, seen.dst, seen.sport, seen.dport,
+            site.in_iface, None, local,
+        )  # fmt: skip
+        if rule is not None:
+            return describe_drop(rule, site)
+    back = route_get(path, seen.src)
+    out = state.link(back.oif) if back.oif is not None else None
+    if out is None:
+        return None
+    rule = find_drop_rule(
+        ruleset, seen.proto, seen.dst, seen.src, seen.dport, seen.sport,
+        None, out.name, local, ctstate="ESTABLISHED",
+    )  # fmt: skip
+    return describe_answer_drop(rule, ingress.netns.label, out.name) if rule else None

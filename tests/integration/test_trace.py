@@ -415,3 +415,39 @@ def test_other_traffics_icmp_errors_stay_out_of_a_trace(lab: LabState, tmp_path:
     assert [p["probe"] for p in doc["packets"]] == [n for n in range(6) for _ in (0, 1)]
     rows = tshark_fields(ping / "trace.pcapng", "icmp.type")
     assert sorted(r[0] for r in rows) == ["0"] * 30 + ["8"] * 30  # 6 x 5 points each way
+
+
+def _iptables_in(container: Any, *args: str) -> None:
+    container.reload()
+    pid = str(container.attrs["State"]["Pid"])
+    subprocess.run(["nsenter", "-t", pid, "-n", "iptables", *args], check=True)
+
+
+def test_a_destination_firewall_is_named_for_a_delivered_probe(
+    lab: LabState, scratch_container: Any
+) -> None:
+    """Seen arriving at the destination yet unanswered: its INPUT chain dropped the request,
+    or its OUTPUT chain the answer (a scratch container's own rules; it is removed after)."""
+    target = scratch_container()
+    target.start()
+    _iptables_in(target, "-A", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP")
+    dropped_in = api.trace("c1", target.name, count=1, timeout=1.0, record=False)
+    (verdict,) = dropped_in.verdicts
+    assert (verdict.outcome, verdict.last_point) == ("lost", f"{target.name}/eth0")
+    assert verdict.detail == (
+        f"dropped in {target.name} by `-A INPUT -p icmp -m icmp --icmp-type 8 -j DROP`, "
+        "filter chain INPUT from eth0"
+    )
+
+    _iptables_in(target, "-F", "INPUT")
+    _iptables_in(target, "-P", "OUTPUT", "DROP")
+    dropped_out = api.trace("c1", target.name, count=1, timeout=1.0, record=False)
+    (verdict,) = dropped_out.verdicts
+    assert (verdict.outcome, verdict.last_point) == ("lost", f"{target.name}/eth0")
+    assert verdict.detail.startswith(
+        f"the answer was dropped in {target.name} by `-P OUTPUT DROP`, filter chain OUTPUT to eth0"
+    )
+
+    _iptables_in(target, "-P", "OUTPUT", "ACCEPT")
+    answered = api.trace("c1", target.name, count=1, timeout=1.0, record=False)
+    assert answered.verdicts[0].outcome == "replied"

@@ -6,7 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowtrace.model import Namespace, Point
-from flowtrace.topology.drops import DropSite, describe_drop, drop_site, vanished_in
+from flowtrace.topology.drops import (
+    DropSite,
+    arrival,
+    describe_answer_drop,
+    describe_drop,
+    drop_site,
+    vanished_in,
+)
 from flowtrace.topology.kernel import RTN_LOCAL, RTN_UNREACHABLE, Link, NetnsState, Route
 from flowtrace.topology.nat_rules import find_drop_rule, parse_iptables_save
 
@@ -113,3 +120,22 @@ def test_a_chain_policy_is_explained() -> None:
     assert describe_drop(rule, site).endswith(
         "from ft-uplink to docker0: no rule accepted it, so the chain's policy dropped it"
     )
+
+
+def test_a_delivered_packet_arrived_at_the_destinations_first_point() -> None:
+    assert arrival(C1_TO_C3, "c3/eth0") == C1_TO_C3[-1]
+    # the host as destination: it entered at the veth peer, before its bridge
+    to_host = [point(C1, "eth0", 2, "source"), *C1_TO_C3[1:3]]
+    assert arrival(to_host, "host/docker0") == C1_TO_C3[1]
+    # never left the source's namespace, or not on the path: nothing to blame
+    over_lo = [point(C1, "lo", 1, "loopback")]
+    assert arrival(over_lo, "c1/lo") is None
+    assert arrival(C1_TO_C3, "nowhere/eth9") is None
+
+
+def test_an_answer_dropped_on_output_is_worded_as_such() -> None:
+    assert describe_answer_drop("-A OUTPUT -p icmp -j DROP", "c3", "eth0") == (
+        "the answer was dropped in c3 by `-A OUTPUT -p icmp -j DROP`, filter chain OUTPUT to eth0"
+    )
+    policy = describe_answer_drop("-P OUTPUT DROP", "c3", "eth0")
+    assert policy.endswith("no rule accepted it, so the chain's policy dropped it")
