@@ -386,6 +386,8 @@ def dns_cmd(
         from rich.console import Console
 
         render(result, Console(highlight=False, soft_wrap=True))
+    if result.meta.get("interrupted"):
+        sys.exit(int(ExitStatus.INTERRUPTED))
     if not result.answered:
         sys.exit(int(ExitStatus.NO_REPLY))
 

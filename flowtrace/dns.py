@@ -379,8 +379,6 @@ class _DnsTracer:
             path = self._record(output_dir, points, frames, result, interrupted)
             result.meta["pcap"] = str(path)
         result.meta["interrupted"] = interrupted
-        if interrupted:
-            raise KeyboardInterrupt
         return result
 
     def _settle(self, session: Any, points: int, answered: bool) -> None:
@@ -631,6 +629,7 @@ def lookup_dict(result: DnsLookup, with_packets: bool = True) -> dict[str, Any]:
         "rcode": result.rcode,
         "records": list(result.records),
         "error": result.error,
+        "interrupted": bool(result.meta.get("interrupted")),
         "rtt_us": result.rtt_ns / 1000 if result.rtt_ns is not None else None,
         "nat": [nat_dict(ev) for ev in result.nat],
         "notes": list(result.notes),
@@ -691,7 +690,9 @@ def render(result: DnsLookup, console: Any) -> None:
             for line in nat_details(pkt.nat):
                 out(line, style="yellow")
     out("")
-    if result.error is not None:
+    if result.meta.get("interrupted"):
+        out(Text("interrupted before the answer came", style="red"))
+    elif result.error is not None:
         out(Text(f"no answer: {result.error}", style="red"))
     elif result.rcode is None:
         out(Text(f"no answer within the timeout from {result.server}", style="red"))

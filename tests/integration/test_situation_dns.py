@@ -20,7 +20,7 @@ from typing import Any
 
 import docker
 import pytest
-from test_trace import run_cli, tshark_fields
+from test_trace import FLOWTRACE, run_cli, tshark_fields
 
 from flowtrace.errors import ExitStatus
 from flowtrace.lab import LabState
@@ -254,3 +254,43 @@ def test_a_server_nobody_runs_is_refused_by_icmp(lab: LabState) -> None:
     assert doc["server_process"] is None
     error = doc["packets"][1]
     assert error["direction"] == "reply" and error["sightings"][-1]["point"] == "c1/eth0"
+
+
+def test_ctrl_c_while_waiting_keeps_the_query(lab: LabState, tmp_path: Path) -> None:
+    """A server that never answers (a socket nobody reads, in ft-outside); SIGINT mid-wait."""
+    import signal
+    import time
+
+    from flowtrace.endpoints.netns import run_in_netns
+
+    def bound() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((lab.outside.ip, 53))
+        return sock
+
+    silent = run_in_netns(lab.outside.netns_path, bound)
+    out = tmp_path / "set"
+    try:
+        proc = subprocess.Popen(
+            [*FLOWTRACE, "dns", "c1", "web.lab.test", "--server", lab.outside.ip,
+             "--timeout", "30", "-o", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )  # fmt: skip
+        silent.settimeout(20)
+        silent.recvfrom(4096)  # the query arrived: flowtrace now waits for an answer
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        silent.close()
+    assert proc.returncode == ExitStatus.INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted before the answer came" in stdout and "pcap set:" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["interrupted"] is True and manifest["complete"] is True
+    rows = tshark_fields(out / "trace.pcapng", "frame.interface_name", "udp.dstport")
+    assert rows[0][0] == "c1/eth0" and rows[-1] == ["ft-outside/eth0", "53"]
+    assert len(rows) == 5  # the query at each of the five points, nothing else
