@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from flowtrace.errors import CaptureFormatError, ExitStatus, FlowtraceError, NotFoundError
 from flowtrace.model import (
+    Address,
     Headers,
     Namespace,
     NatEvent,
@@ -170,6 +171,40 @@ def _rewrites_in_manifest(manifest: dict[str, Any] | None) -> Explanations:
         except (KeyError, TypeError, ValueError):
             continue
         found[key] = (entry.get("rule"), entry.get("conntrack"))
+    return found
+
+
+def _rewrites_off_the_path(
+    manifest: dict[str, Any] | None, point_ids: Sequence[str]
+) -> dict[int, tuple[NatEvent, ...]]:
+    """Rewrites the tracer saw happen before a packet's first point or after its last, by
+    packet id.
+
+    The host's own nat OUTPUT (a published port from the host, Docker's embedded DNS in a
+    container) rewrites a packet before any interface sees it, and its reply is put back
+    after the last one, so no two sightings differ: only the manifest knows.  One side of
+    their `between` names no point of the set.
+    """
+    known = set(point_ids)
+    found: dict[int, tuple[NatEvent, ...]] = {}
+    for entry in (manifest or {}).get("nat") or []:
+        try:
+            before, after = (str(b) for b in entry["between"])
+            if (before in known) == (after in known):
+                continue  # between two points: the sightings show it
+            event = NatEvent(
+                entry["kind"],
+                (before, after),
+                Address(str(entry["before"]["ip"]), entry["before"].get("port")),
+                Address(str(entry["after"]["ip"]), entry["after"].get("port")),
+                entry.get("rule"),
+                entry.get("conntrack"),
+                entry.get("reverse_of"),
+            )
+            packet_id = int(entry["packet"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        found[packet_id] = (*found.get(packet_id, ()), event)
     return found
 
 
@@ -515,6 +550,7 @@ def _analyze(
         if manifest and manifest.get("points") and point_names is None:
             order = [e["id"] for e in manifest["points"]]
         one_point = len(points) == 1
+        early = _rewrites_off_the_path(manifest, [p.id for p in points])
         recent: deque[Any] = deque(maxlen=_REPEAT_LOOKBACK)
         repeats = 0
         no_ids: set[int | None] = {None}
@@ -528,11 +564,16 @@ def _analyze(
                 recorded = no_ids
             packet_id = packet_ids.assign(recorded)
             nat = pkt.nat
+            direction = pkt.direction
             if explained and nat:
                 nat = tuple(_explain_from_manifest(ev, packet_id, explained) for ev in nat)
+            if early and packet_id in early:
+                nat = (*early[packet_id], *nat)
+                if any(ev.reverse_of for ev in early[packet_id]):
+                    direction = "reply"  # its rewrite undoes the request's: the answer
             probe = probes.number(pkt) if probes is not None else None
             if packet_id != pkt.packet_id or nat is not pkt.nat or probe is not None:
-                pkt = Packet(packet_id, pkt.direction, pkt.sightings, nat, probe)
+                pkt = Packet(packet_id, direction, pkt.sightings, nat, probe)
             analysis.packet_count += 1
             if one_point:
                 key = fingerprint(pkt.first.headers)

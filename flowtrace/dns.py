@@ -513,6 +513,18 @@ class _DnsTracer:
             conntrack = f"(conntrack not readable: {exc.message})"
         return replace(ev, rule=rule, conntrack=conntrack)
 
+    @staticmethod
+    def _manifest_nat(result: DnsLookup) -> list[dict[str, Any]]:
+        """Each rewrite with the packet id it belongs to, as the tracer's manifest has them:
+        analyze and load() put these back (no two sightings show them)."""
+        from flowtrace.output.jsonout import nat_dict
+
+        entries = []
+        for ev in result.nat:
+            pkt = _packet_of(ev, result)
+            entries.append(dict(nat_dict(ev), packet=pkt.packet_id if pkt else None))
+        return entries
+
     def _record(
         self,
         output_dir: Path | None,
@@ -521,7 +533,6 @@ class _DnsTracer:
         result: DnsLookup,
         interrupted: bool,
     ) -> Path:
-        from flowtrace.output.jsonout import nat_dict
         from flowtrace.output.traceset import TraceRecorder
         from flowtrace.pcap.pcapset import claim_set_dir, new_set_dir
 
@@ -540,7 +551,7 @@ class _DnsTracer:
         recorder.write(dict(enumerate(frames)), result.packets)
         recorder.close(
             result.stats,
-            {"interrupted": interrupted, "nat": [nat_dict(ev) for ev in result.nat]},
+            {"interrupted": interrupted, "nat": self._manifest_nat(result)},
         )
         return recorder.path
 
@@ -553,6 +564,11 @@ def _sent_from(pkt: Packet, ours: tuple[str, int | None]) -> bool:
 def _sent_to(pkt: Packet, ours: tuple[str, int | None]) -> bool:
     """Seen with our socket's address as destination (after any reverse NAT)."""
     return any((s.headers.dst, s.headers.dport) == ours for s in pkt.sightings)
+
+
+def _packet_of(ev: NatEvent, result: DnsLookup) -> Packet | None:
+    """The packet a rewrite before the first point belongs to: the query's or the answer's."""
+    return result.answer if ev.reverse_of else result.query
 
 
 def _udp_socket(server: str) -> socket.socket:

@@ -22,6 +22,7 @@ import docker
 import pytest
 from test_trace import FLOWTRACE, run_cli, tshark_fields
 
+from flowtrace import api
 from flowtrace.errors import ExitStatus
 from flowtrace.lab import LabState
 
@@ -119,6 +120,13 @@ def test_lookup_on_a_user_network_goes_through_the_embedded_dns_dnat(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "dns" and manifest["complete"] is True
     assert manifest["dns"]["records"] == doc["records"]
+
+    # offline: load() puts back the rewrites no two sightings show, from the manifest
+    loaded = api.load(out)
+    first, second = loaded.packets
+    assert [ev.kind for ev in first.nat] == ["DNAT"] and first.direction == "request"
+    assert first.nat[0].rule == query_nat["rule"]
+    assert [ev.reverse_of for ev in second.nat] == ["DNAT"] and second.direction == "reply"
 
 
 def test_the_name_resolved_is_the_address_ping_by_name_uses(lab: LabState) -> None:

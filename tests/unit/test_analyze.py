@@ -504,3 +504,41 @@ def test_a_syn_and_the_rst_after_it_have_hop_rows_of_their_own() -> None:
     latency = text.split("per-hop latency\n", 1)[1].splitlines()
     groups = [line for line in latency if line and not line.startswith(("  ", "hop "))]
     assert groups == ["request, TCP SYN", "request, TCP RST", "reply, TCP SYN-ACK"]
+
+
+def test_rewrites_off_the_path_come_back_from_the_manifest() -> None:
+    from flowtrace.analyze import _rewrites_off_the_path
+
+    def entry(packet: object, kind: str, between: list[str], **extra: object) -> dict[str, object]:
+        return {
+            "packet": packet,
+            "kind": kind,
+            "between": between,
+            "before": {"ip": "127.0.0.11", "port": 53},
+            "after": {"ip": "127.0.0.11", "port": 40975},
+            "rule": "-A DOCKER_OUTPUT ... -j DNAT",
+            "conntrack": "udp ...",
+            **extra,
+        }
+
+    manifest = {
+        "nat": [
+            entry(1, "DNAT", ["c3 socket", "c3/lo"]),  # before the first point
+            entry(2, "SNAT", ["c3/lo", "host (local stack)"], reverse_of="DNAT"),  # after the last
+            entry(3, "SNAT", ["c3/lo", "c3/eth0"]),  # between two points: the sightings show it
+            entry("x", "DNAT", ["c3 socket", "c3/lo"]),  # unreadable: skipped
+            {"kind": "DNAT"},
+        ]
+    }
+    found = _rewrites_off_the_path(manifest, ["c3/lo", "c3/eth0"])
+    assert sorted(found) == [1, 2]
+    (dnat,) = found[1]
+    assert (dnat.kind, dnat.between, str(dnat.before), str(dnat.after)) == (
+        "DNAT",
+        ("c3 socket", "c3/lo"),
+        "127.0.0.11:53",
+        "127.0.0.11:40975",
+    )
+    assert dnat.rule == "-A DOCKER_OUTPUT ... -j DNAT" and dnat.reverse_of is None
+    assert found[2][0].reverse_of == "DNAT"
+    assert _rewrites_off_the_path(None, ["c3/lo"]) == {}
