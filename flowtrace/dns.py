@@ -443,8 +443,7 @@ class _DnsTracer:
             if ev is not None:
                 ev = self._explain(ev, points[0], sent_from)
                 nat.append(ev)
-                server_socket = ev.after
-            last = query.last.headers
+            last = query.last.headers  # where it was delivered, after every rewrite
             server_socket = Address(last.dst, last.dport)
         if answer is not None:
             ev = answer_rewrite(label, server_socket, answer.first, answer.first.point)
