@@ -649,7 +649,7 @@ def _analyze(
 
 def summary_dict(analysis: Analysis) -> dict[str, Any]:
     """Everything but the packets: flows, NAT events with counts, per-hop statistics."""
-    from flowtrace import __version__
+    from flowtrace._version import __version__
     from flowtrace.output.jsonout import SCHEMA_VERSION, nat_dict, point_dict
 
     return {

@@ -222,7 +222,7 @@ def _start_manifest(
     points: Sequence[Point],
     notes: list[str],
 ) -> dict[str, Any]:
-    from flowtrace import __version__
+    from flowtrace._version import __version__
     from flowtrace.pcap.pcapset import MANIFEST_FORMAT, library_versions, point_entry
 
     return {

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from flowtrace import __version__
+from flowtrace._version import __version__
 from flowtrace.errors import ExitStatus, FlowtraceError
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -9,7 +9,7 @@ import json
 import statistics
 from typing import Any
 
-from flowtrace import __version__
+from flowtrace._version import __version__
 from flowtrace.model import NatEvent, Packet, Point, Sighting, Trace
 
 SCHEMA_VERSION = 1

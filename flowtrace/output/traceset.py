@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flowtrace import __version__
+from flowtrace._version import __version__
 from flowtrace.model import Frame, Packet, Point, PointStats
 from flowtrace.output.terminal import nat_text
 

@@ -228,7 +228,7 @@ def new_manifest(
     kind: "trace" or "capture"; endpoints: by role, e.g. {"src": ..., "dst": ...};
     tools: versions of system programs used (tcpdump, iptables, ...).
     """
-    from flowtrace import __version__
+    from flowtrace._version import __version__
 
     return {
         "format": MANIFEST_FORMAT,

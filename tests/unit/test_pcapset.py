@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flowtrace import __version__
+from flowtrace._version import __version__
 from flowtrace.errors import CaptureFormatError, FlowtraceError, NotFoundError
 from flowtrace.model import Endpoint, Namespace, Point, PointStats
 from flowtrace.pcap.pcapset import (
