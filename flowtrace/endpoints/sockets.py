@@ -166,3 +166,22 @@ def find_socket_owner(ns_path: str, proto: str, ip: str, port: int) -> SocketOwn
     """Who receives proto packets to ip:port in that namespace, or None."""
     entry = bound_socket(read_sockets(ns_path, proto), ip, port, listening_only=proto == "tcp")
     return owner_of(entry.inode) if entry is not None else None
+
+
+def connections_to(pid: int, remote_ip: str, remote_port: int) -> dict[tuple[str, int], int]:
+    """A process's own TCP connections to one address: (local address, port) -> its fd."""
+    fds = socket_fds(pid)
+    return {
+        (s.local_ip, s.local_port): fds[s.inode]
+        for s in process_sockets(pid)
+        if s.inode in fds and (s.remote_ip, s.remote_port) == (remote_ip, remote_port)
+    }
+
+
+def fd_connected_from(pid: int, client: tuple[str, int]) -> int | None:
+    """A process's fd of the TCP connection it has with `client`, if any."""
+    fds = socket_fds(pid)
+    for s in process_sockets(pid):
+        if s.inode in fds and (s.remote_ip, s.remote_port) == client:
+            return fds[s.inode]
+    return None

@@ -17,7 +17,7 @@ from flowtrace.topology.drops import (
 from flowtrace.topology.kernel import RTN_LOCAL, RTN_UNREACHABLE, Link, NetnsState, Route
 from flowtrace.topology.nat_rules import find_drop_rule, parse_iptables_save
 
-DATA = Path(__file__).parents[1] / "data"
+DATA = Path(__file__).parents[2] / "data"
 PUBLISHED = parse_iptables_save((DATA / "iptables-save-docker-published.txt").read_text())
 USER_BRIDGE = "br-ad42cc5d303a"
 

@@ -8,7 +8,6 @@ rewritten between host/docker0 and host/ft-uplink and the reply is put back.
 from __future__ import annotations
 
 import json
-import struct
 import tracemalloc
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,14 +15,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
+from sample_frames import C1_IP, OUTSIDE_IP, POINTS, UPLINK_IP, snat_ping
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP
 
-from flowtrace import analyze as analyze_module
 from flowtrace.analyze import Analysis, analyze, parse_point_names, summary_dict
-from flowtrace.capturing import trim_to_count
+from flowtrace.analyze import passes as analyze_module
 from flowtrace.cli import cli
 from flowtrace.correlate.decode import decode_frame
 from flowtrace.correlate.match import INITIAL_HOLD_NS, Correlator, correlate
@@ -33,41 +32,6 @@ from flowtrace.output.terminal import render_analysis
 from flowtrace.pcap import reader as reader_module
 from flowtrace.pcap.pcapng import PcapngWriter, write_classic_pcap
 from flowtrace.pcap.pcapset import write_manifest
-from flowtrace.pcap.reader import open_capture
-from flowtrace.probe import internet_checksum, ipv4_header
-
-C1_IP, UPLINK_IP, OUTSIDE_IP = "172.17.0.2", "203.0.113.1", "203.0.113.2"
-POINTS = ("c1/eth0", "host/docker0", "host/ft-uplink")
-START_NS = 1_795_800_000_000_000_000
-MAC = b"\x02\x42\xac\x11\x00\x02"
-
-
-def echo(src: str, dst: str, kind: int, ident: int, seq: int, ip_id: int) -> bytes:
-    """An Ethernet frame holding an ICMP echo request (kind 8) or reply (kind 0)."""
-    body = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + seq.to_bytes(4, "big") * 8
-    body = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
-    return MAC + MAC + b"\x08\x00" + ipv4_header(src, dst, 1, ip_id, len(body)) + body
-
-
-def snat_ping(pings: int, spacing_ns: int = 10_000_000) -> list[tuple[int, int, bytes]]:
-    """(point index, time, frame) of `pings` MASQUERADEd echo exchanges, in time order."""
-    frames = []
-    for seq in range(pings):
-        t = START_NS + seq * spacing_ns
-        request, reply = 1000 + seq, 5000 + seq
-        inside = echo(C1_IP, OUTSIDE_IP, 8, 77, seq, request)
-        outside = echo(UPLINK_IP, OUTSIDE_IP, 8, 77, seq, request)
-        answer_outside = echo(OUTSIDE_IP, UPLINK_IP, 0, 77, seq, reply)
-        answer_inside = echo(OUTSIDE_IP, C1_IP, 0, 77, seq, reply)
-        frames += [
-            (0, t, inside),
-            (1, t + 10_000, inside),
-            (2, t + 60_000, outside),
-            (2, t + 100_000, answer_outside),
-            (1, t + 110_000, answer_inside),
-            (0, t + 115_000, answer_inside),
-        ]
-    return frames
 
 
 def write_pcapng(
@@ -254,45 +218,6 @@ def test_cli_usage_mistakes_are_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("flowtrace: "), (args, result.output)
 
 
-def _capture_file(path: Path, frames: list[tuple[int, int, bytes]], points: int) -> Path:
-    """A capture the way the engine writes it: points interleave block by block, then ISBs."""
-    with path.open("wb") as handle:
-        writer = PcapngWriter(handle)
-        for index in range(points):
-            writer.add_interface(f"p{index}")
-        for point in range(points):
-            for p, t, d in frames:
-                if p == point:
-                    writer.write_packet(p, t, d, outbound=True)
-        for point in range(points):
-            writer.write_stats(point, START_NS + 10**9, 100, 0)
-    return path
-
-
-def test_trim_to_count_keeps_the_earliest_packets_and_the_statistics(tmp_path: Path) -> None:
-    frames = snat_ping(4)[:20]
-    path = _capture_file(tmp_path / "capture.pcapng", frames, 3)
-    packets, nbytes = trim_to_count(path, 7, 3)
-    earliest = sorted(frames, key=lambda f: f[1])[:7]
-    assert packets == [sum(1 for f in earliest if f[0] == i) for i in range(3)]
-    assert nbytes == [sum(len(f[2]) for f in earliest if f[0] == i) for i in range(3)]
-    with open_capture(path) as reader:
-        records = list(reader)
-        assert len(reader.latest_stats()) == 3 and not reader.truncated
-    kept = sorted((r.interface, r.time_ns, r.data) for r in records)
-    assert all(r.outbound is True for r in records)  # the direction flag survives
-    assert kept == sorted(earliest)
-    assert trim_to_count(path, 50, 3) == (packets, nbytes)  # fewer than asked: untouched
-
-
-def test_trim_to_count_breaks_ties_in_file_order(tmp_path: Path) -> None:
-    same_time = [(0, START_NS, echo(C1_IP, OUTSIDE_IP, 8, 1, n, n)) for n in range(5)]
-    path = _capture_file(tmp_path / "capture.pcapng", same_time, 1)
-    assert trim_to_count(path, 2, 1)[0] == [2]
-    with open_capture(path) as reader:
-        assert [r.data for r in reader] == [same_time[0][2], same_time[1][2]]
-
-
 def _peak_memory(path: Path, keep_packets: bool = False) -> int:
     tracemalloc.start()
     try:
@@ -338,14 +263,14 @@ def test_summary_counts_match_the_streamed_packets(tmp_path: Path) -> None:
 
 
 def test_packet_json_is_exactly_what_json_dumps_writes(tmp_path: Path) -> None:
-    from flowtrace.analyze import packet_json
     from flowtrace.output.jsonout import packet_dict
+    from flowtrace.output.jsonstream import packet_json
 
     odd_names = ('c1/"eth0"', "host/dockér0", "host/ft\\uplink")
     packets = list(
         analyze(write_pcapng(tmp_path / "odd.pcapng", snat_ping(2), odd_names)).trace.packets
     )
-    examples = Path(__file__).resolve().parents[2] / "captures" / "examples"
+    examples = Path(__file__).resolve().parents[3] / "captures" / "examples"
     for folder in sorted(examples.iterdir()):
         if (folder / "manifest.json").exists():
             packets += analyze(folder).trace.packets  # traces: probes, TCP, ICMP errors, NAT
@@ -417,7 +342,7 @@ def signature(pkt: Packet) -> tuple[tuple[str, int], ...]:
 
 
 def test_rules_and_conntrack_come_back_from_the_manifest() -> None:
-    from flowtrace.analyze import _explain_from_manifest, _rewrites_in_manifest
+    from flowtrace.analyze.manifest import explain_from_manifest, rewrites_in_manifest
     from flowtrace.model import Address, NatEvent
 
     manifest = {
@@ -432,21 +357,21 @@ def test_rules_and_conntrack_come_back_from_the_manifest() -> None:
             {"packet": "bad", "kind": "SNAT", "between": []},
         ]
     }
-    explained = _rewrites_in_manifest(manifest)
+    explained = rewrites_in_manifest(manifest)
     assert list(explained) == [(1, "SNAT", "host/docker0", "host/ft-uplink")]
     event = NatEvent(
         "SNAT", ("host/docker0", "host/ft-uplink"), Address("172.17.0.2"), Address("203.0.113.1")
     )
-    restored = _explain_from_manifest(event, 1, explained)
+    restored = explain_from_manifest(event, 1, explained)
     assert restored.rule is not None and "MASQUERADE" in restored.rule
     assert restored.conntrack is not None and "src=172.17.0.2" in restored.conntrack
-    assert _explain_from_manifest(event, 2, explained) is event  # another packet: untouched
-    assert _rewrites_in_manifest(None) == {}
+    assert explain_from_manifest(event, 2, explained) is event  # another packet: untouched
+    assert rewrites_in_manifest(None) == {}
 
 
 # --- per-hop latency by direction and packet kind -----------------------------------------
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "captures" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "captures" / "examples"
 UPLINK_TO_DOCKER0 = ("host/ft-uplink", "host/docker0")
 
 
@@ -507,7 +432,7 @@ def test_a_syn_and_the_rst_after_it_have_hop_rows_of_their_own() -> None:
 
 
 def test_rewrites_off_the_path_come_back_from_the_manifest() -> None:
-    from flowtrace.analyze import _rewrites_off_the_path
+    from flowtrace.analyze.manifest import rewrites_off_the_path
 
     def entry(packet: object, kind: str, between: list[str], **extra: object) -> dict[str, object]:
         return {
@@ -530,7 +455,7 @@ def test_rewrites_off_the_path_come_back_from_the_manifest() -> None:
             {"kind": "DNAT"},
         ]
     }
-    found = _rewrites_off_the_path(manifest, ["c3/lo", "c3/eth0"])
+    found = rewrites_off_the_path(manifest, ["c3/lo", "c3/eth0"])
     assert sorted(found) == [1, 2]
     (dnat,) = found[1]
     assert (dnat.kind, dnat.between, str(dnat.before), str(dnat.after)) == (
@@ -541,4 +466,4 @@ def test_rewrites_off_the_path_come_back_from_the_manifest() -> None:
     )
     assert dnat.rule == "-A DOCKER_OUTPUT ... -j DNAT" and dnat.reverse_of is None
     assert found[2][0].reverse_of == "DNAT"
-    assert _rewrites_off_the_path(None, ["c3/lo"]) == {}
+    assert rewrites_off_the_path(None, ["c3/lo"]) == {}

@@ -11,15 +11,18 @@ import pytest
 
 from flowtrace._version import __version__
 from flowtrace.errors import CaptureFormatError, FlowtraceError, NotFoundError
-from flowtrace.model import Endpoint, Namespace, Point, PointStats
+from flowtrace.model import Namespace, Point, PointStats
 from flowtrace.pcap.pcapset import (
+    CAPTURE_FILE,
+    MANIFEST_FORMAT,
+    TRACE_FILE,
+    PcapSet,
     claim_set_dir,
     find_capture_files,
-    finish_manifest,
-    new_manifest,
     new_set_dir,
     read_manifest,
     safe_name,
+    start_manifest,
     write_manifest,
 )
 
@@ -156,62 +159,58 @@ def test_find_capture_files_errors(tmp_path: Path) -> None:
         find_capture_files(tmp_path / "*.pcap")
 
 
-def make_points() -> tuple[Endpoint, Endpoint, list[Point]]:
+def make_points() -> list[Point]:
     c1 = Namespace("/proc/101/ns/net", "c1", 4026532001, container="c1")
     host = Namespace("/proc/1/ns/net", "host", 4026531992)
-    points = [
+    return [
         Point("c1/eth0", c1, "eth0", 2, "source", addresses=("172.17.0.2",)),
         Point("host/docker0", host, "docker0", 3, "bridge", promisc=True),
     ]
-    src = Endpoint("c1", c1, ("172.17.0.2",), ip="172.17.0.2")
-    dst = Endpoint("203.0.113.9:80", host, ip="203.0.113.9", port=80)
-    return src, dst, points
 
 
 def test_manifest_at_start_and_end(tmp_path: Path) -> None:
-    src, dst, points = make_points()
-    started = new_manifest(
-        "trace",
-        ["flowtrace", "trace", "c1", "203.0.113.9:80"],
-        "trace.pcapng",
-        points,
-        endpoints={"src": src, "dst": dst},
-        tools={"iptables": "1.8.9"},
-        started=NOW,
+    points = make_points()
+    pcap_set = PcapSet.create(tmp_path / "set", "c1", "203.0.113.9", TRACE_FILE)
+    started = start_manifest(
+        "tcp", "flowtrace tcp c1 203.0.113.9:80", TRACE_FILE, points, count=1, notes=["n"]
     )
-    write_manifest(tmp_path, started)
-    on_disk = read_manifest(tmp_path)
+    pcap_set.start(started)
+    on_disk = read_manifest(pcap_set.directory)
     assert on_disk is not None
-    assert on_disk["complete"] is False and on_disk["ended"] is None
-    assert on_disk["flowtrace_version"] == __version__
+    assert on_disk["format"] == MANIFEST_FORMAT == "flowtrace-pcapset/2"
+    assert on_disk["complete"] is False and "ended" not in on_disk
+    assert on_disk["flowtrace"] == __version__
     assert on_disk["kernel"] == os.uname().release
-    assert on_disk["versions"]["iptables"] == "1.8.9" and "python" in on_disk["versions"]
-    assert on_disk["started"] == "2024-06-07T12:30:45+00:00"
-    assert on_disk["pcapng"] == "trace.pcapng"
-    assert on_disk["endpoints"]["dst"] == {
-        "spec": "203.0.113.9:80",
-        "netns": "host",
-        "container": None,
-        "ip": "203.0.113.9",
-        "port": 80,
-        "addresses": [],
-    }
+    assert "python" in on_disk["versions"] and on_disk["python"] == on_disk["versions"]["python"]
+    assert datetime.fromisoformat(on_disk["started"]).tzinfo is not None
+    assert (on_disk["kind"], on_disk["pcapng"], on_disk["count"]) == ("tcp", TRACE_FILE, 1)
     assert [p["id"] for p in on_disk["points"]] == ["c1/eth0", "host/docker0"]
     assert on_disk["points"][0]["description"] == "netns=c1 container=c1 role=source"
     assert on_disk["points"][1]["netns_path"] == "/proc/1/ns/net"
 
-    finished = finish_manifest(
-        on_disk,
-        [PointStats("c1/eth0", packets=4, drops=0), PointStats("host/docker0", 3, 1)],
-        ended=NOW + timedelta(seconds=2),
-        verdicts=["replied"],
+    pcap_set.finish(
+        [PointStats("c1/eth0", packets=4, drops=0, bytes=400), PointStats("host/docker0", 3, 1)],
+        verdicts=[{"probe": 0, "outcome": "replied"}],
     )
-    write_manifest(tmp_path, finished)
-    final = read_manifest(tmp_path)
+    final = read_manifest(pcap_set.directory)
     assert final is not None
-    assert final["complete"] is True
-    assert final["ended"] == "2024-06-07T12:30:47+00:00"
+    assert final["complete"] is True and final["ended"] >= final["started"]
     assert [(p["packets"], p["drops"]) for p in final["points"]] == [(4, 0), (3, 1)]
-    assert final["verdicts"] == ["replied"]
-    assert on_disk["complete"] is False, "finish_manifest returns a copy"
+    assert final["stats"][0] == {"point": "c1/eth0", "packets": 4, "drops": 0, "bytes": 400}
+    assert final["verdicts"] == [{"probe": 0, "outcome": "replied"}]
+    assert started["complete"] is False, "finish_manifest returns a copy"
     json.dumps(final)  # plain JSON all the way down
+
+
+def test_a_set_that_never_started_is_taken_back(tmp_path: Path) -> None:
+    made = PcapSet.create(tmp_path / "new", "c1", "c2", CAPTURE_FILE)
+    made.start({"complete": False})
+    made.capture_path.write_bytes(b"")
+    made.discard()
+    assert not made.directory.exists()
+    own = tmp_path / "mine"
+    own.mkdir()
+    kept = PcapSet.create(own, "c1", "c2", CAPTURE_FILE)
+    kept.start({"complete": False})
+    kept.discard()
+    assert own.is_dir() and not any(own.iterdir())  # the user's own folder stays, empty

@@ -15,14 +15,15 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Ether
 
-from flowtrace import analyze as analyze_module
-from flowtrace.analyze import analyze, packet_json, summary_dict
+from flowtrace.analyze import analyze, summary_dict
+from flowtrace.analyze import passes as analyze_module
 from flowtrace.correlate.decode import decode_frame
 from flowtrace.correlate.match import Correlator
 from flowtrace.model import Address, Headers, NatEvent, Packet, Sighting
 from flowtrace.output.jsonout import packet_dict
+from flowtrace.output.jsonstream import packet_json
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "captures" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "captures" / "examples"
 POINTS = ["c1/eth0", "host/veth1", "host/docker0", "host/eth0", "ext/eth0"]
 T0 = 1_700_000_000_000_000_000
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import socket
 import struct
 
-from flowtrace.api import Route, TraceOptions
 from flowtrace.capture.bpf import compile_filter
-from flowtrace.model import Endpoint, Frame, Namespace, Point
+from flowtrace.correlate.decode import arp_fields
+from flowtrace.correlate.verdicts import NoExplainer, arp_seen, decide
+from flowtrace.model import Endpoint, Frame, Namespace, Point, TraceOptions
+from flowtrace.run.trace import ProbeTrace
 from flowtrace.topology.path import Blocked, PathPlan
-from flowtrace.tracer import Tracer, arp_fields
+from flowtrace.topology.route import Route
 
 M1 = Namespace("/proc/31/ns/net", "m1", 31, "m1")
 HOST = Namespace("/proc/self/ns/net", "host", 1)
@@ -25,7 +27,7 @@ def arp(op: int, sender: str, target: str) -> bytes:
     return header + body
 
 
-def tracer(count: int = 1) -> Tracer:
+def tracer(count: int = 1) -> ProbeTrace:
     points = [
         Point("m1/eth0", M1, "eth0", 2, "source"),
         Point("host/ft-l2a", HOST, "ft-l2a", 20, "parent"),
@@ -38,7 +40,7 @@ def tracer(count: int = 1) -> Tracer:
     )
     src = Endpoint("m1", M1, ("198.51.100.67",), "198.51.100.67")
     dst = Endpoint("host", HOST, ("198.51.100.65",), "198.51.100.65")
-    return Tracer(Route(src, dst, "198.51.100.65", None, plan), TraceOptions(count=count))
+    return ProbeTrace(Route(src, dst, "198.51.100.65", None, plan), TraceOptions(count=count))
 
 
 def test_arp_fields_reads_ipv4_arp_only() -> None:
@@ -54,7 +56,7 @@ def test_arp_fields_reads_ipv4_arp_only() -> None:
 
 
 def test_a_blocked_path_also_captures_the_arp_about_the_neighbour() -> None:
-    expr = tracer()._capture_filter()
+    expr = tracer().capture_filter()
     assert expr.endswith("or (arp and (arp[24:4] = 0xc6336441 or arp[14:4] = 0xc6336441))")
     assert compile_filter(expr)  # libpcap accepts it
 
@@ -62,22 +64,24 @@ def test_a_blocked_path_also_captures_the_arp_about_the_neighbour() -> None:
 def test_an_open_path_captures_only_the_probes() -> None:
     t = tracer()
     t.route.plan.blocked = None
-    assert "arp" not in t._capture_filter()
+    assert "arp" not in t.capture_filter()
 
 
 def test_the_verdict_counts_the_unanswered_arp_where_it_was_seen() -> None:
     t = tracer(count=2)
-    t.sent_at = {0: 1_000, 1: 5_000}
+    ids = t.point_ids
     request = arp(1, "198.51.100.67", "198.51.100.65")
     other = arp(1, "198.51.100.67", "198.51.100.66")
-    t.frames = [
+    frames = [
         Frame(0, 1_100, request, len(request), True),
         Frame(1, 1_110, request, len(request), True),
         Frame(0, 2_100, request, len(request), True),
         Frame(1, 2_110, request, len(request), True),
         Frame(0, 2_500, other, len(other), True),
     ]
-    first, second = t._verdict(0), t._verdict(1)
+    facts = t.probe_facts()
+    first = decide(0, [], facts, NoExplainer(), arp_seen(frames, ids, 1_000, 5_000))
+    second = decide(1, [], facts, NoExplainer(), arp_seen(frames, ids, 5_000, None))
     assert (first.outcome, first.last_point) == ("lost", "host/ft-l2a")
     assert first.detail == (
         "never left m1: its ARP request for 198.51.100.65 (2 sent, seen at m1/eth0 and "
@@ -90,8 +94,9 @@ def test_the_verdict_counts_the_unanswered_arp_where_it_was_seen() -> None:
 
 def test_an_answered_arp_means_the_prediction_was_wrong() -> None:
     t = tracer()
-    t.sent_at = {0: 1_000}
     answer = arp(2, "198.51.100.65", "198.51.100.67")
-    t.frames = [Frame(0, 1_200, answer, len(answer), False)]
-    verdict = t._verdict(0)
+    frames = [Frame(0, 1_200, answer, len(answer), False)]
+    verdict = decide(
+        0, [], t.probe_facts(), NoExplainer(), arp_seen(frames, t.point_ids, 1_000, None)
+    )
     assert verdict.detail == "not seen leaving the source"

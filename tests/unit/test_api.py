@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 
 import flowtrace
-from flowtrace.analyze import PacketIds, ProbeNumbers, verdict_from_text
-from flowtrace.model import Address, Headers, Packet, Sighting, Trace, Verdict
+from flowtrace.model import Address, Packet, Trace
 from flowtrace.output.frames import SIGHTING_COLUMNS, hops_dataframe, nat_hop_index, to_dataframe
 from flowtrace.output.plot import packet_kind
 from flowtrace.pcap.reader import open_capture
@@ -325,66 +324,3 @@ def test_to_dataframe_gives_one_full_row_per_sighting(ping: Trace, snat: Trace) 
 
 
 # --- the pieces, on constructed data ------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "verdict",
-    [
-        Verdict(0, "replied", None, "echo reply", 120_000),
-        Verdict(3, "refused", None, "RST from 172.17.0.6: the port is closed", 90_000),
-        Verdict(1, "unreachable", None, "destination unreachable (code 3) from 10.0.0.1", 5),
-        Verdict(2, "lost", "host/docker0", "no sighting after host/docker0"),
-        Verdict(4, "lost", None, "not seen leaving the source"),
-        Verdict(5, "delivered", None, "no answer came back"),
-        Verdict(6, "replied"),
-    ],
-    ids=lambda v: str(v),
-)
-def test_verdict_text_reads_back(verdict: Verdict) -> None:
-    assert verdict_from_text(verdict.probe, str(verdict), verdict.rtt_ns) == verdict
-
-
-def test_verdict_text_that_is_no_verdict_is_ignored() -> None:
-    assert verdict_from_text(0, "exploded") is None
-    assert verdict_from_text(0, "lost", rtt_ns=7) == Verdict(0, "lost")  # no round trip
-
-
-def test_packet_ids_keep_recorded_ones_and_never_repeat() -> None:
-    ids = PacketIds()
-    assert [ids.assign({1}), ids.assign({2}), ids.assign({5})] == [1, 2, 5]
-    assert ids.assign({None}) == 6  # not recorded: the next free id
-    assert ids.assign({7, 8}) == 7  # sightings disagree: a fresh one
-    assert ids.assign({7}) == 8  # taken already: a fresh one rather than a repeat
-    assert ids.assign({20}) == 20
-
-
-def tcp_packet(direction: str, flags: int, seq: int, ack: int, at_ns: int) -> Packet:
-    headers = Headers(4, "203.0.113.2", "203.0.113.1", 6, 1, 64, 40, 40000, 8080,
-                      tcp_seq=seq, tcp_ack=ack, tcp_flags=flags)  # fmt: skip
-    sighting = Sighting("outside/eth0", at_ns, headers)
-    return Packet(0, direction, (sighting,))  # type: ignore[arg-type]
-
-
-def test_tcp_probe_numbers_survive_a_sequence_wrap_and_ignore_strangers() -> None:
-    numbers = ProbeNumbers("tcp", 3, "outside/eth0")
-    mark = 0xFFFF_F001  # probe 1's ISN wraps past 2**32
-    syn, synack, rst = 0x02, 0x12, 0x04
-    packets = []
-    for probe in range(3):
-        isn = (mark + probe * 0x10000) % 2**32
-        packets += [
-            tcp_packet("request", syn, isn, 0, probe * 10),
-            tcp_packet("reply", synack, 12345, (isn + 1) % 2**32, probe * 10 + 1),
-            tcp_packet("request", rst, (isn + 1) % 2**32, 0, probe * 10 + 2),
-        ]
-    assert [numbers.number(p) for p in packets] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    # A SYN that is none of the trace's (its low half differs) is not given a number of its own.
-    stranger = tcp_packet("request", syn, (mark + 5) % 2**32, 0, 100)
-    assert numbers.number(stranger) == 2  # the latest probe, like any unmarked packet
-
-
-def test_sets_that_a_trace_did_not_write_get_no_probe_numbers() -> None:
-    assert ProbeNumbers.for_set(None) is None
-    assert ProbeNumbers.for_set({"kind": "capture", "points": []}) is None
-    numbers = ProbeNumbers.for_set({"kind": "icmp", "count": 3, "points": [{"id": "c1/eth0"}]})
-    assert numbers is not None and numbers.source == "c1/eth0"

@@ -16,9 +16,9 @@ import pytest
 
 from flowtrace.topology.conntrack import attributes, format_entry, pick_entry, tuple_fields
 
-RECORDED = json.loads(
-    (Path(__file__).parent.parent / "data" / "conntrack-entries.json").read_text()
-)["entries"]
+RECORDED = json.loads((Path(__file__).parents[2] / "data" / "conntrack-entries.json").read_text())[
+    "entries"
+]
 
 
 @pytest.mark.parametrize("record", RECORDED, ids=lambda r: r["conntrack_L"][:40])

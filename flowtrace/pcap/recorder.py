@@ -1,27 +1,24 @@
-"""Write a trace's pcap set as it goes: trace.pcapng + manifest.json.
+"""Write a live run's pcap set as it goes: trace.pcapng + manifest.json.
 
 The pcapng has one Interface Description Block per point (if_name = point id,
 if_description = namespace/container/role, nanosecond timestamps); every sighting of
 one packet carries the same epb_packetid (`frame.packet_id == N` in Wireshark shows one
 packet's journey) and a comment naming the hop and any rewrite.  Blocks are appended
-and flushed probe by probe, and the manifest is rewritten atomically, so Ctrl-C or a
-dying container leaves a valid, readable set.
+and flushed chunk by chunk (a probe's worth), and the manifest is rewritten
+atomically, so Ctrl-C or a dying container leaves a valid, readable set.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from flowtrace._version import __version__
 from flowtrace.model import Frame, Packet, Point, PointStats
-from flowtrace.output.terminal import nat_text
-
-PCAPNG_NAME = "trace.pcapng"
+from flowtrace.pcap.pcapng import PcapngWriter
+from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet, start_manifest
 
 
 def sighting_comment(pkt: Packet, index: int, points: dict[str, Point]) -> str:
@@ -33,28 +30,27 @@ def sighting_comment(pkt: Packet, index: int, points: dict[str, Point]) -> str:
     )
     if index > 0:
         text += f", +{(s.time_ns - pkt.sightings[index - 1].time_ns) / 1000:.1f} us"
-    changes = [nat_text(ev) for ev in pkt.nat if ev.between[1] == s.point]
+    changes = [ev.label for ev in pkt.nat if ev.between[1] == s.point]
     if changes:
         text += "; rewritten: " + "; ".join(changes)
     return text
 
 
 class TraceRecorder:
-    """Appends correlated packets to a pcapng set; valid after every flush."""
+    """Appends correlated packets to a set's pcapng; the set is valid after every write."""
 
     def __init__(
         self,
-        directory: Path,
+        pcap_set: PcapSet,
         points: Sequence[Point],
-        manifest: dict[str, Any],
+        kind: str,
+        command: str,
+        fields: dict[str, Any],
         names: Sequence[tuple[str, Sequence[str]]] = (),
     ) -> None:
-        from flowtrace.pcap.pcapng import PcapngWriter
-        from flowtrace.pcap.pcapset import point_entry
-
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / PCAPNG_NAME
+        self.set = pcap_set
+        self.directory = pcap_set.directory
+        self.path = pcap_set.capture_path
         self.points = list(points)
         self._by_id = {p.id: p for p in points}
         self._index = {p.id: i for i, p in enumerate(points)}
@@ -69,19 +65,8 @@ class TraceRecorder:
             )
         if names:
             self._writer.write_names(names)
-        self.manifest = dict(manifest)
-        self.manifest.update(
-            {
-                "flowtrace": __version__,
-                "pcapng": PCAPNG_NAME,
-                "points": [point_entry(p) for p in points],
-                "kernel": platform.release(),
-                "python": platform.python_version(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "complete": False,
-            }
-        )
-        self._flush()
+        self._flush_file()
+        pcap_set.start(start_manifest(kind, command, TRACE_FILE, points, **fields))
 
     def write(
         self,
@@ -117,33 +102,21 @@ class TraceRecorder:
                 self._writer.write_packet(
                     frame.point, frame.time_ns, frame.data, frame.orig_len, outbound=frame.outbound
                 )
-        self._flush()
+        self._flush_file()
+        self.set.save()
 
-    def _flush(self) -> None:
-        from flowtrace.pcap.pcapset import write_manifest
-
+    def _flush_file(self) -> None:
         self._writer.flush()
         self._file.flush()
         os.fsync(self._file.fileno())
-        write_manifest(self.directory / "manifest.json", self.manifest)
 
-    def close(
-        self,
-        stats: Sequence[PointStats],
-        extra: dict[str, Any] | None = None,
-        complete: bool = True,
-    ) -> None:
+    def close(self, stats: Sequence[PointStats], *, complete: bool = True, **extra: Any) -> None:
         if self._file.closed:
             return
         now = time.time_ns()
         for s in stats:
             if s.point in self._index:
                 self._writer.write_stats(self._index[s.point], now, s.packets, s.drops)
-        self.manifest["stats"] = [
-            {"point": s.point, "packets": s.packets, "drops": s.drops} for s in stats
-        ]
-        self.manifest["ended"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.manifest.update(extra or {})
-        self.manifest["complete"] = complete
-        self._flush()
+        self._flush_file()
         self._file.close()
+        self.set.finish(stats, complete=complete, **extra)

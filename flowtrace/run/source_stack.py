@@ -20,11 +20,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from flowtrace.errors import FlowtraceError
 from flowtrace.model import Address, NatEvent, Packet
+from flowtrace.topology.rewrites import Flow, explain_rewrite
 
 if TYPE_CHECKING:
-    from flowtrace.api import Route
+    from flowtrace.topology.route import Route
 
 
 def local_stack(route: Route) -> str:
@@ -84,20 +84,21 @@ def _explain(
     icmp_id: int | None,
 ) -> NatEvent:
     """The rule (nat OUTPUT for a DNAT, POSTROUTING for a SNAT) and the conntrack entry."""
-    from flowtrace.topology.conntrack import find_entry
-    from flowtrace.topology.nat_rules import attribute, read_ruleset
-
-    ns = route.src.netns.path
     local = (*route.src.addresses, ev.after.ip if ev.kind == "SNAT" else peer.ip)
-    try:
-        rule = attribute(read_ruleset(ns), ev, proto, None, out_iface, local, peer=peer)
-    except FlowtraceError as exc:
-        rule = f"(rules not readable: {exc.message})"
     # the connection as the source opened it: before either rewrite
     src = ev.before if ev.kind == "SNAT" else peer
     dst = peer if ev.kind == "SNAT" else ev.before
-    try:
-        conntrack = find_entry(ns, proto, src.ip, dst.ip, src.port, dst.port, icmp_id)
-    except FlowtraceError as exc:
-        conntrack = f"(conntrack not readable: {exc.message})"
-    return replace(ev, rule=rule, conntrack=conntrack)
+    flow = Flow(proto, src.ip, dst.ip, src.port, dst.port, icmp_id)
+    return explain_rewrite(
+        ev, route.src.netns.path, flow, in_iface=None, out_iface=out_iface, local=local, peer=peer
+    )
+
+
+def source_rewrites(route: Route, packets: list[Packet]) -> list[Packet]:
+    """The run's `rewrites` hook: what the source's own stack did before the first point."""
+    if route.plan.dnat_at_source:
+        return [source_dnat(route, pkt) for pkt in packets]
+    first = route.plan.points[0]
+    if first.role == "loopback":
+        return [loopback_snat(route, first.ifname, pkt) for pkt in packets]
+    return packets

@@ -29,7 +29,7 @@ from flowtrace.output.frames import (
     to_dataframe,
 )
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/unit: sample_traces.py
 
 
 def assert_schema(df: pd.DataFrame, columns: dict[str, str]) -> None:
