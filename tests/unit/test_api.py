@@ -324,3 +324,24 @@ def test_to_dataframe_gives_one_full_row_per_sighting(ping: Trace, snat: Trace) 
 
 
 # --- the pieces, on constructed data ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [PING, SNAT, DNAT], ids=lambda p: p.name)
+def test_a_set_of_schema_2_loads_the_verdicts_its_records_hold(path: Path, tmp_path: Path) -> None:
+    """The examples keep schema 1's verdict texts; the same set with records loads alike."""
+    import json
+    import shutil
+
+    from flowtrace.correlate.verdicts import verdict_from_record, verdict_record
+
+    copy = tmp_path / path.name
+    shutil.copytree(path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    records = []
+    for probe, text in enumerate(manifest["verdicts"]):
+        verdict = verdict_from_record(probe, text)
+        assert verdict is not None
+        records.append(verdict_record(verdict))
+    manifest.update(format="flowtrace-pcapset/2", verdicts=records)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert flowtrace.load(copy).verdicts == flowtrace.load(path).verdicts
