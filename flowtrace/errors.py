@@ -1,7 +1,9 @@
 """One exception type for everything a user can cause, each with its own exit code.
 
 The CLI maps a FlowtraceError to one line on stderr and its exit status; anything
-else is a bug and keeps its traceback (shown with --traceback).
+else is a bug and keeps its traceback (shown with --traceback).  The exit status of a
+command that ran to its end is decided here too (exit_status_for), so every command
+means the same by the same number.
 """
 
 from __future__ import annotations
@@ -65,3 +67,34 @@ class MissingToolError(FlowtraceError):
 
 class CaptureFormatError(FlowtraceError):
     status = ExitStatus.BAD_CAPTURE
+
+
+def exit_status_for(result: object) -> ExitStatus:
+    """The exit status a finished command's result calls for.
+
+    Interrupted (Ctrl-C, SIGTERM): 130, whatever else; a trace or lookup not answered:
+    10; a lab that is not whole: 5; else 0.  Results say so by their attributes
+    `interrupted`, `answered` and `complete`.
+    """
+    if getattr(result, "interrupted", False):
+        return ExitStatus.INTERRUPTED
+    if getattr(result, "answered", True) is False:
+        return ExitStatus.NO_REPLY
+    if getattr(result, "complete", True) is False:
+        return ExitStatus.NOT_FOUND
+    return ExitStatus.OK
+
+
+def error_status(exc: BaseException) -> tuple[ExitStatus, str] | None:
+    """The exit status and one-line message of an exception a user caused, else None
+    (a bug: its traceback is shown)."""
+    if isinstance(exc, FlowtraceError):
+        return exc.status, exc.message
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitStatus.INTERRUPTED, "interrupted"
+    if isinstance(exc, PermissionError):
+        return (
+            ExitStatus.NOT_ROOT,
+            f"permission denied ({exc.strerror or exc}): run flowtrace as root",
+        )
+    return None

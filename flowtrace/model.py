@@ -2,17 +2,22 @@
 
 The flow is endpoints -> topology (Points) -> capture (Frames) -> decode (Sightings)
 -> correlate (Packets with NatEvents) -> Trace -> outputs.  Nothing here imports
-anything but the standard library, so notebooks and unit tests can build these
-objects from recorded data.
+anything but the standard library and flowtrace.errors, so notebooks and unit tests
+can build these objects from recorded data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import pairwise
+from pathlib import Path
 from typing import Literal, NamedTuple
 
+from flowtrace.errors import FlowtraceError
+
 Direction = Literal["request", "reply"]
+#: What a trace sends: ICMP echo, a TCP SYN or a UDP datagram.
+ProbeKind = Literal["icmp", "tcp", "udp"]
 NatKind = Literal["SNAT", "DNAT"]
 
 #: Roles a point can play on a path, in the words the terminal view uses.
@@ -227,6 +232,21 @@ class NatEvent:
     #: (a MASQUERADEd request's reply has its destination put back: DNAT, reverse_of SNAT).
     reverse_of: NatKind | None = None
 
+    @property
+    def label(self) -> str:
+        """How the rewrite reads to a person: "SNAT 172.17.0.2 -> 203.0.113.1".
+
+        Ports (or ICMP ids) are shown only when the rewrite changed them, since
+        MASQUERADE usually keeps them and repeating them hides the address change.  A
+        reply's rewrite that undoes the request's translation says so.
+        """
+        if self.before.port == self.after.port:
+            before, after = self.before.ip, self.after.ip
+        else:
+            before, after = str(self.before), str(self.after)
+        text = f"{self.kind} {before} -> {after}"
+        return f"{text} (reverses {self.reverse_of})" if self.reverse_of else text
+
 
 @dataclass(frozen=True)
 class Packet:
@@ -264,6 +284,8 @@ class Verdict:
     #: Free words: the reply kind, the rule that dropped it, an ICMP error.
     detail: str = ""
     rtt_ns: int | None = None
+    #: The firewall rule that dropped the probe or its answer, as the system prints it.
+    rule: str | None = None
 
     @property
     def answered(self) -> bool:
@@ -279,6 +301,14 @@ class Verdict:
         else:
             text = self.outcome
         return f"{text} ({self.detail})" if self.detail else text
+
+
+@dataclass(frozen=True)
+class DropReason:
+    """Why a packet went no further: the rule that dropped it and the verdict's words."""
+
+    rule: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -305,6 +335,16 @@ class Trace:
     #: Plain sentences for the user: mode of a container, why there is no path...
     notes: tuple[str, ...] = ()
 
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C (or SIGTERM) ended the run before it was done."""
+        return bool(self.meta.get("interrupted"))
+
+    @property
+    def answered(self) -> bool:
+        """Every probe was answered (a reply or a refusal); vacuously true for a capture."""
+        return all(v.answered for v in self.verdicts)
+
     def point(self, point_id: str) -> Point:
         for p in self.points:
             if p.id == point_id:
@@ -326,3 +366,81 @@ class Trace:
     @property
     def nat_events(self) -> list[NatEvent]:
         return [ev for pkt in self.packets for ev in pkt.nat]
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """Everything a trace needs to know, converted from CLI flags or notebook arguments."""
+
+    kind: ProbeKind = "icmp"
+    count: int = 1
+    interval: float = 0.2
+    timeout: float = 2.0
+    output_dir: Path | None = None  # the pcap set folder; None: captures/<time>-<src>-<dst>/
+    record: bool = True  # write a pcap set at all
+    command: str = ""
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise FlowtraceError(f"bad count {self.count}: send at least one probe")
+        if self.interval < 0:
+            raise FlowtraceError(f"bad interval {self.interval}: it cannot be negative")
+        if self.timeout <= 0:
+            raise FlowtraceError(f"bad timeout {self.timeout}: it must be positive")
+
+
+#: The port a resolver asks a DNS server on.
+DNS_PORT = 53
+
+
+@dataclass(frozen=True)
+class ResolverConfig:
+    """Where a namespace's resolver looks: the files and the servers they name."""
+
+    resolv_conf: str  # the file, as the host sees it
+    hosts_file: str
+    nameservers: tuple[str, ...]
+    #: Where the files come from, in words ("c3's /etc/resolv.conf").
+    described_as: str
+
+
+@dataclass(frozen=True)
+class DnsLookup:
+    """A traced lookup: what was asked, of whom, which way it went, and the answer."""
+
+    src: Endpoint
+    name: str
+    qtype: str
+    config: ResolverConfig
+    #: The server asked.
+    server: str
+    #: An answer taken from the hosts file: no packet was sent.
+    hosts_answer: str | None = None
+    points: tuple[Point, ...] = ()
+    #: The query and answer as sent and received by the socket.
+    sent_from: Address | None = None
+    query: Packet | None = None
+    answer: Packet | None = None
+    #: Rewrites that happened before the first point (the nat OUTPUT chain) or after the
+    #: server answered (conntrack putting the source back): between[0] is "SRC socket".
+    nat: tuple[NatEvent, ...] = ()
+    #: The process that owns the server's socket, where the query was delivered.
+    server_process: str | None = None
+    server_socket: Address | None = None
+    rcode: str | None = None
+    records: tuple[str, ...] = ()
+    rtt_ns: int | None = None
+    #: Why no answer came when the network said so (an ICMP error), in words.
+    error: str | None = None
+    packets: tuple[Packet, ...] = ()
+    stats: tuple[PointStats, ...] = ()
+    notes: tuple[str, ...] = ()
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def answered(self) -> bool:
+        return self.hosts_answer is not None or self.rcode is not None
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.meta.get("interrupted"))

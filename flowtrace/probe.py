@@ -21,12 +21,12 @@ import secrets
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Literal
 
+from flowtrace.correlate.probes import isn_of
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import FlowtraceError
+from flowtrace.model import ProbeKind
 
-ProbeKind = Literal["icmp", "tcp", "udp"]
 MAGIC = b"flowtrace"
 
 
@@ -60,7 +60,7 @@ class ProbePlan:
 
     def seq_mark(self, seq: int) -> int:
         """The mark of probe number `seq` (TCP needs a distinct ISN per probe)."""
-        return (self.mark + seq * 0x10000) & 0xFFFFFFFF
+        return isn_of(self.mark, seq)
 
     def capture_filter(self, count: int) -> str:
         """A tcpdump expression matching the probes, their answers and ICMP errors."""

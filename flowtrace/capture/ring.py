@@ -52,7 +52,7 @@ CAPTURE_RING_MB = 32
 CAPTURE_RETIRE_MS = 60
 #: Tracing: a few MB and blocks that retire quickly, so probes show up at once.
 TRACE_RING_MB = 2
-TRACE_RETIRE_MS = 8
+TRACE_RETIRE_MS = 4
 #: 16 KiB blocks: 2 MB hold 128 of them, so the tracer may stall 128 x retire_ms.
 TRACE_BLOCK_SIZE = 16 * 1024
 

@@ -30,7 +30,7 @@ from operator import itemgetter
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from flowtrace import __version__
+from flowtrace._version import __version__
 from flowtrace.capture.bpf import DEFAULT_SNAPLEN, compile_filter
 from flowtrace.capture.ring import (
     CAPTURE_RETIRE_MS,

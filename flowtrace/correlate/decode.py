@@ -317,3 +317,11 @@ def _quoted_packet(data: bytes, start: int, end: int) -> Headers | None:
     except (IndexError, struct.error):
         return None
     return None
+
+
+def arp_fields(frame: bytes) -> tuple[int, str, str] | None:
+    """(operation, sender IP, target IP) of an Ethernet ARP frame for IPv4, else None."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x06" or frame[16:18] != b"\x08\x00":
+        return None
+    op = int.from_bytes(frame[20:22], "big")
+    return op, socket.inet_ntoa(frame[28:32]), socket.inet_ntoa(frame[38:42])

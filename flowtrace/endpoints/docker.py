@@ -39,19 +39,23 @@ class ContainerNet:
 
 
 @cache
-def _client() -> Any:
+def docker_client(timeout: float = 10) -> Any:
+    """The one Docker SDK client (per timeout), made once and checked with a ping.
+
+    Tracing asks for quick answers; the lab, which imports images, for a longer timeout.
+    """
     try:
         import docker
         from docker.errors import DockerException
     except ImportError as exc:  # pragma: no cover - a dependency
         raise DockerUnavailableError(f"the docker Python package is missing ({exc})") from None
     try:
-        client = docker.from_env(timeout=10)
+        client = docker.from_env(timeout=timeout)
         client.ping()
     except DockerException as exc:
         raise DockerUnavailableError(
-            "the Docker engine does not answer (is dockerd running? scripts/setup.sh starts it)"
-            f": {_short(exc)}"
+            f"the Docker engine does not answer ({_short(exc)}): start dockerd, "
+            "e.g. with `bash scripts/setup.sh`"
         ) from None
     return client
 
@@ -63,7 +67,7 @@ def _short(exc: Exception) -> str:
 
 def docker_available() -> bool:
     try:
-        _client()
+        docker_client()
     except DockerUnavailableError:
         return False
     return True
@@ -96,7 +100,7 @@ def inspect_container(spec: str) -> ContainerNet:
     """Find a container by name or id; NotFoundError when there is none."""
     from docker.errors import APIError, NotFound
 
-    client = _client()
+    client = docker_client()
     try:
         attrs = client.api.inspect_container(spec)
     except NotFound:
@@ -111,7 +115,7 @@ def inspect_container(spec: str) -> ContainerNet:
 
 def running_containers() -> list[ContainerNet]:
     """Every running container, for naming the namespaces flowtrace finds."""
-    client = _client()
+    client = docker_client()
     return [_from_attrs(client.api.inspect_container(c["Id"])) for c in client.api.containers()]
 
 

@@ -68,20 +68,50 @@ def parse_proc_net(text: str) -> list[SocketEntry]:
     return entries
 
 
+def remote_peers(entries: list[SocketEntry]) -> list[str]:
+    """The remote addresses of connected sockets (listeners and unbound ones left out)."""
+    unset = ("0.0.0.0", "::")
+    return [e.remote_ip for e in entries if e.remote_ip not in unset]
+
+
+def read_table(path: str) -> list[SocketEntry]:
+    """One /proc/.../net/{tcp,udp}{,6} table; empty when it cannot be read."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return parse_proc_net(handle.read())
+    except OSError:
+        return []
+
+
+def process_sockets(pid: int | str, proto: str = "tcp") -> list[SocketEntry]:
+    """IPv4 sockets of one protocol in the namespace of process `pid` ("self": ours)."""
+    return read_table(f"/proc/{pid}/net/{proto}")
+
+
+def socket_fds(pid: int) -> dict[int, int]:
+    """Socket inode -> file descriptor number, among a process's open files."""
+    found: dict[int, int] = {}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            found[int(link[8:-1])] = int(fd)
+    return found
+
+
 def read_sockets(ns_path: str, proto: str) -> list[SocketEntry]:
     """The namespace's sockets of one protocol ("tcp" or "udp"), IPv4 and IPv6."""
     from flowtrace.endpoints.netns import run_in_netns
 
     def read() -> list[SocketEntry]:
-        found: list[SocketEntry] = []
-        for table in (proto, proto + "6"):
-            try:
-                # thread-self: this thread's namespace, not the process's
-                with open(f"/proc/thread-self/net/{table}") as f:
-                    found += parse_proc_net(f.read())
-            except FileNotFoundError:
-                continue
-        return found
+        # thread-self: this thread's namespace, not the process's
+        return [e for t in (proto, proto + "6") for e in read_table(f"/proc/thread-self/net/{t}")]
 
     return run_in_netns(ns_path, read)
 
@@ -136,3 +166,22 @@ def find_socket_owner(ns_path: str, proto: str, ip: str, port: int) -> SocketOwn
     """Who receives proto packets to ip:port in that namespace, or None."""
     entry = bound_socket(read_sockets(ns_path, proto), ip, port, listening_only=proto == "tcp")
     return owner_of(entry.inode) if entry is not None else None
+
+
+def connections_to(pid: int, remote_ip: str, remote_port: int) -> dict[tuple[str, int], int]:
+    """A process's own TCP connections to one address: (local address, port) -> its fd."""
+    fds = socket_fds(pid)
+    return {
+        (s.local_ip, s.local_port): fds[s.inode]
+        for s in process_sockets(pid)
+        if s.inode in fds and (s.remote_ip, s.remote_port) == (remote_ip, remote_port)
+    }
+
+
+def fd_connected_from(pid: int, client: tuple[str, int]) -> int | None:
+    """A process's fd of the TCP connection it has with `client`, if any."""
+    fds = socket_fds(pid)
+    for s in process_sockets(pid):
+        if s.inode in fds and (s.remote_ip, s.remote_port) == client:
+            return fds[s.inode]
+    return None

@@ -57,20 +57,8 @@ HOP_COLUMNS: dict[str, str] = {
 
 
 def nat_label(event: NatEvent) -> str:
-    """How a rewrite reads to a person: "SNAT 172.17.0.2 -> 203.0.113.1".
-
-    Ports (or ICMP ids) are shown only when the rewrite changed them, since MASQUERADE
-    usually keeps them and repeating them hides the address change.  A reply's rewrite
-    that undoes the request's translation says so.
-    """
-    if event.before.port == event.after.port:
-        before, after = event.before.ip, event.after.ip
-    else:
-        before, after = str(event.before), str(event.after)
-    text = f"{event.kind} {before} -> {after}"
-    if event.reverse_of:
-        text += f" (reverses {event.reverse_of})"
-    return text
+    """How a rewrite reads to a person: "SNAT 172.17.0.2 -> 203.0.113.1" (NatEvent.label)."""
+    return event.label
 
 
 def nat_hop_index(packet: Packet, event: NatEvent) -> int | None:

@@ -9,8 +9,8 @@ import json
 import statistics
 from typing import Any
 
-from flowtrace import __version__
-from flowtrace.model import NatEvent, Packet, Point, Sighting, Trace
+from flowtrace._version import __version__
+from flowtrace.model import DnsLookup, NatEvent, Packet, Point, Sighting, Trace
 
 SCHEMA_VERSION = 1
 
@@ -95,6 +95,7 @@ def trace_dict(trace: Trace) -> dict[str, Any]:
             "last_point": v.last_point,
             "detail": v.detail,
             "rtt_ns": v.rtt_ns,
+            "rule": v.rule,
             "text": str(v),
         }
         for v in trace.verdicts
@@ -123,3 +124,31 @@ def trace_dict(trace: Trace) -> dict[str, Any]:
 
 def dumps(trace: Trace) -> str:
     return json.dumps(trace_dict(trace), indent=2, default=str)
+
+
+def lookup_dict(result: DnsLookup, with_packets: bool = True) -> dict[str, Any]:
+    """The lookup as JSON-ready values (README: `flowtrace dns --json`)."""
+    data: dict[str, Any] = {
+        "src": result.src.spec,
+        "name": result.name,
+        "type": result.qtype,
+        "resolv_conf": result.config.resolv_conf,
+        "nameservers": list(result.config.nameservers),
+        "server": result.server or None,
+        "hosts_answer": result.hosts_answer,
+        "sent_from": str(result.sent_from) if result.sent_from else None,
+        "server_socket": str(result.server_socket) if result.server_socket else None,
+        "server_process": result.server_process,
+        "rcode": result.rcode,
+        "records": list(result.records),
+        "error": result.error,
+        "interrupted": bool(result.meta.get("interrupted")),
+        "rtt_us": result.rtt_ns / 1000 if result.rtt_ns is not None else None,
+        "nat": [nat_dict(ev) for ev in result.nat],
+        "notes": list(result.notes),
+    }
+    if with_packets:
+        data["points"] = [point_dict(p) for p in result.points]
+        data["packets"] = [packet_dict(p) for p in result.packets]
+        data["pcap"] = result.meta.get("pcap")
+    return data

@@ -15,7 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, Verdict
-from flowtrace.output.frames import nat_label
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
 FLOWS_SHOWN = 20  # flows and NAT rewrites listed by `flowtrace analyze`; the rest counted
@@ -35,10 +34,6 @@ def endpoint_text(s: Sighting, which: str, icmp_id: int | None = None) -> str:
     if h.icmp_id is not None and h.icmp_id != icmp_id and h.icmp_type in (0, 8):
         return f"{ip} (id {h.icmp_id})"
     return ip
-
-
-def nat_text(ev: NatEvent) -> str:
-    return nat_label(ev)
 
 
 def describe(s: Sighting) -> str:
@@ -101,7 +96,7 @@ def packet_table(pkt: Packet, points: dict[str, Point]) -> Text:
         for n, ev in enumerate(pkt.nat):
             if ev.between[1] == s.point and n not in shown:
                 shown.add(n)
-                out.append(" " * indent + "^ " + nat_text(ev) + "\n", style="bold yellow")
+                out.append(" " * indent + "^ " + ev.label + "\n", style="bold yellow")
     out.rstrip()
     return out
 
@@ -115,7 +110,7 @@ def verdict_line(v: Verdict) -> Text:
 def nat_details(events: Iterable[NatEvent]) -> list[str]:
     lines = []
     for ev in events:
-        lines.append(f"{nat_text(ev)} between {ev.between[0]} and {ev.between[1]}")
+        lines.append(f"{ev.label} between {ev.between[0]} and {ev.between[1]}")
         if ev.reverse_of:
             lines.append(
                 f"    the reply's rewrite undoes the {ev.reverse_of} above (same conntrack entry)"
@@ -384,7 +379,7 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
         # A MASQUERADE rewrites every flow's own port: rewrites that read alike are one line.
         alike: dict[str, list[int]] = {}
         for ev, n in analysis.nat.values():
-            text = f"{nat_text(ev)} between {ev.between[0]} and {ev.between[1]}"
+            text = f"{ev.label} between {ev.between[0]} and {ev.between[1]}"
             packets_and_rewrites = alike.setdefault(text, [0, 0])
             packets_and_rewrites[0] += n
             packets_and_rewrites[1] += 1

@@ -12,6 +12,7 @@ atomically, so a reader sees the old manifest or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 from flowtrace.errors import CaptureFormatError, FlowtraceError, NotFoundError
 
 if TYPE_CHECKING:
-    from flowtrace.model import Endpoint, Point, PointStats
+    from flowtrace.model import Point, PointStats
 
 MANIFEST_NAME = "manifest.json"
 TRACE_FILE = "trace.pcapng"
 CAPTURE_FILE = "capture.pcapng"
-MANIFEST_FORMAT = "flowtrace-pcapset/1"
+#: 2: verdicts as records (correlate.verdicts.verdict_record); 1 kept str(Verdict).
+MANIFEST_FORMAT = "flowtrace-pcapset/2"
 #: The manifest key naming the set's capture file (relative to the folder).
 MANIFEST_CAPTURE_KEY = "pcapng"
 CAPTURE_SUFFIXES = (".pcapng", ".pcap", ".cap")
@@ -189,17 +191,6 @@ def point_entry(point: Point) -> dict[str, Any]:
     }
 
 
-def endpoint_entry(endpoint: Endpoint) -> dict[str, Any]:
-    return {
-        "spec": endpoint.spec,
-        "netns": endpoint.netns.label,
-        "container": endpoint.netns.container,
-        "ip": endpoint.ip,
-        "port": endpoint.port,
-        "addresses": list(endpoint.addresses),
-    }
-
-
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries that shape what is recorded."""
     import platform
@@ -214,42 +205,43 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def new_manifest(
-    kind: str,
-    command: Sequence[str],
-    capture_file: str,
-    points: Sequence[Point],
-    endpoints: Mapping[str, Endpoint] | None = None,
-    tools: Mapping[str, str] | None = None,
-    started: datetime | None = None,
-) -> dict[str, Any]:
-    """The manifest to write when recording starts (complete: false).
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
-    kind: "trace" or "capture"; endpoints: by role, e.g. {"src": ..., "dst": ...};
-    tools: versions of system programs used (tcpdump, iptables, ...).
+
+def start_manifest(
+    kind: str, command: str, capture_file: str, points: Sequence[Point], **fields: Any
+) -> dict[str, Any]:
+    """The manifest written when recording starts (complete: false).
+
+    kind: what wrote the set ("icmp", "tcp", "udp", "dns" for a trace; "capture");
+    `fields`: what that kind adds (endpoints, filter, count, notes...).
     """
-    from flowtrace import __version__
+    import platform
+
+    from flowtrace._version import __version__
 
     return {
         "format": MANIFEST_FORMAT,
+        "flowtrace": __version__,
         "kind": kind,
-        "complete": False,
-        "command": list(command),
+        "command": command,
         MANIFEST_CAPTURE_KEY: capture_file,
-        "flowtrace_version": __version__,
         "kernel": os.uname().release,
-        "versions": {**library_versions(), **(tools or {})},
-        "started": (started or datetime.now(UTC)).astimezone(UTC).isoformat(),
-        "ended": None,
-        "endpoints": {role: endpoint_entry(ep) for role, ep in (endpoints or {}).items()},
-        "points": [point_entry(point) for point in points],
+        "python": platform.python_version(),
+        "versions": library_versions(),
+        **fields,
+        "points": [point_entry(p) for p in points],
+        "started": _now(),
+        "complete": False,
     }
 
 
 def finish_manifest(
     manifest: Mapping[str, Any],
-    stats: Sequence[PointStats] = (),
-    ended: datetime | None = None,
+    stats: Sequence[PointStats],
+    *,
+    complete: bool = True,
     **extra: Any,
 ) -> dict[str, Any]:
     """A copy of the start manifest marked complete, with end time and per-point counters."""
@@ -262,8 +254,63 @@ def finish_manifest(
         points.append(entry)
     return {
         **manifest,
-        "complete": True,
-        "ended": (ended or datetime.now(UTC)).astimezone(UTC).isoformat(),
         "points": points,
+        "stats": [
+            {"point": s.point, "packets": s.packets, "drops": s.drops, "bytes": s.bytes}
+            for s in stats
+        ],
+        "ended": _now(),
         **extra,
+        "complete": complete,
     }
+
+
+class PcapSet:
+    """One set folder being written: where it is, its capture file, its manifest.
+
+    The one writer of a set's folder and manifest, for traces and captures alike: the
+    folder is made new (or a user's -o folder claimed, never one holding a set), the
+    manifest is written when recording starts and rewritten atomically as it goes, so
+    a reader always finds a whole manifest, and `discard` takes back a set that never
+    started.
+    """
+
+    def __init__(self, directory: Path, capture_file: str, made_folder: bool) -> None:
+        self.directory = directory
+        self.capture_path = directory / capture_file
+        self.manifest_path = directory / MANIFEST_NAME
+        self._made_folder = made_folder
+        self.manifest: dict[str, Any] = {}
+
+    @classmethod
+    def create(
+        cls, output_dir: Path | str | None, src_label: str, dst_label: str, capture_file: str
+    ) -> PcapSet:
+        """A new folder under captures/ (output_dir None), or the user's, claimed."""
+        if output_dir is None:
+            return cls(new_set_dir(None, src_label, dst_label), capture_file, True)
+        made = not Path(output_dir).exists()
+        return cls(claim_set_dir(output_dir), capture_file, made)
+
+    def start(self, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+        self.save()
+
+    def update(self, **fields: Any) -> None:
+        self.manifest.update(fields)
+        self.save()
+
+    def save(self) -> None:
+        write_manifest(self.manifest_path, self.manifest)
+
+    def finish(self, stats: Sequence[PointStats], *, complete: bool = True, **extra: Any) -> None:
+        self.manifest = finish_manifest(self.manifest, stats, complete=complete, **extra)
+        self.save()
+
+    def discard(self) -> None:
+        """Remove what a recording that never started left (the user's own folder stays)."""
+        for path in (self.capture_path, self.manifest_path):
+            path.unlink(missing_ok=True)
+        if self._made_folder:
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()

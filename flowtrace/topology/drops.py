@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flowtrace.model import Headers, Namespace, Point
+from flowtrace.errors import FlowtraceError
+from flowtrace.model import DropReason, Headers, Namespace, Point, Sighting
 from flowtrace.topology.kernel import NetnsState, Route
 
 
@@ -81,7 +82,7 @@ def describe_drop(rule: str, site: DropSite) -> str:
 
 def explain_loss(
     points: Sequence[Point], last_point: str, seen: Headers, final_dst: str, final_port: int | None
-) -> str | None:
+) -> DropReason | None:
     """Why a request seen last at `last_point` went no further, or None if unknown.
 
     `seen` are its headers there; `final_dst`/`final_port` the destination after any
@@ -112,7 +113,7 @@ def explain_loss(
         site.out_iface,
         [a.ip for a in state.addresses],
     )
-    return describe_drop(rule, site) if rule is not None else None
+    return DropReason(rule, describe_drop(rule, site)) if rule is not None else None
 
 
 def arrival(points: Sequence[Point], destination: str) -> Point | None:
@@ -140,7 +141,9 @@ def describe_answer_drop(rule: str, netns_label: str, out_iface: str) -> str:
     return text
 
 
-def explain_unanswered(points: Sequence[Point], destination: str, seen: Headers) -> str | None:
+def explain_unanswered(
+    points: Sequence[Point], destination: str, seen: Headers
+) -> DropReason | None:
     """Why a request seen arriving at its destination got no answer, or None if unknown.
 
     Seen at the destination's interface means it passed every hop; the destination's
@@ -164,7 +167,7 @@ def explain_unanswered(points: Sequence[Point], destination: str, seen: Headers)
             site.in_iface, None, local,
         )  # fmt: skip
         if rule is not None:
-            return describe_drop(rule, site)
+            return DropReason(rule, describe_drop(rule, site))
     back = route_get(path, seen.src)
     out = state.link(back.oif) if back.oif is not None else None
     if out is None:
@@ -173,4 +176,42 @@ def explain_unanswered(points: Sequence[Point], destination: str, seen: Headers)
         ruleset, seen.proto, seen.dst, seen.src, seen.dport, seen.sport,
         None, out.name, local, ctstate="ESTABLISHED",
     )  # fmt: skip
-    return describe_answer_drop(rule, ingress.netns.label, out.name) if rule else None
+    if not rule:
+        return None
+    return DropReason(rule, describe_answer_drop(rule, ingress.netns.label, out.name))
+
+
+class KernelExplainer:
+    """correlate.verdicts.LossExplainer for a live run: the namespaces' own rules.
+
+    Each place and flow is looked up once (a hundred lost probes of one flow read the
+    rules once); a namespace that vanished or whose rules cannot be read explains
+    nothing rather than failing the run.
+    """
+
+    def __init__(self, points: Sequence[Point], final_dst: str, final_port: int | None) -> None:
+        self.points = list(points)
+        self.final_dst, self.final_port = final_dst, final_port
+        self._known: dict[tuple[object, ...], DropReason | None] = {}
+
+    def lost(self, last: Sighting) -> DropReason | None:
+        h = last.headers
+        key = ("lost", last.point, h.proto, h.src, h.dst, h.sport, h.dport)
+        if key not in self._known:
+            try:
+                found = explain_loss(self.points, last.point, h, self.final_dst, self.final_port)
+            except (FlowtraceError, OSError):
+                found = None  # the namespace vanished, or its rules cannot be read
+            self._known[key] = found
+        return self._known[key]
+
+    def unanswered(self, arrived: Sighting) -> DropReason | None:
+        h = arrived.headers
+        key = ("unanswered", arrived.point, h.proto, h.src, h.dst, h.sport, h.dport)
+        if key not in self._known:
+            try:
+                found = explain_unanswered(self.points, arrived.point, h)
+            except (FlowtraceError, OSError):
+                found = None
+            self._known[key] = found
+        return self._known[key]

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from flowtrace import lab as lab_module
 from flowtrace.lab import LabState
+
+# The modules share helpers (`from test_trace import ...`); importlib mode needs the path.
+sys.path.insert(0, str(Path(__file__).parent))
 
 LAB_USERS_LOCK = "/run/lock/flowtrace-lab.users"
 #: How long a destructive lab test waits for other sessions to finish with the lab.

@@ -26,8 +26,7 @@ from flowtrace import api
 from flowtrace import lab as lab_module
 from flowtrace.analyze import Analysis, analyze
 from flowtrace.lab import LabState
-from flowtrace.model import Packet, Point, Trace
-from flowtrace.probe import ProbeKind
+from flowtrace.model import Packet, Point, ProbeKind, Trace
 
 pytestmark = pytest.mark.integration
 

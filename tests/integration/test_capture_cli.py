@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from flowtrace.capturing import capture
+from flowtrace.api import capture
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import ExitStatus
 from flowtrace.lab import LabState

@@ -1,0 +1,216 @@
+"""`flowtrace path`, `ping`, `tcp`, `udp`, `dns`: what a packet between two endpoints meets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from flowtrace.cli.base import F, cli, command_line, finish, handle_errors
+
+
+@cli.command("path")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@handle_errors
+def path_cmd(src: str, dst: str, as_json: bool) -> None:
+    """Print the observation points a packet from SRC to DST crosses, sending nothing.
+
+    DST may carry a port (c2:80, 203.0.113.1:8080) to follow a published port's DNAT.
+    """
+    from flowtrace import api
+    from flowtrace.topology.route import probe_kind_of
+
+    points, notes = api.path(src, dst, probe_kind_of(dst))
+    if as_json:
+        import json
+
+        from flowtrace.output.jsonout import point_dict
+
+        click.echo(
+            json.dumps({"points": [point_dict(p) for p in points], "notes": notes}, indent=2)
+        )
+        return
+    from rich.console import Console
+
+    from flowtrace.output.terminal import render_path
+
+    render_path(points, notes, Console(highlight=False, soft_wrap=True))
+
+
+def _trace_options(func: F) -> F:
+    options = [
+        click.option(
+            "-c",
+            "--count",
+            default=1,
+            show_default=True,
+            type=click.IntRange(1, 100000),
+            help="Probes to send.",
+        ),
+        click.option(
+            "-i",
+            "--interval",
+            default=1.0,
+            show_default=True,
+            type=click.FloatRange(0.0),
+            help="Seconds between probes.",
+        ),
+        click.option(
+            "--timeout",
+            default=2.0,
+            show_default=True,
+            type=click.FloatRange(0.01),
+            help="Seconds to wait for each probe's answer.",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print one JSON document (see README) instead of tables.",
+        ),
+        click.option(
+            "-o",
+            "--output",
+            type=click.Path(file_okay=False),
+            help="Folder for the pcap set [default: captures/<time>-<src>-<dst>/].",
+        ),
+        click.option("--no-record", is_flag=True, help="Do not write a pcap set."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_trace(
+    kind: str,
+    src: str,
+    dst: str,
+    count: int,
+    interval: float,
+    timeout: float,
+    as_json: bool,
+    output: str | None,
+    no_record: bool,
+) -> None:
+    from pathlib import Path
+
+    from flowtrace import api
+
+    options = api.TraceOptions(
+        kind=kind,  # type: ignore[arg-type]
+        count=count,
+        interval=interval,
+        timeout=timeout,
+        output_dir=Path(output) if output else None,
+        record=not no_record,
+        command=command_line(),
+    )
+    result = api.run_trace(src, dst, options)
+    if as_json:
+        from flowtrace.output.jsonout import dumps
+
+        click.echo(dumps(result))
+    else:
+        from flowtrace.output.terminal import render_trace
+
+        render_trace(result)
+    finish(result)
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@_trace_options
+@handle_errors
+def ping(src: str, dst: str, **opts: Any) -> None:
+    """Send ICMP echo from SRC to DST and follow each packet hop by hop.
+
+    Exit status 0 when every probe was answered, 10 when some were not.
+    """
+    _run_trace("icmp", src, dst, **opts)
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", metavar="DST:PORT")
+@_trace_options
+@handle_errors
+def tcp(src: str, dst: str, **opts: Any) -> None:
+    """Send a TCP SYN from SRC to DST:PORT; see the SYN-ACK or RST, and any DNAT on the way."""
+    _run_trace("tcp", src, dst, **opts)
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", metavar="DST:PORT")
+@_trace_options
+@handle_errors
+def udp(src: str, dst: str, **opts: Any) -> None:
+    """Send a UDP datagram from SRC to DST:PORT and follow it (and any answer or ICMP error)."""
+    _run_trace("udp", src, dst, **opts)
+
+
+@cli.command("dns")
+@click.argument("src")
+@click.argument("name")
+@click.option(
+    "-t", "--type", "qtype", default="A", show_default=True, help="Record type to ask for."
+)
+@click.option(
+    "--server",
+    metavar="IP",
+    help="Ask this server instead of the first nameserver in SRC's resolv.conf.",
+)
+@click.option(
+    "--timeout",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.01),
+    help="Seconds to wait for the answer.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (see README).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False),
+    help="Folder for the pcap set [default: captures/<time>-<src>-dns-<name>/].",
+)
+@click.option("--no-record", is_flag=True, help="Do not write a pcap set.")
+@handle_errors
+def dns_cmd(
+    src: str,
+    name: str,
+    qtype: str,
+    server: str | None,
+    timeout: float,
+    as_json: bool,
+    output: str | None,
+    no_record: bool,
+) -> None:
+    """Look NAME up from SRC as its resolver would, and follow the query and the answer.
+
+    The server is the first nameserver of SRC's /etc/resolv.conf (on a user-defined
+    Docker network: 127.0.0.11, Docker's embedded DNS, reached through a DNAT rule in
+    the container's own namespace); a name in SRC's /etc/hosts is answered from there.
+    Exit status 0 when an answer came, 10 when none did.
+    """
+    from flowtrace import api
+
+    result = api.dns_lookup(
+        src, name, qtype, server, timeout, output, record=not no_record, command=command_line()
+    )
+    if as_json:
+        import json
+
+        from flowtrace.output.jsonout import lookup_dict
+
+        click.echo(json.dumps(lookup_dict(result), indent=2))
+    else:
+        from rich.console import Console
+
+        from flowtrace.output.dnsview import render
+
+        render(result, Console(highlight=False, soft_wrap=True))
+    finish(result)

@@ -1,0 +1,122 @@
+"""Write a live run's pcap set as it goes: trace.pcapng + manifest.json.
+
+The pcapng has one Interface Description Block per point (if_name = point id,
+if_description = namespace/container/role, nanosecond timestamps); every sighting of
+one packet carries the same epb_packetid (`frame.packet_id == N` in Wireshark shows one
+packet's journey) and a comment naming the hop and any rewrite.  Blocks are appended
+and flushed chunk by chunk (a probe's worth), and the manifest is rewritten
+atomically, so Ctrl-C or a dying container leaves a valid, readable set.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from flowtrace._version import __version__
+from flowtrace.model import Frame, Packet, Point, PointStats
+from flowtrace.pcap.pcapng import PcapngWriter
+from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet, start_manifest
+
+
+def sighting_comment(pkt: Packet, index: int, points: dict[str, Point]) -> str:
+    s = pkt.sightings[index]
+    role = points[s.point].role if s.point in points else "?"
+    text = (
+        f"packet {pkt.packet_id} {pkt.direction} hop {index + 1}/{len(pkt.sightings)} "
+        f"at {s.point} ({role})"
+    )
+    if index > 0:
+        text += f", +{(s.time_ns - pkt.sightings[index - 1].time_ns) / 1000:.1f} us"
+    changes = [ev.label for ev in pkt.nat if ev.between[1] == s.point]
+    if changes:
+        text += "; rewritten: " + "; ".join(changes)
+    return text
+
+
+class TraceRecorder:
+    """Appends correlated packets to a set's pcapng; the set is valid after every write."""
+
+    def __init__(
+        self,
+        pcap_set: PcapSet,
+        points: Sequence[Point],
+        kind: str,
+        command: str,
+        fields: dict[str, Any],
+        names: Sequence[tuple[str, Sequence[str]]] = (),
+    ) -> None:
+        self.set = pcap_set
+        self.directory = pcap_set.directory
+        self.path = pcap_set.capture_path
+        self.points = list(points)
+        self._by_id = {p.id: p for p in points}
+        self._index = {p.id: i for i, p in enumerate(points)}
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._writer = PcapngWriter(self._file, application=f"flowtrace {__version__}")
+        for p in points:
+            self._writer.add_interface(
+                p.id,
+                p.description,
+                linktype=p.linktype,
+                mac=bytes.fromhex(p.mac.replace(":", "")) if p.mac else None,
+            )
+        if names:
+            self._writer.write_names(names)
+        self._flush_file()
+        pcap_set.start(start_manifest(kind, command, TRACE_FILE, points, **fields))
+
+    def write(
+        self,
+        frames: dict[int, Frame],
+        packets: Sequence[Packet],
+        labels: dict[int, str] | None = None,
+    ) -> None:
+        """Append these frames: the packets' sightings with ids and comments, then the rest.
+
+        `frames` maps Sighting.frame_index to the captured frame; `labels` (by packet id)
+        end a packet's comments (e.g. which leg of a docker-proxy connection it is on).
+        """
+        written: set[int] = set()
+        for pkt in packets:
+            for i, s in enumerate(pkt.sightings):
+                frame = frames.get(s.frame_index)
+                if frame is None or s.frame_index in written:
+                    continue
+                written.add(s.frame_index)
+                self._writer.write_packet(
+                    frame.point,
+                    frame.time_ns,
+                    frame.data,
+                    frame.orig_len,
+                    outbound=frame.outbound,
+                    packet_id=pkt.packet_id,
+                    comment=sighting_comment(pkt, i, self._by_id)
+                    + (f"; {labels[pkt.packet_id]}" if labels and pkt.packet_id in labels else ""),
+                )
+        # the rest (an unanswered ARP...) by kernel time: rings hand frames over out of order
+        for index, frame in sorted(frames.items(), key=lambda item: (item[1].time_ns, item[0])):
+            if index not in written:
+                self._writer.write_packet(
+                    frame.point, frame.time_ns, frame.data, frame.orig_len, outbound=frame.outbound
+                )
+        self._flush_file()
+        self.set.save()
+
+    def _flush_file(self) -> None:
+        self._writer.flush()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self, stats: Sequence[PointStats], *, complete: bool = True, **extra: Any) -> None:
+        if self._file.closed:
+            return
+        now = time.time_ns()
+        for s in stats:
+            if s.point in self._index:
+                self._writer.write_stats(self._index[s.point], now, s.packets, s.drops)
+        self._flush_file()
+        self._file.close()
+        self.set.finish(stats, complete=complete, **extra)

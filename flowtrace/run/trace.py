@@ -1,0 +1,318 @@
+"""`flowtrace ping/tcp/udp`: marked probes sent one at a time through the live-run loop.
+
+Each probe is a step: it is sent from a raw socket opened in the source namespace,
+waited for at the source point (its answer, or its timeout), and settled until the
+request and its answer were seen at every point.  The probes' marks number the packets
+(correlate.probes), the verdicts are decided from them (correlate.verdicts) with the
+kernel's word on drops (topology.drops), and a docker-proxy's two legs are followed
+after the probes (run.legs).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from flowtrace.correlate.probes import ProbeNumbers
+from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
+from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
+from flowtrace.output.jsonout import nat_dict
+from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
+from flowtrace.pcap.recorder import TraceRecorder
+from flowtrace.probe import ProbePlan, open_sender, send_probe
+from flowtrace.run.legs import Legs
+from flowtrace.run.loop import Hooks, LiveRun
+from flowtrace.run.source_stack import source_rewrites
+from flowtrace.topology.drops import KernelExplainer
+from flowtrace.topology.route import Route
+
+#: After the answer: how long the other rings may take to hand over the probe's frames.
+SETTLE_S = 0.03
+
+
+class ProbeStep:
+    """One probe: sent, waited for at the source, settled at every point."""
+
+    settle_s = SETTLE_S
+
+    def __init__(self, trace: ProbeTrace, seq: int, sender: Any) -> None:
+        self.trace = trace
+        self.seq = seq
+        self.sender = sender
+        self.timeout_s = trace.options.timeout
+
+    def send(self) -> None:
+        t = self.trace
+        packet = t.probe.build(self.seq)
+        t.numbers.sent(self.seq, int.from_bytes(packet[4:6], "big"), time.time_ns())
+        send_probe(self.sender, packet, t.route.dst_ip)
+
+    def answered(self, pending: Sequence[Sighting]) -> bool:
+        source = self.trace.source_point
+        return any(
+            s.point == source and s.outbound is not True and self._answers(s) for s in pending
+        )
+
+    def settled(self, pending: Sequence[Sighting]) -> bool:
+        """The request and its answer were each seen at every point."""
+        ip_ids = self.trace.numbers.ip_ids
+        requests = {s.point for s in pending if ip_ids.get(s.headers.ip_id) == self.seq}
+        answers = {s.point for s in pending if self._answers(s)}
+        return len(requests) == len(answers) == len(self.trace.points)
+
+    def _answers(self, s: Sighting) -> bool:
+        h = s.headers
+        if h.proto == 1 and h.icmp_type == 0:
+            return h.icmp_seq == self.seq & 0xFFFF
+        if h.proto == 1 and h.inner is not None:
+            return self.trace.numbers.ip_ids.get(h.inner.ip_id) == self.seq
+        if h.proto == 6 and h.tcp_ack is not None and (h.tcp_flags or 0) & 0x14:
+            return h.tcp_ack == (self.trace.probe.seq_mark(self.seq) + 1) & 0xFFFFFFFF
+        if h.proto == 17:
+            return h.dport == self.trace.probe.sport
+        return False
+
+
+class ProbeTrace:
+    """A trace along a resolved route: its points, probes, numbering and verdicts."""
+
+    def __init__(self, route: Route, options: TraceOptions) -> None:
+        self.route = route
+        self.options = options
+        self.points: list[Point] = list(route.plan.points)
+        if route.proxy is not None:  # leg 2: the proxy's own connection to the container
+            known = {p.id for p in self.points}
+            self.points += [p for p in route.proxy.points if p.id not in known]
+        self.point_ids = [p.id for p in self.points]
+        self.source_point = self.points[0].id
+        self.probe = ProbePlan.new(
+            options.kind, route.plan.src_ip or "", route.dst_ip, route.dst_port
+        )
+        self.numbers = ProbeNumbers(
+            options.kind,
+            options.count,
+            self.source_point,
+            mark=self.probe.mark if options.kind == "tcp" else None,
+            unmarked_tcp_is_foreign=route.proxy is not None,
+        )
+        #: With a docker-proxy: the real connection's two legs.
+        self.legs: Legs | None = None
+        if route.proxy is not None:
+            self.legs = Legs(
+                route.proxy,
+                route.src.netns.path,
+                (route.dst_ip, route.dst_port or 0),
+                (self.probe.seq_mark(seq) for seq in range(options.count)),
+                options.timeout,
+                [p.id for p in route.plan.points],
+            )
+        self.explainer = KernelExplainer(self.points, route.plan.dst_ip, route.plan.dst_port)
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    def keep(self, h: Headers | None) -> bool:
+        if self.legs is not None and not self.legs.keeps(h):
+            return False  # another connection through the same port or to the same container
+        # The filter lets every ICMP error through: one about a packet no probe sent is
+        # not ours (NAT never rewrites the quoted IP ID).
+        return not (
+            h is not None
+            and h.proto == 1
+            and h.inner is not None
+            and h.inner.ip_id not in self.numbers.ip_ids
+        )
+
+    def number(self, pkt: Packet) -> Packet:
+        probe = self.numbers.number(pkt)
+        pkt = replace(pkt, probe=probe)
+        if pkt.direction == "request" and self.numbers.answers(pkt, probe):
+            pkt = replace(pkt, direction="reply")  # a rewrite no point saw hid its flow
+        return pkt
+
+    def rewrites(self, packets: list[Packet]) -> list[Packet]:
+        return source_rewrites(self.route, packets)
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def capture_filter(self) -> str:
+        """The probes' filter (plus a docker-proxy's legs); when the path is blocked, also
+        the ARP about the neighbour the source cannot reach (the only frames such a probe
+        makes)."""
+        probes = self.probe.capture_filter(self.options.count)
+        if self.legs is not None:
+            probes = self.legs.capture_filter(probes)
+        blocked = self.route.plan.blocked
+        if blocked is None:
+            return probes
+        ip = int(ipaddress.IPv4Address(blocked.neighbor))
+        return f"({probes}) or (arp and (arp[24:4] = {ip:#x} or arp[14:4] = {ip:#x}))"
+
+    def run(self, on_probe: Callable[[int], None] | None = None) -> Trace:
+        opts = self.options
+        hooks = Hooks(
+            keep=self.keep,
+            number=self.number,
+            rewrites=self.rewrites,
+            label=self.legs.label if self.legs is not None else None,
+        )
+        live = LiveRun(self.points, self.capture_filter(), hooks)
+        first_leg_packet = 0
+        with live:
+            if opts.record:
+                live.recorder = self._open_recorder()
+            sender = open_sender(self.route.src.netns.path)
+            try:
+                for seq in range(opts.count):
+                    started = time.monotonic()
+                    live.step(ProbeStep(self, seq, sender))
+                    if on_probe:
+                        on_probe(seq)
+                    if seq + 1 < opts.count:
+                        time.sleep(max(0.0, opts.interval - (time.monotonic() - started)))
+            finally:
+                sender.close()
+            if self.legs is not None:
+                live.absorb()  # the probes' frames first, so the legs' come in a chunk of their own
+                live.flush()
+                first_leg_packet = live.next_packet_id
+                live.step(self.legs)
+        verdicts = self._verdicts(live)
+        proxy = None
+        if self.legs is not None:
+            proxy = self.legs.summary([p for p in live.packets if p.packet_id >= first_leg_packet])
+        if live.recorder is not None:
+            extra: dict[str, Any] = {
+                "verdicts": [verdict_record(v) for v in verdicts],
+                "interrupted": live.interrupted,
+                # the rule and conntrack entry of each rewrite: the pcapng cannot hold them
+                "nat": [
+                    dict(nat_dict(ev), packet=p.packet_id, probe=p.probe)
+                    for p in live.packets
+                    for ev in p.nat
+                ],
+            }
+            if self.legs is not None:
+                extra["proxy"] = proxy
+            live.recorder.close(live.stats, **extra)
+        return self._trace(live, verdicts, proxy)
+
+    def _open_recorder(self) -> TraceRecorder:
+        route = self.route
+        pcap_set = PcapSet.create(
+            self.options.output_dir, route.src.spec, route.dst.spec, TRACE_FILE
+        )
+        fields: dict[str, Any] = {
+            "src": {
+                "spec": route.src.spec,
+                "netns": route.src.netns.label,
+                "ip": route.plan.src_ip,
+            },
+            "dst": {
+                "spec": route.dst.spec,
+                "netns": route.dst.netns.label,
+                "ip": route.dst_ip,
+                "port": route.dst_port,
+            },
+            "count": self.options.count,
+            "capture_filter": self.capture_filter(),
+            "notes": self._notes(),
+        }
+        names: list[tuple[str, list[str]]] = []
+        for p in self.points:
+            if p.netns.container:
+                names.extend((ip, [p.netns.container]) for ip in p.addresses)
+        return TraceRecorder(
+            pcap_set, self.points, self.options.kind, self.options.command, fields, names
+        )
+
+    # --- verdicts -------------------------------------------------------------------------------
+
+    def probe_facts(self) -> ProbeFacts:
+        route, plan = self.route, self.route.plan
+        blocked = plan.blocked
+        return ProbeFacts(
+            source_point=self.source_point,
+            destination=plan.destination,
+            kind=self.options.kind,
+            dst_port=route.dst_port,
+            accepted_by=route.proxy.accepted_by if route.proxy is not None else None,
+            closed_hint=plan.closed_hint,
+            src_label=route.src.netns.label,
+            blocked_neighbor=blocked.neighbor if blocked is not None else None,
+            blocked_why=blocked.why if blocked is not None else None,
+            points=tuple(self.point_ids),
+        )
+
+    def _verdicts(self, live: LiveRun) -> list[Verdict]:
+        facts = self.probe_facts()
+        sent = self.numbers.sent_at
+        return [
+            decide(seq, live.packets, facts, self.explainer, self._arp(live, seq))
+            for seq in sorted(sent)
+        ]
+
+    def _arp(self, live: LiveRun, seq: int) -> list[ArpSeen]:
+        """The ARP frames captured while probe `seq` was out (a blocked path only)."""
+        if self.route.plan.blocked is None:
+            return []
+        sent = self.numbers.sent_at
+        return arp_seen(live.frames, self.point_ids, sent[seq], sent.get(seq + 1))
+
+    def _notes(self) -> list[str]:
+        notes = list(self.route.src.notes) + list(self.route.dst.notes)
+        blocked = self.route.plan.blocked
+        for note in self.route.plan.notes:
+            if blocked is not None and note == blocked.why:  # the verdicts say it in full
+                note = (
+                    f"predicted from the kernel's state: {blocked.neighbor} cannot be reached "
+                    "(macvlan isolation, explained with each probe); the probes are sent anyway"
+                )
+            notes.append(note)
+        if self.options.kind == "tcp":
+            notes.append(
+                "flowtrace sends a bare SYN: the source's kernel, which opened no "
+                "connection, answers a SYN-ACK with a RST"
+            )
+        return notes
+
+    def _trace(
+        self, live: LiveRun, verdicts: list[Verdict], proxy: dict[str, object] | None
+    ) -> Trace:
+        kind = {"icmp": "ping", "tcp": "tcp", "udp": "udp"}[self.options.kind]
+        route = self.route
+        target = f"{route.dst_ip}" + (f":{route.dst_port}" if route.dst_port else "")
+        meta: dict[str, object] = {
+            "title": f"flowtrace {kind} {route.src.spec} -> {route.dst.spec} ({target})",
+            "command": self.options.command,
+            "src": route.src.spec,
+            "dst": route.dst.spec,
+            "dst_ip": route.dst_ip,
+            "dst_port": route.dst_port,
+            "kind": self.options.kind,
+            "interrupted": live.interrupted,
+        }
+        if live.recorder is not None:
+            meta["pcap"] = str(live.recorder.path)
+        if proxy is not None:
+            meta["proxy"] = proxy
+        return Trace(
+            tuple(self.points),
+            tuple(live.packets),
+            tuple(verdicts),
+            tuple(live.stats),
+            meta,
+            tuple(self._notes()),
+        )
+
+
+def run_trace(
+    src: str, dst: str, options: TraceOptions, on_probe: Callable[[int], None] | None = None
+) -> Trace:
+    """Resolve the route from src to dst and trace it with these options."""
+    from flowtrace.topology.route import resolve_route
+
+    options.check()
+    return ProbeTrace(resolve_route(src, dst, options.kind), options).run(on_probe)

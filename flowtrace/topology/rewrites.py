@@ -1,0 +1,114 @@
+"""The one NAT explainer: the rule that made a rewrite and the flow's conntrack entry.
+
+A rewrite is seen as the difference between two sightings of one packet (or between
+what a socket sent and the first sighting).  Which chain made it follows from where
+it happened: a DNAT in PREROUTING when the packet came in by an interface of that
+namespace, in OUTPUT when the namespace's own stack sent it; a SNAT in POSTROUTING.
+The rule is found by walking that namespace's nat table as the kernel would; the
+conntrack entry by asking the namespace's conntrack table for the flow as it was
+before the rewrite.  A reply's rewrite that undoes a request's takes the request's
+rule and entry (one conntrack entry covers both directions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from flowtrace.errors import FlowtraceError
+from flowtrace.model import Address, NatEvent, Packet, Point
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A connection as the kernel's conntrack table keys it: before any rewrite."""
+
+    proto: str
+    src: str
+    dst: str
+    sport: int | None = None
+    dport: int | None = None
+    icmp_id: int | None = None
+
+
+def explain_rewrite(
+    ev: NatEvent,
+    netns_path: str,
+    flow: Flow,
+    *,
+    in_iface: str | None,
+    out_iface: str | None,
+    local: Iterable[str] | None = None,
+    peer: Address | None = None,
+) -> NatEvent:
+    """`ev` with the nat rule that made it and the conntrack entry of `flow`.
+
+    in_iface/out_iface: the packet's interfaces in the namespace that rewrote it (None:
+    it has none there).  `local`: that namespace's own addresses (None: read them);
+    `peer`: the packet's other end before the rewrite, for rules that match on it.
+    What cannot be read is said in the field instead ("(rules not readable: ...)").
+    """
+    from flowtrace.topology.conntrack import find_entry
+    from flowtrace.topology.kernel import read_state
+    from flowtrace.topology.nat_rules import attribute, read_ruleset
+
+    try:
+        addresses = (
+            list(local) if local is not None else [a.ip for a in read_state(netns_path).addresses]
+        )
+        rule = attribute(
+            read_ruleset(netns_path), ev, flow.proto, in_iface, out_iface, addresses, peer=peer
+        )
+    except FlowtraceError as exc:
+        rule = f"(rules not readable: {exc.message})"
+    try:
+        conntrack = find_entry(
+            netns_path, flow.proto, flow.src, flow.dst, flow.sport, flow.dport, flow.icmp_id
+        )
+    except FlowtraceError as exc:
+        conntrack = f"(conntrack not readable: {exc.message})"
+    return replace(ev, rule=rule, conntrack=conntrack)
+
+
+def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Packet]:
+    """Each rewrite between two points with its rule and entry, read where it happened.
+
+    A SNAT happens in the namespace of the point after it (POSTROUTING, on the way
+    out), a DNAT in that of the point before it (PREROUTING, on the way in).
+    """
+    by_id = {p.id: p for p in points}
+    out = []
+    #: The latest request rewrite per (kind, hop): a reply's reverse takes its rule and entry.
+    forward: dict[tuple[str, str, str], NatEvent] = {}
+    for pkt in packets:
+        events = []
+        for ev in pkt.nat:
+            a, b = by_id.get(ev.between[0]), by_id.get(ev.between[1])
+            if a is None or b is None:
+                events.append(ev)
+                continue
+            if ev.reverse_of is None:
+                ev = _between_points(ev, pkt, b if ev.kind == "SNAT" else a, a, b)
+                forward[(ev.kind, ev.between[1], ev.between[0])] = ev
+            else:
+                twin = next((f for f in forward.values() if f.kind == ev.reverse_of), None)
+                if twin is not None:
+                    ev = replace(ev, rule=twin.rule, conntrack=twin.conntrack)
+            events.append(ev)
+        out.append(replace(pkt, nat=tuple(events)))
+    return out
+
+
+def _between_points(ev: NatEvent, pkt: Packet, where: Point, a: Point, b: Point) -> NatEvent:
+    before = next((s for s in pkt.sightings if s.point == ev.between[0]), pkt.first)
+    h = before.headers
+    flow = Flow(h.proto_name, h.src, h.dst, h.sport, h.dport, h.icmp_id)
+    inode = where.netns.inode
+    return explain_rewrite(
+        ev,
+        where.netns.path,
+        flow,
+        in_iface=a.ifname if a.netns.inode == inode else None,
+        out_iface=b.ifname if b.netns.inode == inode else None,
+        local=(),  # unknown: a rewrite between two points is told by its interfaces
+    )
