@@ -13,11 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowtrace.capture.bpf import compile_filter
+from flowtrace.endpoints.resolve import resolve
 from flowtrace.errors import ExitStatus, FlowtraceError, NotFoundError
 from flowtrace.model import Point, PointStats
 from flowtrace.pcap.pcapset import CAPTURE_FILE, PcapSet, start_manifest
 from flowtrace.pcap.trim import trim_to_count
 from flowtrace.run.loop import LiveRun
+from flowtrace.topology.kernel import read_state
+from flowtrace.topology.route import probe_kind_of, resolve_route
 
 
 @dataclass
@@ -41,9 +45,6 @@ def usage_error(message: str) -> FlowtraceError:
 
 def named_point(spec: str) -> Point:
     """`c1/eth0`, `host/docker0`, `netns:lab/eth0`: an interface in an endpoint's namespace."""
-    from flowtrace.endpoints.resolve import resolve
-    from flowtrace.topology.kernel import read_state
-
     endpoint_spec, sep, ifname = spec.rpartition("/")
     if not sep or not endpoint_spec or not ifname:
         raise usage_error(f"bad point {spec!r}: write ENDPOINT/IFNAME, e.g. c1/eth0")
@@ -74,8 +75,6 @@ def check_arguments(
     count: int | None,
 ) -> None:
     """Refuse what cannot work before anything is resolved or opened (exit status 2)."""
-    from flowtrace.capture.bpf import compile_filter
-
     if duration is not None and duration <= 0:
         raise usage_error(f"bad duration {duration:g}: give seconds > 0")
     if count is not None and count <= 0:
@@ -100,8 +99,6 @@ def choose_points(
     chosen: list[Point] = []
     notes: list[str] = []
     if src and dst:
-        from flowtrace.topology.route import probe_kind_of, resolve_route
-
         route = resolve_route(src, dst, probe_kind_of(dst))
         chosen.extend(route.plan.points)
         notes.extend([*route.src.notes, *route.dst.notes, *route.plan.notes])

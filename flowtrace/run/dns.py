@@ -27,8 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from flowtrace.correlate.verdicts import icmp_error_text
+from flowtrace.endpoints.docker import docker_available, inspect_container, running_containers
 from flowtrace.endpoints.files import hosts_lookup, resolv_nameservers
-from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
+from flowtrace.endpoints.netns import run_in_netns
+from flowtrace.endpoints.resolve import resolve, resolve_ip
+from flowtrace.endpoints.sockets import find_socket_owner
+from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError, NotFoundError
 from flowtrace.model import (
     DNS_PORT,
     Address,
@@ -44,6 +48,7 @@ from flowtrace.output.jsonout import lookup_dict, nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.run.loop import Hooks, LiveRun
+from flowtrace.topology.path import LiveView, plan_path
 from flowtrace.topology.rewrites import Flow, explain_rewrite
 
 #: Docker's embedded DNS server, inside every container on a user-defined network.
@@ -86,8 +91,6 @@ def resolver_config(src: Endpoint) -> ResolverConfig:
     """The resolv.conf and hosts files the source's resolver reads."""
     ns = src.netns
     if ns.container:
-        from flowtrace.endpoints.docker import inspect_container
-
         info = inspect_container(ns.container)
         resolv, hosts = info.resolv_conf, info.hosts_file
         where = f"{ns.container}'s /etc/resolv.conf"
@@ -125,8 +128,6 @@ def _outside_explanation(src: Endpoint, name: str, config: ResolverConfig, serve
         "on this machine owns: flowtrace sends nothing outside its namespaces"
     )
     if src.netns.container:
-        from flowtrace.endpoints.docker import inspect_container
-
         info = inspect_container(src.netns.container)
         if set(info.addresses) <= {"bridge"}:
             text += (
@@ -141,8 +142,6 @@ def _outside_explanation(src: Endpoint, name: str, config: ResolverConfig, serve
 
 
 def _container_address(name: str) -> str | None:
-    from flowtrace.endpoints.docker import docker_available, running_containers
-
     if not docker_available():
         return None
     for c in running_containers():
@@ -168,8 +167,6 @@ def lookup(
     import dns.exception
     import dns.name
     import dns.rdatatype
-
-    from flowtrace.endpoints.resolve import resolve
 
     try:
         dns.name.from_text(name)
@@ -269,10 +266,6 @@ class DnsRun:
         """The points between the source and the server, and the server's endpoint."""
         import ipaddress
 
-        from flowtrace.endpoints.resolve import resolve_ip
-        from flowtrace.errors import NotFoundError
-        from flowtrace.topology.path import LiveView, plan_path
-
         try:
             address = ipaddress.ip_address(self.server)
         except ValueError:
@@ -315,8 +308,6 @@ class DnsRun:
 
     def run(self, output_dir: Path | None, record: bool) -> DnsLookup:
         import dns.message
-
-        from flowtrace.endpoints.netns import run_in_netns
 
         points, owner = self._plan()
         server_ns = owner.netns if owner is not None else self.src.netns
@@ -399,8 +390,6 @@ class DnsRun:
                 nat.append(ev)
         owner = None
         if query is not None:
-            from flowtrace.endpoints.sockets import find_socket_owner
-
             try:
                 found = find_socket_owner(
                     server_ns.path, "udp", server_socket.ip, server_socket.port or 0

@@ -27,7 +27,7 @@ from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
-from flowtrace.topology.route import Route
+from flowtrace.topology.route import Route, resolve_route
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
 SETTLE_S = 0.03
@@ -312,7 +312,5 @@ def run_trace(
     src: str, dst: str, options: TraceOptions, on_probe: Callable[[int], None] | None = None
 ) -> Trace:
     """Resolve the route from src to dst and trace it with these options."""
-    from flowtrace.topology.route import resolve_route
-
     options.check()
     return ProbeTrace(resolve_route(src, dst, options.kind), options).run(on_probe)
