@@ -84,7 +84,7 @@ def lab_group() -> None:
 
 
 def _scenario_option(action: str) -> Callable[[F], F]:
-    from flowtrace.scenarios import SCENARIO_NAMES
+    from flowtrace.lab.catalog import SCENARIO_NAMES
 
     return click.option(
         "--scenario",
@@ -94,7 +94,8 @@ def _scenario_option(action: str) -> Callable[[F], F]:
 
 
 def _show_scenario(state: Any) -> None:
-    from flowtrace import lab, scenarios
+    from flowtrace import lab
+    from flowtrace.lab import scenarios
 
     click.echo(lab.render_state(state.lab))
     click.echo()
@@ -111,7 +112,7 @@ def lab_up(scenario: str | None) -> None:
     from flowtrace import lab
 
     if scenario:
-        from flowtrace import scenarios
+        from flowtrace.lab import scenarios
 
         built = scenarios.up(scenario)
         click.echo(lab.render_changes(built.changes))
@@ -134,7 +135,7 @@ def lab_status(scenario: str | None) -> None:
     from flowtrace import lab
 
     if scenario:
-        from flowtrace import scenarios
+        from flowtrace.lab import scenarios
 
         shown = scenarios.status(scenario)
         _show_scenario(shown)
@@ -157,7 +158,7 @@ def lab_down(scenario: str | None) -> None:
     from flowtrace import lab
 
     if scenario:
-        from flowtrace import scenarios
+        from flowtrace.lab import scenarios
 
         click.echo(scenarios.render_removed(scenario, scenarios.down(scenario)))
         return
