@@ -7,8 +7,8 @@ network connect`), published ports in every form, and for `macvlan` a second hos
 namespace on a veth segment) with a Docker macvlan network, built by the module a
 Scenario's `parts` is (flowtrace.lab.macvlan).  Some situations need nothing beyond
 the base lab (two isolated bridges, a container reaching the outside host).  The CLI
-reads SCENARIO_NAMES on every start: what this imports imports Docker and pyroute2
-only where they are used.
+reads SCENARIO_NAMES on every start, so nothing this imports loads Docker or pyroute2
+before a lab command runs.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ class Scenario:
     parts: ScenarioParts | None = None
 
 
-_INNER = str(WEB_CONTAINER_PORT)
+#: The port web and the `ports` scenario's httpd containers listen on, as -p writes it.
+_HTTPD_PORT = str(WEB_CONTAINER_PORT)
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -184,17 +185,21 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "ports",
-            f"published ports, every form: -p {WEB_PORT}:{_INNER} (web), -p {_INNER}, "
-            f"-p 127.0.0.1::{_INNER}, -p {UPLINK_IP}:9999:{_INNER}, -P",
+            f"published ports, every form: -p {WEB_PORT}:{_HTTPD_PORT} (web), -p {_HTTPD_PORT}, "
+            f"-p 127.0.0.1::{_HTTPD_PORT}, -p {UPLINK_IP}:9999:{_HTTPD_PORT}, -P",
             (
                 f"flowtrace tcp netns:{OUTSIDE_NETNS} {UPLINK_IP}:{WEB_PORT}",
                 f"flowtrace tcp host 127.0.0.1:{WEB_PORT}",
                 f"flowtrace tcp host {UPLINK_IP}:{WEB_PORT}",
             ),
             (
-                Member("pub-random", command=HTTPD_COMMAND, publish=(_INNER,)),
-                Member("pub-loopback", command=HTTPD_COMMAND, publish=(f"127.0.0.1::{_INNER}",)),
-                Member("pub-9999", command=HTTPD_COMMAND, publish=(f"{UPLINK_IP}:9999:{_INNER}",)),
+                Member("pub-random", command=HTTPD_COMMAND, publish=(_HTTPD_PORT,)),
+                Member(
+                    "pub-loopback", command=HTTPD_COMMAND, publish=(f"127.0.0.1::{_HTTPD_PORT}",)
+                ),
+                Member(
+                    "pub-9999", command=HTTPD_COMMAND, publish=(f"{UPLINK_IP}:9999:{_HTTPD_PORT}",)
+                ),
                 Member(
                     "pub-all", command=HTTPD_COMMAND, expose=(WEB_CONTAINER_PORT,), publish_all=True
                 ),

@@ -12,13 +12,11 @@ import os
 import socket
 from typing import Any
 
-from flowtrace.endpoints.netns import netns_inode, run_in_netns
+from flowtrace.endpoints.netns import HOST_NETNS, netns_inode, run_in_netns
 from flowtrace.errors import FlowtraceError
 
 #: The namespace of the calling thread, which run_in_netns may have moved elsewhere.
 THREAD_NETNS = "/proc/thread-self/ns/net"
-#: The namespace flowtrace was started in: the host's.
-OWN_NETNS = "/proc/self/ns/net"
 
 
 def link_facts(ipr: Any, ifname: str) -> dict[str, Any] | None:
@@ -84,7 +82,7 @@ def names_the_host(path: str) -> bool:
     never be, or every change meant for it would hit the host."""
     if not os.path.exists(path):
         return False
-    return netns_inode(path) == netns_inode(OWN_NETNS)
+    return netns_inode(path) == netns_inode(HOST_NETNS)
 
 
 def thread_is_in(inode: int) -> bool:

@@ -28,12 +28,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flowtrace.endpoints.netns import netns_inode, run_in_netns
+from flowtrace.endpoints.netns import HOST_NETNS, netns_inode, run_in_netns
 from flowtrace.errors import FlowtraceError
 from flowtrace.lab.base import LAB_LABEL, LAB_LABEL_VALUE, SCENARIO_LABEL, LabConflictError
 from flowtrace.lab.engine import get_network, is_lab_labelled, owned, running_pid, short
 from flowtrace.lab.links import (
-    OWN_NETNS,
     disable_ipv6,
     link_facts,
     link_facts_here,
@@ -152,7 +151,7 @@ def survey(client: Any) -> tuple[list[str], list[str]]:
     if network is None or not is_lab_labelled(network.attrs.get("Labels")):
         missing.append(f"network {NETWORK}")
     m1_pid, m2_pid = running_pid(owned(client, M1)), running_pid(owned(client, M2))
-    m1 = _child_of(m1_pid, a["index"], OWN_NETNS) if a and m1_pid else None
+    m1 = _child_of(m1_pid, a["index"], HOST_NETNS) if a and m1_pid else None
     m2 = _child_of(m2_pid, b["index"], HOSTB_NETNS_PATH) if b and m2_pid else None
     if m1_pid and m1 is None:
         missing.append(f"{M1}'s macvlan on {SEGMENT_A}")
@@ -288,7 +287,7 @@ def _ensure_segment() -> list[str]:
         if not facts["up"]:
             ipr.link("set", index=index, state="up")
             changes.append(f"{SEGMENT_A} up")
-    changes += run_in_netns(HOSTB_NETNS_PATH, _configure_b, netns_inode(OWN_NETNS))
+    changes += run_in_netns(HOSTB_NETNS_PATH, _configure_b, netns_inode(HOST_NETNS))
     return changes
 
 
@@ -367,7 +366,7 @@ def attach(client: Any) -> list[str]:
         raise FlowtraceError(f"the segment {SEGMENT_A} <-> {SEGMENT_B} vanished while building")
     m1 = owned(client, M1)
     m1_pid = running_pid(m1)
-    if m1 is not None and m1_pid and _child_of(m1_pid, a["index"], OWN_NETNS) is None:
+    if m1 is not None and m1_pid and _child_of(m1_pid, a["index"], HOST_NETNS) is None:
         m1.restart(timeout=0)  # Docker makes its macvlan again, on the new ft-l2a
         changes.append(f"restarted container {M1} (its macvlan on {SEGMENT_A} was gone)")
     pid = running_pid(owned(client, M2))

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Iterable, Mapping
 
 from flowtrace.endpoints.files import hosts_entries, resolv_nameservers
-from flowtrace.endpoints.netns import netns_inode, run_in_netns
+from flowtrace.endpoints.netns import HOST_NETNS, netns_inode, run_in_netns
 from flowtrace.endpoints.sockets import parse_proc_net, remote_peers
 from flowtrace.errors import FlowtraceError
 from flowtrace.lab.base import (
@@ -34,7 +34,6 @@ from flowtrace.lab.base import (
     OutsideHost,
 )
 from flowtrace.lab.links import (
-    OWN_NETNS,
     disable_ipv6,
     link_facts,
     link_facts_here,
@@ -248,7 +247,7 @@ def ensure_outside() -> list[str]:
             os.unlink(OUTSIDE_NETNS_PATH)  # a stale file, not a namespace
         netns.create(OUTSIDE_NETNS)
         changes.append(f"created namespace {OUTSIDE_NETNS} ({OUTSIDE_NETNS_PATH})")
-    host_inode = netns_inode(OWN_NETNS)
+    host_inode = netns_inode(HOST_NETNS)
     if names_the_host(OUTSIDE_NETNS_PATH):
         raise LabConflictError(HOST_NETNS_MESSAGE)
     with IPRoute() as ipr:
