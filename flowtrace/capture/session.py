@@ -39,15 +39,7 @@ from flowtrace.capture.pump import (
     worker_main,
     write_all,
 )
-from flowtrace.capture.ring import (
-    CAPTURE_RETIRE_MS,
-    CAPTURE_RING_MB,
-    TRACE_BLOCK_SIZE,
-    TRACE_RETIRE_MS,
-    TRACE_RING_MB,
-    PacketRing,
-    RingGeometry,
-)
+from flowtrace.capture.ring import PacketRing, RingProfile
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Frame, Point, PointStats
 from flowtrace.pcap.pcapng import (
@@ -66,9 +58,11 @@ class CaptureSession:
     """Capture on many points at once into one pcapng (and/or memory).
 
     keep_frames=True is the tracer's mode: one in-process reader thread, small
-    rings that hand frames over within a few ms, frames() returns them.  Otherwise
-    the rings are split between `workers` forked processes (default: one per
-    point, at most one per CPU); workers=0 reads them in a thread instead.
+    rings that hand frames over within a few ms (RingProfile.TRACE), frames()
+    returns them.  Otherwise the rings are split between `workers` forked processes
+    (default: one per point, at most one per CPU); workers=0 reads them in a thread
+    instead.  `profile` chooses the rings' tuning when keep_frames alone does not;
+    `ring_mb` and `retire_ms` override single values of it.
     """
 
     def __init__(
@@ -79,6 +73,7 @@ class CaptureSession:
         *,
         keep_frames: bool = False,
         workers: int | None = None,
+        profile: RingProfile | None = None,
         ring_mb: float | None = None,
         retire_ms: int | None = None,
     ) -> None:
@@ -93,13 +88,10 @@ class CaptureSession:
         if workers is None:
             workers = 0 if keep_frames else min(len(self.points), os.cpu_count() or 1)
         self.workers = max(0, min(workers, len(self.points)))
-        self.geometry = RingGeometry.for_size(
-            ring_mb if ring_mb is not None else (TRACE_RING_MB if keep_frames else CAPTURE_RING_MB),
-            retire_ms
-            if retire_ms is not None
-            else (TRACE_RETIRE_MS if keep_frames else CAPTURE_RETIRE_MS),
-            TRACE_BLOCK_SIZE if keep_frames else None,
-        )
+        if profile is None:
+            profile = RingProfile.TRACE if keep_frames else RingProfile.BULK
+        self.profile = profile
+        self.geometry = profile.geometry(ring_mb, retire_ms)
         # Compile now: a bad expression fails before anything is opened.
         self._programs = {
             linktype: compile_filter(self.filter_expr, linktype, DEFAULT_SNAPLEN)
