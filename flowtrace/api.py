@@ -108,7 +108,7 @@ def docker_redirect(kind: ProbeKind) -> Redirect:
             return None
         from flowtrace.proxy import binding_target, bindings
         from flowtrace.topology.kernel import read_state
-        from flowtrace.topology.nat_rules import read_ruleset
+        from flowtrace.topology.netfilter import read_ruleset
         from flowtrace.topology.published import predict_dnat
 
         try:

@@ -493,7 +493,7 @@ class _DnsTracer:
         """The nat OUTPUT rule and the conntrack entry behind the query's rewrite."""
         from flowtrace.topology.conntrack import find_entry
         from flowtrace.topology.kernel import read_state
-        from flowtrace.topology.nat_rules import attribute, read_ruleset
+        from flowtrace.topology.netfilter import attribute, read_ruleset
 
         ns = self.src.netns
         out_iface = first.ifname if first.netns.inode == ns.inode else None

@@ -85,7 +85,7 @@ def _explain(
 ) -> NatEvent:
     """The rule (nat OUTPUT for a DNAT, POSTROUTING for a SNAT) and the conntrack entry."""
     from flowtrace.topology.conntrack import find_entry
-    from flowtrace.topology.nat_rules import attribute, read_ruleset
+    from flowtrace.topology.netfilter import attribute, read_ruleset
 
     ns = route.src.netns.path
     local = (*route.src.addresses, ev.after.ip if ev.kind == "SNAT" else peer.ip)

@@ -535,7 +535,7 @@ def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Pa
 def _explain(ev: NatEvent, pkt: Packet, ns_point: Point, a: Point, b: Point) -> NatEvent:
     from flowtrace.errors import FlowtraceError
     from flowtrace.topology.conntrack import find_entry
-    from flowtrace.topology.nat_rules import attribute, read_ruleset
+    from flowtrace.topology.netfilter import attribute, read_ruleset
 
     before = next((s for s in pkt.sightings if s.point == ev.between[0]), pkt.first)
     h = before.headers

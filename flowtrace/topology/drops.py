@@ -88,7 +88,7 @@ def explain_loss(
     DNAT the path predicts (PREROUTING runs before the filter table does).
     """
     from flowtrace.topology.kernel import read_state, route_get
-    from flowtrace.topology.nat_rules import find_drop_rule, read_ruleset
+    from flowtrace.topology.netfilter import find_drop_rule, read_ruleset
 
     ingress = vanished_in(points, last_point)
     if ingress is None:
@@ -148,7 +148,7 @@ def explain_unanswered(points: Sequence[Point], destination: str, seen: Headers)
     answer on OUTPUT (before any interface sees it).  `seen` are its headers there.
     """
     from flowtrace.topology.kernel import read_state, route_get
-    from flowtrace.topology.nat_rules import find_drop_rule, read_ruleset
+    from flowtrace.topology.netfilter import find_drop_rule, read_ruleset
 
     ingress = arrival(points, destination)
     if ingress is None:

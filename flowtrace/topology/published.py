@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from flowtrace.endpoints.sockets import TCP_LISTEN, SocketEntry
 
 if TYPE_CHECKING:
-    from flowtrace.topology.nat_rules import NatRuleset
+    from flowtrace.topology.netfilter import NatRuleset
 
 
 def binding_serves(host_ip: str, dst_ip: str) -> bool:
@@ -121,7 +121,7 @@ def predict_dnat(
     rule included.  Returns (address, port, rule text); a DNAT that keeps the port
     gives dport.  Only rules whose matches certainly fit count.
     """
-    from flowtrace.topology.nat_rules import PacketView, Rule, walk
+    from flowtrace.topology.netfilter import PacketView, Rule, walk
 
     chain = "PREROUTING" if in_iface is not None else "OUTPUT"
     number = {"tcp": 6, "udp": 17}.get(proto, 0)
