@@ -15,18 +15,39 @@ from typing import TYPE_CHECKING
 from flowtrace.model import DnsLookup, Point, PointStats, ProbeKind, Trace, TraceOptions
 
 if TYPE_CHECKING:
+    from flowtrace.endpoints.hosts import HostSpec
     from flowtrace.run.capture import CaptureResult
 
 __all__ = ["TraceOptions", "capture", "dns_lookup", "load", "path", "run_trace", "trace"]
 
 
-def path(src: str, dst: str, kind: ProbeKind = "icmp") -> tuple[list[Point], list[str]]:
-    """The observation points a packet from src to dst crosses, and notes on the way."""
+def path(
+    src: str, dst: str, kind: ProbeKind = "icmp", hosts: Sequence[str] = ()
+) -> tuple[list[Point], list[str]]:
+    """The observation points a packet from src to dst crosses, and notes on the way.
+
+    `hosts`: `ALIAS=URL` for other Docker hosts (endpoints NAME@ALIAS); a Docker
+    context's name works as HOST without one."""
+    from flowtrace.run.hosts import names_hosts
     from flowtrace.topology.route import resolve_route
 
-    route = resolve_route(src, dst, kind)
-    notes = list(route.src.notes) + list(route.dst.notes) + route.plan.notes
-    return route.plan.points, notes
+    aliases = _host_specs(hosts)
+    if not names_hosts((src, dst), aliases):
+        route = resolve_route(src, dst, kind)
+        return route.plan.points, list(route.src.notes) + list(route.dst.notes) + route.plan.notes
+    from flowtrace.endpoints.hosts import HostSet
+    from flowtrace.topology.hostroute import resolve_host_route
+
+    with HostSet(aliases) as connected:
+        across = resolve_host_route(src, dst, kind, connected)
+        notes = list(across.src.notes) + list(across.dst.notes) + across.plan.notes
+        return across.plan.points, notes
+
+
+def _host_specs(hosts: Sequence[str]) -> list[HostSpec]:
+    from flowtrace.endpoints.hosts import parse_host_option
+
+    return [parse_host_option(text) for text in hosts]
 
 
 def trace(
@@ -39,8 +60,12 @@ def trace(
     output_dir: str | Path | None = None,
     record: bool = True,
     on_probe: Callable[[int], None] | None = None,
+    hosts: Sequence[str] = (),
 ) -> Trace:
-    """Send `count` marked probes from src to dst and follow each one hop by hop."""
+    """Send `count` marked probes from src to dst and follow each one hop by hop.
+
+    Endpoints on other Docker hosts are NAME@HOST (a Docker context, or an alias given in
+    `hosts` as "ALIAS=URL")."""
     options = TraceOptions(
         kind=kind,
         count=count,
@@ -50,16 +75,20 @@ def trace(
         record=record,
         command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}",
     )
-    return run_trace(src, dst, options, on_probe)
+    return run_trace(src, dst, options, on_probe, hosts)
 
 
 def run_trace(
-    src: str, dst: str, options: TraceOptions, on_probe: Callable[[int], None] | None = None
+    src: str,
+    dst: str,
+    options: TraceOptions,
+    on_probe: Callable[[int], None] | None = None,
+    hosts: Sequence[str] = (),
 ) -> Trace:
     """A trace with options already gathered (the CLI's way in)."""
     from flowtrace.run import trace as tracing
 
-    return tracing.run_trace(src, dst, options, on_probe)
+    return tracing.run_trace(src, dst, options, on_probe, _host_specs(hosts))
 
 
 def capture(

@@ -32,18 +32,60 @@ ROLES = (
 )
 
 
+def split_host(path: str) -> tuple[str | None, str]:
+    """("hostb", "/proc/812/ns/net") for a namespace on another host, (None, path) here.
+
+    A namespace on another host is named by its path there with the host in front,
+    "hostb:/proc/812/ns/net"; a path on this host starts with "/".
+    """
+    if path.startswith("/"):
+        return None, path
+    host, sep, rest = path.partition(":")
+    if sep and host and rest.startswith("/"):
+        return host, rest
+    return None, path
+
+
 @dataclass(frozen=True)
 class Namespace:
     """A network namespace flowtrace can enter: the path of its nsfs file.
 
-    `label` is what people call it ("c1", "host", "netns:lab", "pid:42");
-    `inode` identifies it (two paths may name the same namespace).
+    `label` is what people call it ("c1", "host", "netns:lab", "pid:42", and on another
+    host "c2@hostb", "host@hostb"); `inode` identifies it on its host (two paths may name
+    the same namespace; two hosts may number theirs alike, so `key` holds both).
     """
 
     path: str
     label: str
     inode: int = 0
     container: str | None = None
+
+    @property
+    def host(self) -> str | None:
+        """The host it is on (as the endpoint named it: `c2@hostb` -> "hostb"); None: here.
+
+        A recorded namespace (no path: it cannot be entered) says it by its label."""
+        if not self.path and "@" in self.label:
+            return self.label.rsplit("@", 1)[1]
+        return split_host(self.path)[0]
+
+    @property
+    def key(self) -> tuple[str | None, int]:
+        """Its identity across hosts: (host, inode)."""
+        return self.host, self.inode
+
+    @property
+    def base_label(self) -> str:
+        """The label without its host: "host" for "host@hostb"."""
+        host = self.host
+        if host and self.label.endswith(f"@{host}"):
+            return self.label[: -len(host) - 1]
+        return self.label
+
+    @property
+    def is_host(self) -> bool:
+        """The host's own namespace (this host's or another's)."""
+        return self.base_label == "host"
 
 
 @dataclass(frozen=True)
@@ -79,8 +121,9 @@ class Point:
 
     @property
     def description(self) -> str:
-        """The pcapng if_description: namespace, container and role."""
-        parts = [f"netns={self.netns.label}"]
+        """The pcapng if_description: host (when not this one), namespace, container, role."""
+        parts = [f"host={self.netns.host}"] if self.netns.host else []
+        parts.append(f"netns={self.netns.label}")
         if self.netns.container:
             parts.append(f"container={self.netns.container}")
         parts.append(f"role={self.role}")
@@ -131,6 +174,9 @@ class Headers(NamedTuple):
     payload_digest: bytes = b""
     #: For ICMP errors: the headers of the packet the error quotes.
     inner: Headers | None = None
+    #: For a packet seen inside a tunnel (VXLAN on an overlay's underlay): the outer
+    #: headers it travelled in; the fields above are the inner packet's.
+    outer: Tunnel | None = None
 
     @property
     def proto_name(self) -> str:
@@ -161,6 +207,24 @@ class Headers(NamedTuple):
                 return prefix
             return f"{prefix} {ICMP_KINDS[proto].get(self.icmp_type) or f'type {self.icmp_type}'}"
         return self.proto_name.upper()
+
+
+class Tunnel(NamedTuple):
+    """The outer headers of an encapsulated packet: a VXLAN datagram between two hosts'
+    tunnel endpoints (VTEPs) and the network identifier (VNI) it carries."""
+
+    kind: str  # "vxlan"
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    vni: int
+    ttl: int
+    ip_id: int
+
+    @property
+    def label(self) -> str:
+        return f"VXLAN vni {self.vni} {self.src}:{self.sport} -> {self.dst}:{self.dport}"
 
 
 #: Names of the IP protocols flowtrace shows by name (others show as their number).

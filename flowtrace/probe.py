@@ -21,11 +21,12 @@ import secrets
 import socket
 import struct
 from dataclasses import dataclass
+from typing import ClassVar
 
 from flowtrace.correlate.probes import isn_of
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import FlowtraceError
-from flowtrace.model import ProbeKind
+from flowtrace.model import ProbeKind, split_host
 
 MAGIC = b"flowtrace"
 
@@ -62,19 +63,37 @@ class ProbePlan:
         """The mark of probe number `seq` (TCP needs a distinct ISN per probe)."""
         return isn_of(self.mark, seq)
 
-    def capture_filter(self, count: int) -> str:
-        """A tcpdump expression matching the probes, their answers and ICMP errors."""
-        icmp_errors = "(icmp[0] = 3 or icmp[0] = 11 or icmp[0] = 12)"
+    def capture_filter(self, count: int, *, vxlan: bool = False) -> str:
+        """A tcpdump expression matching the probes, their answers and ICMP errors; with
+        `vxlan`, also inside VXLAN datagrams (an overlay's underlay: libpcap 1.10 has no
+        `vxlan` primitive, so the inner packet's fields are read at their offsets)."""
+        plain = self._filter(count, _Plain())
+        if not vxlan:
+            return plain
+        inner = self._filter(count, _InVxlan())
+        return f"({plain}) or ({_InVxlan.GUARD} and ({inner}))"
+
+    def _filter(self, count: int, at: _Offsets) -> str:
+        errors = " or ".join(f"{at.field('icmp', 0, 1)} = {t}" for t in (3, 11, 12))
+        icmp_errors = f"({errors})"
         if self.kind == "icmp":
-            return f"icmp and (icmp[8:4] = {self.mark:#x} or {icmp_errors})"
+            mark = at.field("icmp", 8, 4)
+            return f"{at.proto('icmp')} and ({mark} = {self.mark:#x} or {icmp_errors})"
         if self.kind == "udp":
-            return f"(udp and udp[8:4] = {self.mark:#x}) or (icmp and {icmp_errors})"
+            return (
+                f"({at.proto('udp')} and {at.field('udp', 8, 4)} = {self.mark:#x}) or "
+                f"({at.proto('icmp')} and {icmp_errors})"
+            )
         terms = []
         for seq in range(count):
             isn = self.seq_mark(seq)
             nxt = (isn + 1) & 0xFFFFFFFF
-            terms.append(f"tcp[4:4] = {isn:#x} or tcp[4:4] = {nxt:#x} or tcp[8:4] = {nxt:#x}")
-        return f"(tcp and ({' or '.join(terms)})) or (icmp and {icmp_errors})"
+            seq_field, ack_field = at.field("tcp", 4, 4), at.field("tcp", 8, 4)
+            terms.append(
+                f"{seq_field} = {isn:#x} or {seq_field} = {nxt:#x} or {ack_field} = {nxt:#x}"
+            )
+        probes = f"{at.proto('tcp')} and ({' or '.join(terms)})"
+        return f"({probes}) or ({at.proto('icmp')} and {icmp_errors})"
 
     def payload(self, seq: int) -> bytes:
         head = struct.pack("!I", self.mark) + MAGIC + struct.pack("!H", seq & 0xFFFF)
@@ -112,6 +131,43 @@ class ProbePlan:
         checksum = transport_checksum(self.src_ip, self.dst_ip, 6, segment)
         segment = segment[:16] + struct.pack("!H", checksum) + segment[18:]
         return ipv4_header(self.src_ip, self.dst_ip, 6, ip_id, len(segment)) + segment
+
+
+class _Offsets:
+    """How a filter names a transport field and tests the protocol."""
+
+    def proto(self, name: str) -> str:
+        raise NotImplementedError
+
+    def field(self, proto: str, offset: int, size: int) -> str:
+        raise NotImplementedError
+
+
+class _Plain(_Offsets):
+    def proto(self, name: str) -> str:
+        return name
+
+    def field(self, proto: str, offset: int, size: int) -> str:
+        return f"{proto}[{offset}]" if size == 1 else f"{proto}[{offset}:{size}]"
+
+
+class _InVxlan(_Offsets):
+    """The packet inside a VXLAN datagram: outer UDP header (8), VXLAN header (8), inner
+    Ethernet (14), inner IPv4 without options (20), then its transport header."""
+
+    INNER_ETHERTYPE = 8 + 8 + 12
+    INNER_IP = 8 + 8 + 14
+    INNER_L4 = INNER_IP + 20
+    #: UDP to VXLAN's port, carrying IPv4 with a 20-byte header.
+    GUARD = f"udp dst port 4789 and udp[{INNER_ETHERTYPE}:2] = 0x0800 and udp[{INNER_IP}] = 0x45"
+    NUMBERS: ClassVar[dict[str, int]] = {"icmp": 1, "tcp": 6, "udp": 17}
+
+    def proto(self, name: str) -> str:
+        return f"udp[{self.INNER_IP + 9}] = {self.NUMBERS[name]}"
+
+    def field(self, proto: str, offset: int, size: int) -> str:
+        where = self.INNER_L4 + offset
+        return f"udp[{where}]" if size == 1 else f"udp[{where}:{size}]"
 
 
 def internet_checksum(data: bytes) -> int:
@@ -155,8 +211,34 @@ def _open_raw() -> socket.socket:
     return sock
 
 
-def open_sender(ns_path: str) -> socket.socket:
-    """A raw IPv4 socket living in the source namespace (routes, ARP and NAT are its)."""
+class RemoteSender:
+    """A source on another host: each probe is sent there, by the agent, from a raw
+    socket opened in the source's namespace (send_once), as a local one would be."""
+
+    def __init__(self, ns_path: str) -> None:
+        self.ns_path = ns_path
+
+    def sendto(self, packet: bytes, address: tuple[str, int]) -> None:
+        run_in_netns(self.ns_path, send_once, packet, address[0])
+
+    def close(self) -> None:
+        """Nothing stays open there between probes."""
+
+
+def send_once(packet: bytes, dst_ip: str) -> None:
+    """Send one packet from a raw socket of the calling thread's namespace."""
+    sock = _open_raw()
+    try:
+        sock.sendto(packet, (dst_ip, 0))
+    finally:
+        sock.close()
+
+
+def open_sender(ns_path: str) -> socket.socket | RemoteSender:
+    """A raw IPv4 socket living in the source namespace (routes, ARP and NAT are its); for
+    a source on another host, a sender that sends there."""
+    if split_host(ns_path)[0] is not None:
+        return RemoteSender(ns_path)
     try:
         return run_in_netns(ns_path, _open_raw)
     except PermissionError:
@@ -165,7 +247,7 @@ def open_sender(ns_path: str) -> socket.socket:
         raise NotRootError("sending a probe needs CAP_NET_RAW: run flowtrace as root") from None
 
 
-def send_probe(sock: socket.socket, packet: bytes, dst_ip: str) -> None:
+def send_probe(sock: socket.socket | RemoteSender, packet: bytes, dst_ip: str) -> None:
     try:
         sock.sendto(packet, (dst_ip, 0))
     except OSError as exc:

@@ -172,7 +172,9 @@ def _analyze(
             summaries.add(pkt)
 
         # Runs once per frame: everything it touches is a local name.
-        correlator = Correlator(order, window_ns)
+        # Points on several hosts: order each packet by the path, not the hosts' clocks.
+        by_path = len({p.netns.host for p in points}) > 1
+        correlator = Correlator(order, window_ns, by_path=by_path)
         correlate = correlator.add_many
         batch: list[Sighting] = []  # handed to the correlator _BATCH at a time
         decoders = _recent_decodings(points)
@@ -223,6 +225,9 @@ def _analyze(
     verdicts: tuple[Verdict, ...] = ()
     if manifest:
         meta["manifest"] = manifest
+        for key in ("hosts", "tunnels"):  # a trace across hosts: their clocks, its overlays
+            if manifest.get(key):
+                meta[key] = manifest[key]
         if probes is not None:
             verdicts = verdicts_from(manifest, probes)
     # Path order as the manifest lists it (the file may describe interfaces otherwise).

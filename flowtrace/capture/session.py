@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -62,7 +62,8 @@ class CaptureSession:
     returns them.  Otherwise the rings are split between `workers` forked processes
     (default: one per point, at most one per CPU); workers=0 reads them in a thread
     instead.  `profile` chooses the rings' tuning when keep_frames alone does not;
-    `ring_mb` and `retire_ms` override single values of it.
+    `ring_mb` and `retire_ms` override single values of it; `programs` are filters
+    already compiled, by link type.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class CaptureSession:
         profile: RingProfile | None = None,
         ring_mb: float | None = None,
         retire_ms: int | None = None,
+        programs: Mapping[int, bytes] | None = None,
     ) -> None:
         if not points:
             raise FlowtraceError("nothing to capture: no observation points")
@@ -92,11 +94,17 @@ class CaptureSession:
             profile = RingProfile.TRACE if keep_frames else RingProfile.BULK
         self.profile = profile
         self.geometry = profile.geometry(ring_mb, retire_ms)
-        # Compile now: a bad expression fails before anything is opened.
-        self._programs = {
-            linktype: compile_filter(self.filter_expr, linktype, DEFAULT_SNAPLEN)
-            for linktype in {p.linktype for p in self.points}
-        }
+        # Compile now: a bad expression fails before anything is opened.  `programs`
+        # (by link type) were compiled elsewhere: an agent on another host gets them from
+        # the controller and needs no libpcap of its own.
+        self._programs = (
+            dict(programs)
+            if programs is not None
+            else {
+                linktype: compile_filter(self.filter_expr, linktype, DEFAULT_SNAPLEN)
+                for linktype in {p.linktype for p in self.points}
+            }
+        )
         #: True when run() ended because of Ctrl-C or SIGTERM.
         self.interrupted = False
         self._rings: list[PacketRing] = []

@@ -9,12 +9,24 @@ import click
 from flowtrace.cli.base import F, cli, command_line, finish, handle_errors
 
 
+def _host_option(func: F) -> F:
+    return click.option(
+        "--host",
+        "hosts",
+        multiple=True,
+        metavar="ALIAS=URL",
+        help="Another Docker host, for endpoints NAME@ALIAS: unix:///PATH (or a socket's "
+        "path), tcp://HOST:PORT, ssh://USER@HOST.  A Docker context's name needs none.",
+    )(func)
+
+
 @cli.command("path")
 @click.argument("src")
 @click.argument("dst")
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@_host_option
 @handle_errors
-def path_cmd(src: str, dst: str, as_json: bool) -> None:
+def path_cmd(src: str, dst: str, as_json: bool, hosts: tuple[str, ...]) -> None:
     """Print the observation points a packet from SRC to DST crosses, sending nothing.
 
     DST may carry a port (c2:80, 203.0.113.1:8080) to follow a published port's DNAT.
@@ -22,7 +34,7 @@ def path_cmd(src: str, dst: str, as_json: bool) -> None:
     from flowtrace import api
     from flowtrace.topology.route import probe_kind_of
 
-    points, notes = api.path(src, dst, probe_kind_of(dst))
+    points, notes = api.path(src, dst, probe_kind_of(dst), hosts)
     if as_json:
         import json
 
@@ -80,7 +92,7 @@ def _trace_options(func: F) -> F:
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return _host_option(func)
 
 
 def _run_trace(
@@ -93,6 +105,7 @@ def _run_trace(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    hosts: tuple[str, ...],
 ) -> None:
     from pathlib import Path
 
@@ -107,7 +120,7 @@ def _run_trace(
         record=not no_record,
         command=command_line(),
     )
-    result = api.run_trace(src, dst, options)
+    result = api.run_trace(src, dst, options, hosts=hosts)
     if as_json:
         from flowtrace.output.jsonout import dumps
 

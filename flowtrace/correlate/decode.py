@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from functools import partial
 
-from flowtrace.model import Headers, Sighting
+from flowtrace.model import Headers, Sighting, Tunnel
 
 #: pcap LINKTYPE_* values decode_frame understands.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in host byte order
@@ -35,6 +35,8 @@ LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
 
 PAYLOAD_DIGEST_BYTES = 16
+#: VXLAN's UDP port (IANA; what Docker's overlay and Linux use): decoded to the inner packet.
+VXLAN_PORT = 4789
 
 _ETH_IPV4 = 0x0800
 _ETH_IPV6 = 0x86DD
@@ -296,12 +298,39 @@ def _transport(
             body = end
         else:
             return None
+    if dport == VXLAN_PORT and proto == _PROTO_UDP and not quoted:
+        inside = _vxlan(data, body, end, version, src, dst, sport, dport, ttl, ip_id)
+        if inside is not None:
+            return inside
     digest = data[body : min(end, body + PAYLOAD_DIGEST_BYTES)]
     return _new_headers((
         version, src, dst, proto, ip_id, ttl, length,
         sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq,
-        tcp_seq, tcp_ack, tcp_flags, digest, inner,
+        tcp_seq, tcp_ack, tcp_flags, digest, inner, None,
     ))  # fmt: skip
+
+
+def _vxlan(
+    data: bytes,
+    body: int,
+    end: int,
+    version: int,
+    src: str,
+    dst: str,
+    sport: int | None,
+    dport: int,
+    ttl: int,
+    ip_id: int,
+) -> Headers | None:
+    """The inner packet of a VXLAN datagram (RFC 7348: 8 bytes, the I flag, a 24-bit
+    VNI, then an Ethernet frame), carrying the outer headers; None when it is not one."""
+    if end - body < 8 + 14 or not data[body] & 0x08:
+        return None
+    inner = _decode(data[body + 8 : end], LINKTYPE_ETHERNET)
+    if inner is None or inner.outer is not None:
+        return None
+    vni = int.from_bytes(data[body + 4 : body + 7], "big")
+    return inner._replace(outer=Tunnel("vxlan", src, dst, sport or 0, dport, vni, ttl, ip_id))
 
 
 def _quoted_packet(data: bytes, start: int, end: int) -> Headers | None:

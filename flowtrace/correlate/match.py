@@ -20,6 +20,10 @@ Rules:
   retransmission); the other way it is the same packet passing again (a loopback
   device shows each packet outgoing then incoming; a bridge shows a hairpinned
   packet going up and coming back).
+- Order: by time, on one clock.  Across hosts (`by_path`) the clocks agree only within
+  their offsets' error bounds, which can exceed a hop's latency, so the path decides: a
+  request's sightings in path order, a reply's in reverse, time only between sightings
+  at one point.
 - Direction follows conntrack: a packet's flow tuple is its tuple at its first
   point; it is a reply when that tuple is the reverse of a request's tuple at any
   point (its last point, once NAT has been applied).  Echo requests and SYNs are
@@ -145,10 +149,13 @@ class Correlator:
         point_order: Sequence[str] | None = None,
         window_ns: int = DEFAULT_WINDOW_NS,
         flow_timeout_ns: int = DEFAULT_FLOW_TIMEOUT_NS,
+        *,
+        by_path: bool = False,
     ) -> None:
         if window_ns <= 0:
             raise ValueError("window_ns must be positive")
         self.window_ns = window_ns
+        self.by_path = by_path and bool(point_order)
         self.flow_timeout_ns = flow_timeout_ns
         self._max_hold_ns = window_ns // 2
         self._hold_ns = min(INITIAL_HOLD_NS, self._max_hold_ns)
@@ -297,10 +304,18 @@ class Correlator:
         sightings = building.sightings
         rank, unranked = self._rank, self._unranked
         if len(sightings) > 1:
-            sightings.sort(key=lambda s: (s.time_ns, rank.get(s.point, unranked), not s.outbound))
+            if self.by_path:
+                sightings.sort(key=lambda s: (rank.get(s.point, unranked), s.time_ns))
+            else:
+                sightings.sort(
+                    key=lambda s: (s.time_ns, rank.get(s.point, unranked), not s.outbound)
+                )
         direction, flow = self._direction(sightings)
         if direction == "reply" and len(sightings) > 1:
-            sightings.sort(key=lambda s: (s.time_ns, -rank.get(s.point, -1), not s.outbound))
+            if self.by_path:
+                sightings.sort(key=lambda s: (-rank.get(s.point, -1), s.time_ns))
+            else:
+                sightings.sort(key=lambda s: (s.time_ns, -rank.get(s.point, -1), not s.outbound))
         if len(self._nat_memo) > _NAT_MEMO_LIMIT:
             self._nat_memo.clear()
         if direction == "request":
@@ -383,9 +398,12 @@ def correlate(
     sightings: Iterable[Sighting],
     point_order: Sequence[str] | None = None,
     window_ns: int = DEFAULT_WINDOW_NS,
+    *,
+    by_path: bool = False,
 ) -> Iterator[Packet]:
-    """Group sightings into packets, yielding each once it can no longer grow."""
-    correlator = Correlator(point_order, window_ns)
+    """Group sightings into packets, yielding each once it can no longer grow (`by_path`:
+    order them by the path, for sightings on several hosts' clocks)."""
+    correlator = Correlator(point_order, window_ns, by_path=by_path)
     for s in sightings:
         yield from correlator.add(s)
     yield from correlator.finish()

@@ -197,3 +197,9 @@ def _shared_namespace_note(info: ContainerNet) -> str:
         f"{info.name} uses network mode container:{owner.name}: it shares {owner.name}'s "
         "network namespace (interfaces, addresses, routes)"
     )
+
+
+def container_facts(attrs: dict[str, Any]) -> ContainerNet:
+    """What an engine's inspect attributes say about a container's networking (any engine's
+    client: another host's too)."""
+    return _from_attrs(attrs)

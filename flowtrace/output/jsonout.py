@@ -11,6 +11,7 @@ from typing import Any
 
 from flowtrace._version import __version__
 from flowtrace.model import DnsLookup, NatEvent, Packet, Point, Sighting, Trace
+from flowtrace.output.hostview import clock_errors, hop_error, outer_dict
 
 SCHEMA_VERSION = 1
 
@@ -18,6 +19,7 @@ SCHEMA_VERSION = 1
 def point_dict(point: Point) -> dict[str, Any]:
     return {
         "id": point.id,
+        "host": point.netns.host,
         "netns": point.netns.label,
         "ifname": point.ifname,
         "ifindex": point.ifindex,
@@ -42,6 +44,7 @@ def sighting_dict(s: Sighting) -> dict[str, Any]:
         "ip_id": h.ip_id,
         "ttl": h.ttl,
         "direction": None if s.outbound is None else ("out" if s.outbound else "in"),
+        "outer": outer_dict(s),
     }
 
 
@@ -70,8 +73,11 @@ def packet_dict(pkt: Packet) -> dict[str, Any]:
 
 
 def hop_summary(trace: Trace) -> list[dict[str, Any]]:
-    """min/median/max of each hop's delta over all packets, per direction and packet kind."""
+    """min/median/max of each hop's delta over all packets, per direction and packet kind;
+    `error_ns`: the bound the hosts' clocks put on a hop between two hosts (0 on one)."""
     hops = trace.hop_deltas()
+    points = {p.id: p for p in trace.points}
+    errors = clock_errors(trace.meta)
     return [
         {
             "direction": d,
@@ -82,6 +88,7 @@ def hop_summary(trace: Trace) -> list[dict[str, Any]]:
             "min_ns": min(v),
             "median_ns": int(statistics.median(v)),
             "max_ns": max(v),
+            "error_ns": hop_error(points, errors, a, b),
         }
         for (d, kind, a, b), v in hops.items()
     ]

@@ -7,7 +7,7 @@ shape, so the output pipes into less or a file cleanly.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -15,6 +15,14 @@ from rich.table import Table
 from rich.text import Text
 
 from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, Verdict
+from flowtrace.output.hostview import (
+    clock_errors,
+    delta_text,
+    hop_error,
+    host_lines,
+    outer_text,
+    tunnel_names,
+)
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
 FLOWS_SHOWN = 20  # flows and NAT rewrites listed by `flowtrace analyze`; the rest counted
@@ -50,11 +58,18 @@ def describe(s: Sighting) -> str:
     return h.proto_name
 
 
-def packet_table(pkt: Packet, points: dict[str, Point]) -> Text:
+def packet_table(
+    pkt: Packet,
+    points: dict[str, Point],
+    errors: Mapping[str | None, int] | None = None,
+    overlays: Mapping[int, str] | None = None,
+) -> Text:
     """One packet hop by hop, as aligned plain lines; a rewrite is shown under its hop.
 
     Plain lines rather than a table: a NAT line would squeeze a table column into
-    unreadable shreds on an 80-column terminal.
+    unreadable shreds on an 80-column terminal.  Across hosts (`errors`: each host's
+    clock bound) a hop between two hosts shows its bound; a sighting inside a tunnel
+    shows the outer headers under its row (`overlays`: VNI -> network name).
     """
     first = pkt.first.headers
     title = f"packet {pkt.packet_id}: {pkt.direction}, {describe(pkt.first)}"
@@ -71,7 +86,11 @@ def packet_table(pkt: Packet, points: dict[str, Point]) -> Text:
                 s.point,
                 point.role if point is not None else "",
                 _us(s.time_ns - start),
-                "" if prev is None else _us(s.time_ns - prev.time_ns),
+                ""
+                if prev is None
+                else delta_text(
+                    s.time_ns - prev.time_ns, hop_error(points, errors or {}, prev.point, s.point)
+                ),
                 f"{endpoint_text(s, 'src', first.icmp_id)} -> "
                 f"{endpoint_text(s, 'dst', first.icmp_id)}",
             )
@@ -93,6 +112,10 @@ def packet_table(pkt: Packet, points: dict[str, Point]) -> Text:
     shown: set[int] = set()  # on lo a packet is seen twice at one point: show it once
     for s, row in zip(pkt.sightings, rows, strict=True):
         out.append(line(row) + "\n")
+        if s.headers.outer is not None:
+            out.append(
+                " " * indent + outer_text(s.headers.outer, overlays or {}) + "\n", style="cyan"
+            )
         for n, ev in enumerate(pkt.nat):
             if ev.between[1] == s.point and n not in shown:
                 shown.add(n)
@@ -124,13 +147,18 @@ def nat_details(events: Iterable[NatEvent]) -> list[str]:
 
 
 def print_hop_stats(trace: Trace, console: Console) -> None:
-    """min/median/max per hop, a heading line per direction and packet kind (as analyze's)."""
+    """min/median/max per hop, a heading line per direction and packet kind (as analyze's);
+    across hosts, a hop between two hosts with its clocks' bound."""
+    points = {p.id: p for p in trace.points}
+    errors = clock_errors(trace.meta)
+    across = bool(errors)
     rows: list[tuple[str, ...]] = []
     group = None
     for (direction, kind, a, b), values in trace.hop_deltas().items():
         if (direction, kind) != group:
             group = (direction, kind)
-            rows.append((f"{direction}, {kind}", "", "", "", ""))
+            rows.append((f"{direction}, {kind}", "", "", "", "", *([""] if across else [])))
+        bound = hop_error(points, errors, a, b)
         rows.append(
             (
                 f"  {a} -> {b}",
@@ -138,16 +166,12 @@ def print_hop_stats(trace: Trace, console: Console) -> None:
                 _us(min(values)),
                 _us(int(statistics.median(values))),
                 _us(max(values)),
+                *([f"±{_us(bound)}" if bound else ""] if across else []),
             )
         )
     if rows:
-        _print_aligned(
-            console,
-            "per-hop latency",
-            ("hop", "n", "min µs", "median µs", "max µs"),
-            rows,
-            frozenset((1, 2, 3, 4)),
-        )
+        header = ("hop", "n", "min µs", "median µs", "max µs", *(["clocks µs"] if across else []))
+        _print_aligned(console, "per-hop latency", header, rows, frozenset((1, 2, 3, 4, 5)))
 
 
 def render_path(points: list[Point], notes: Iterable[str], console: Console) -> None:
@@ -190,13 +214,14 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         if pkt.packet_id not in on_legs:
             by_probe.setdefault(pkt.probe, []).append(pkt)
     verdicts = {v.probe: v for v in trace.verdicts}
+    errors, overlays = clock_errors(trace.meta), tunnel_names(trace.meta)
     shown_events: set[tuple[str, str, str]] = set()
     for probe, packets in sorted(by_probe.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
         full = probe is None or probe < FULL_TABLES_UP_TO
         for pkt in packets:
             if full:
                 console.print()
-                console.print(packet_table(pkt, points))
+                console.print(packet_table(pkt, points, errors, overlays))
         if probe is not None and probe in verdicts:
             if full:
                 console.print()
@@ -342,9 +367,12 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
     console.print()
     render_path(list(trace.points), [], console)
     points = {p.id: p for p in trace.points}
+    errors, overlays = clock_errors(trace.meta), tunnel_names(trace.meta)
+    for line in host_lines(trace):
+        console.print(line)
     for pkt in shown:
         console.print()
-        console.print(packet_table(pkt, points))
+        console.print(packet_table(pkt, points, errors, overlays))
     if analysis.packet_count > len(shown) and shown:
         console.print()
         console.print(
@@ -408,11 +436,13 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
         # would push the table past 80 columns with lab point names.
         rows = []
         group = None
+        across = bool(errors)
         for (direction, kind, a, b), stats in sorted(analysis.hops.items(), key=path_order):
             if (direction, kind) != group:
                 group = (direction, kind)
-                rows.append((f"{direction}, {kind}", "", "", "", "", ""))
+                rows.append((f"{direction}, {kind}", "", "", "", "", "", *([""] if across else [])))
             s = stats.summary()
+            bound = hop_error(points, errors, a, b)
             rows.append(
                 (
                     f"  {a} -> {b}",
@@ -421,14 +451,16 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
                     _us(s["median_ns"]),
                     _us(s["p99_ns"]),
                     _us(s["max_ns"]),
+                    *([f"±{_us(bound)}" if bound else ""] if across else []),
                 )
             )
+        header = ("hop", "n", "min µs", "median µs", "p99 µs", "max µs")
         _print_aligned(
             console,
             "per-hop latency",
-            ("hop", "n", "min µs", "median µs", "p99 µs", "max µs"),
+            (*header, *(["clocks µs"] if across else [])),
             rows,
-            frozenset((1, 2, 3, 4, 5)),
+            frozenset((1, 2, 3, 4, 5, 6)),
         )
     for s in trace.stats:
         if s.drops:

@@ -178,6 +178,7 @@ def point_entry(point: Point) -> dict[str, Any]:
     """How a manifest describes a point; its position in the list is its pcapng interface id."""
     return {
         "id": point.id,
+        "host": point.netns.host,
         "netns": point.netns.label,
         "netns_path": point.netns.path,
         "container": point.netns.container,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowtrace._version import __version__
@@ -47,7 +47,10 @@ class TraceRecorder:
         command: str,
         fields: dict[str, Any],
         names: Sequence[tuple[str, Sequence[str]]] = (),
+        descriptions: Mapping[str, str] | None = None,
     ) -> None:
+        """`descriptions` replace some points' if_description (a point on another host
+        says the clock offset its times were given)."""
         self.set = pcap_set
         self.directory = pcap_set.directory
         self.path = pcap_set.capture_path
@@ -59,7 +62,7 @@ class TraceRecorder:
         for p in points:
             self._writer.add_interface(
                 p.id,
-                p.description,
+                (descriptions or {}).get(p.id, p.description),
                 linktype=p.linktype,
                 mac=bytes.fromhex(p.mac.replace(":", "")) if p.mac else None,
             )

@@ -148,7 +148,7 @@ def capture(
             chosen,
             src=src,
             dst=dst,
-            filter=live.session.filter_expr,
+            filter=filter_expr.strip() if filter_expr and filter_expr.strip() else None,
             notes=notes,
         )
     )
@@ -173,7 +173,7 @@ def capture(
         final = live.stats
         if count is not None and sum(s.packets for s in final) > count:
             trimmed, final = _trim_stats(pcap_set.capture_path, count, final)
-        all_notes = notes + live.session.notes()
+        all_notes = notes + live.notes()
         pcap_set.finish(
             final,
             duration_s=round(elapsed, 3),

@@ -10,17 +10,24 @@ set before the next step, so an interrupted run keeps everything recorded so far
 
 What differs between commands plugs in through `Hooks`: plain typed callables that
 see values (headers, packets) and return values, never the loop's own state.
+
+Frames come from `FrameSource`s: the local capture session for this host's points, and
+for each other host an agent's capture (capture.remote), its frames already on this
+host's clock.  The loop starts them all before anything is sent and takes from each as
+it polls; the rest (decode, correlate, record) does not know where a frame came from.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from flowtrace.capture.remote import AgentSource
 from flowtrace.capture.session import CaptureSession
 from flowtrace.correlate.decode import decode_frame
 from flowtrace.correlate.match import correlate
@@ -28,8 +35,63 @@ from flowtrace.model import Frame, Headers, Packet, Point, PointStats, Sighting
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.topology.rewrites import attribute_nat
 
+if TYPE_CHECKING:
+    from flowtrace.endpoints.hosts import RemoteHost
+
 #: How often the loop looks for new frames while it waits.
 POLL_S = 0.002
+
+
+class FrameSource(Protocol):
+    """Where some of a run's frames come from; started before anything is sent."""
+
+    #: How long the source may hold a frame before handing it over (ms).
+    retire_ms: int
+
+    def start(self) -> None:
+        """When this returns, every point of the source is capturing."""
+
+    def stop(self) -> None:
+        """Let no further frame in; what was captured before is still handed over."""
+
+    def take(self) -> list[Frame]:
+        """Frames handed over since the last take: the run's point numbers, this clock."""
+        ...
+
+    def snapshot(self) -> list[PointStats]: ...
+
+    def notes(self) -> list[str]: ...
+
+
+class SessionSource:
+    """The local capture session as a FrameSource for some of the run's points."""
+
+    def __init__(self, session: CaptureSession, indexes: Sequence[int]) -> None:
+        self.session = session
+        self.indexes = list(indexes)
+        self._identity = self.indexes == list(range(len(self.indexes)))
+        self.retire_ms = session.geometry.retire_ms
+        self._taken = 0
+
+    def start(self) -> None:
+        self.session.start()
+
+    def stop(self) -> None:
+        self.session.stop()
+
+    def take(self) -> list[Frame]:
+        new = self.session.frames(since=self._taken)
+        self._taken += len(new)
+        if self._identity:
+            return new
+        indexes = self.indexes
+        return [replace(f, point=indexes[f.point]) for f in new]
+
+    def snapshot(self) -> list[PointStats]:
+        return self.session.snapshot()
+
+    def notes(self) -> list[str]:
+        return self.session.notes()
 
 
 class Step(Protocol):
@@ -73,6 +135,7 @@ class LiveRun:
         hooks: Hooks | None = None,
         *,
         output: Path | None = None,
+        hosts: Mapping[str, RemoteHost] | None = None,
     ) -> None:
         self.points = list(points)
         self.point_ids = [p.id for p in self.points]
@@ -80,12 +143,31 @@ class LiveRun:
         #: A bulk capture (`output`: the pcapng the session writes) or a traced run whose
         #: frames are kept in memory and recorded by a TraceRecorder.
         self.bulk = output is not None
-        self.session = CaptureSession(
-            self.points,
-            capture_filter,
-            None if output is None else Path(output),
-            keep_frames=not self.bulk,
-        )
+        here = [i for i, p in enumerate(self.points) if p.netns.host is None]
+        self.session: CaptureSession | None = None
+        self.sources: list[FrameSource] = []
+        if here:
+            self.session = CaptureSession(
+                [self.points[i] for i in here],
+                capture_filter,
+                None if output is None else Path(output),
+                keep_frames=not self.bulk,
+            )
+            self.sources.append(SessionSource(self.session, here))
+        for name in sorted({p.netns.host for p in self.points if p.netns.host is not None}):
+            if hosts is None or name not in hosts or self.bulk:
+                raise ValueError(f"points on host {name} need that host connected (traces only)")
+            there = [i for i, p in enumerate(self.points) if p.netns.host == name]
+            host = hosts[name]
+            self.sources.append(
+                AgentSource(
+                    host.agent, [self.points[i] for i in there], there, capture_filter, host.offset
+                )
+            )
+        #: With points on several hosts, a packet's sightings go in path order: the hosts'
+        #: clocks agree only within their offsets' error.
+        self.by_path = len({p.netns.host for p in self.points}) > 1
+        self.retire_ms = max(source.retire_ms for source in self.sources)
         self.recorder: TraceRecorder | None = None
         self.frames: list[Frame] = []
         self.sightings: list[Sighting] = []
@@ -93,25 +175,60 @@ class LiveRun:
         self.stats: list[PointStats] = []
         self.interrupted = False
         self.next_packet_id = 1
-        self._taken = 0  # frames the session handed over (kept or not)
         self._flushed_sightings = 0
         self._flushed_frames = 0
 
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """The barrier: when this returns, every point is capturing."""
-        self.session.start()
+        """The barrier: when this returns, every point on every host is capturing.
+
+        The sources start side by side (a host's agent answers while the local rings are
+        bound); if one fails, those that started are stopped again."""
+        if len(self.sources) == 1:
+            self.sources[0].start()
+            return
+        failures: list[BaseException] = []
+
+        def begin(source: FrameSource) -> None:
+            try:
+                source.start()
+            except BaseException as exc:  # raised below
+                failures.append(exc)
+
+        starters = [threading.Thread(target=begin, args=(s,)) for s in self.sources]
+        for starter in starters:
+            starter.start()
+        for starter in starters:
+            starter.join()
+        if failures:
+            self._stop_sources()
+            raise failures[0]
+
+    def _stop_sources(self) -> None:
+        errors: list[BaseException] = []
+        for source in self.sources:
+            try:
+                source.stop()
+            except BaseException as exc:  # every source is stopped first
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def stop(self) -> None:
         """Stop the capture and take in (correlate, record) what the rings still held."""
         try:
-            self.session.stop()
+            self._stop_sources()
         finally:
-            self.stats = self.session.snapshot()
+            by_id = {s.point: s for source in self.sources for s in source.snapshot()}
+            self.stats = [by_id.get(p.id, PointStats(point=p.id)) for p in self.points]
             if not self.bulk:
                 self.absorb()
                 self.flush()
+
+    def notes(self) -> list[str]:
+        """What went wrong on the way, from every source."""
+        return [note for source in self.sources for note in source.notes()]
 
     def __enter__(self) -> LiveRun:
         self.start()
@@ -162,7 +279,7 @@ class LiveRun:
         while time.monotonic() < deadline:
             self.absorb()
             if step.settled(self.pending):
-                time.sleep(2 * self.session.geometry.retire_ms / 1000)
+                time.sleep(2 * self.retire_ms / 1000)
                 break
             time.sleep(POLL_S)
         self.absorb()
@@ -175,17 +292,16 @@ class LiveRun:
         on_tick: Callable[[list[PointStats]], None] | None = None,
     ) -> None:
         """A bulk capture's one step: record until the duration, the count or Ctrl-C."""
+        assert self.session is not None
         self.session.run(duration=duration, count=count, on_tick=on_tick)
         self.interrupted = self.session.interrupted
 
     # --- decoding, correlation, recording --------------------------------------------------
 
     def absorb(self) -> None:
-        """Decode the frames the session handed over since last time."""
-        new = self.session.frames(since=self._taken)
-        self._taken += len(new)
+        """Decode the frames the sources handed over since last time."""
         keep = self.hooks.keep
-        for f in new:
+        for f in (frame for source in self.sources for frame in source.take()):
             headers = decode_frame(f.data, self.points[f.point].linktype)
             if keep is not None and not keep(headers):
                 continue
@@ -206,7 +322,7 @@ class LiveRun:
             return []
         number = self.hooks.number
         packets = []
-        for pkt in correlate(chunk, self.point_ids):
+        for pkt in correlate(chunk, self.point_ids, by_path=self.by_path):
             pkt = replace(pkt, packet_id=self.next_packet_id)
             self.next_packet_id += 1
             packets.append(number(pkt) if number is not None else pkt)

@@ -12,21 +12,30 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
+from flowtrace.endpoints.hosts import HostSet, HostSpec, RemoteHost
 from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
 from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, open_sender, send_probe
+from flowtrace.run.hosts import (
+    hosts_notes,
+    hosts_record,
+    names_hosts,
+    point_descriptions,
+    tunnels_record,
+)
 from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
+from flowtrace.topology.hostroute import resolve_host_route
 from flowtrace.topology.route import Route, resolve_route
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
@@ -77,11 +86,17 @@ class ProbeStep:
 
 
 class ProbeTrace:
-    """A trace along a resolved route: its points, probes, numbering and verdicts."""
+    """A trace along a resolved route: its points, probes, numbering and verdicts.
 
-    def __init__(self, route: Route, options: TraceOptions) -> None:
+    `hosts`: the other hosts the route's points are on, connected (run.hosts)."""
+
+    def __init__(
+        self, route: Route, options: TraceOptions, hosts: Mapping[str, RemoteHost] | None = None
+    ) -> None:
         self.route = route
         self.options = options
+        self.hosts = dict(hosts or {})
+        self.tunnels = tuple(getattr(route, "tunnels", ()))
         self.points: list[Point] = list(route.plan.points)
         if route.proxy is not None:  # leg 2: the proxy's own connection to the container
             known = {p.id for p in self.points}
@@ -141,7 +156,7 @@ class ProbeTrace:
         """The probes' filter (plus a docker-proxy's legs); when the path is blocked, also
         the ARP about the neighbour the source cannot reach (the only frames such a probe
         makes)."""
-        probes = self.probe.capture_filter(self.options.count)
+        probes = self.probe.capture_filter(self.options.count, vxlan=bool(self.tunnels))
         if self.legs is not None:
             probes = self.legs.capture_filter(probes)
         blocked = self.route.plan.blocked
@@ -158,7 +173,7 @@ class ProbeTrace:
             rewrites=self.rewrites,
             label=self.legs.label if self.legs is not None else None,
         )
-        live = LiveRun(self.points, self.capture_filter(), hooks)
+        live = LiveRun(self.points, self.capture_filter(), hooks, hosts=self.hosts)
         first_leg_packet = 0
         with live:
             if opts.record:
@@ -220,12 +235,21 @@ class ProbeTrace:
             "capture_filter": self.capture_filter(),
             "notes": self._notes(),
         }
+        if self.hosts:
+            fields["hosts"] = hosts_record(route, self.hosts)
+            fields["tunnels"] = tunnels_record(self.tunnels)
         names: list[tuple[str, list[str]]] = []
         for p in self.points:
             if p.netns.container:
                 names.extend((ip, [p.netns.container]) for ip in p.addresses)
         return TraceRecorder(
-            pcap_set, self.points, self.options.kind, self.options.command, fields, names
+            pcap_set,
+            self.points,
+            self.options.kind,
+            self.options.command,
+            fields,
+            names,
+            point_descriptions(self.points, self.hosts),
         )
 
     # --- verdicts -------------------------------------------------------------------------------
@@ -262,7 +286,8 @@ class ProbeTrace:
         return arp_seen(live.frames, self.point_ids, sent[seq], sent.get(seq + 1))
 
     def _notes(self) -> list[str]:
-        notes = list(self.route.src.notes) + list(self.route.dst.notes)
+        notes = hosts_notes(self.route, self.hosts)
+        notes += list(self.route.src.notes) + list(self.route.dst.notes)
         blocked = self.route.plan.blocked
         for note in self.route.plan.notes:
             if blocked is not None and note == blocked.why:  # the verdicts say it in full
@@ -298,6 +323,9 @@ class ProbeTrace:
             meta["pcap"] = str(live.recorder.path)
         if proxy is not None:
             meta["proxy"] = proxy
+        if self.hosts:
+            meta["hosts"] = hosts_record(route, self.hosts)
+            meta["tunnels"] = tunnels_record(self.tunnels)
         return Trace(
             tuple(self.points),
             tuple(live.packets),
@@ -309,8 +337,17 @@ class ProbeTrace:
 
 
 def run_trace(
-    src: str, dst: str, options: TraceOptions, on_probe: Callable[[int], None] | None = None
+    src: str,
+    dst: str,
+    options: TraceOptions,
+    on_probe: Callable[[int], None] | None = None,
+    hosts: Sequence[HostSpec] = (),
 ) -> Trace:
-    """Resolve the route from src to dst and trace it with these options."""
+    """Resolve the route from src to dst and trace it with these options; `hosts` are the
+    --host aliases (endpoints NAME@HOST name the others)."""
     options.check()
-    return ProbeTrace(resolve_route(src, dst, options.kind), options).run(on_probe)
+    if not names_hosts((src, dst), hosts):
+        return ProbeTrace(resolve_route(src, dst, options.kind), options).run(on_probe)
+    with HostSet(hosts) as connected:
+        route = resolve_host_route(src, dst, options.kind, connected)
+        return ProbeTrace(route, options, connected.hosts).run(on_probe)

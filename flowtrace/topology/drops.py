@@ -47,10 +47,10 @@ def vanished_in(points: Sequence[Point], last_point: str) -> Point | None:
     if last_point not in ids:
         return None
     last = ids.index(last_point)
-    if last + 1 >= len(points) or points[last + 1].netns.inode != points[last].netns.inode:
+    if last + 1 >= len(points) or points[last + 1].netns.key != points[last].netns.key:
         return None
     first = last
-    while first > 0 and points[first - 1].netns.inode == points[last].netns.inode:
+    while first > 0 and points[first - 1].netns.key == points[last].netns.key:
         first -= 1
     return points[first] if first > 0 else None
 
@@ -124,7 +124,7 @@ def arrival(points: Sequence[Point], destination: str) -> Point | None:
     if destination not in ids:
         return None
     first = ids.index(destination)
-    while first > 0 and points[first - 1].netns.inode == points[first].netns.inode:
+    while first > 0 and points[first - 1].netns.key == points[first].netns.key:
         first -= 1
     return points[first] if first > 0 else None
 

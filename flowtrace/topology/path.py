@@ -70,6 +70,22 @@ class Blocked:
     neighbor: str
 
 
+@dataclass(frozen=True)
+class Exit:
+    """Where a walk left the namespaces it can see: the device a frame went out of (a
+    host's uplink, a bridge none of whose ports leads on), the address it was sent to
+    (the next hop: a gateway or the destination), and the note that said so.
+
+    On one host that is where the path ends; across hosts (topology.crossing) it is where
+    the next host's part begins.
+    """
+
+    netns: Namespace
+    link: Link
+    next_hop: str
+    note: str
+
+
 @dataclass
 class PathPlan:
     """The observation points a packet from src to dst will cross, in order."""
@@ -90,6 +106,8 @@ class PathPlan:
     notes: list[str] = field(default_factory=list)
     #: Set when the kernel's state says the packet cannot arrive (macvlan isolation).
     blocked: Blocked | None = None
+    #: Where the walk left what it can see (None: it arrived, or it was stopped).
+    exit: Exit | None = None
 
     def add(self, ns: Namespace, link: Link, state: NetnsState, role: str) -> Point:
         point_id = f"{ns.label}/{link.name}"
@@ -293,12 +311,23 @@ def plan_path(
     if out is None:
         raise NoPathError(f"{src.label}: route to {dst_ip} names an unknown interface")
     plan.add(src, out, state, "source")
-    ns, link, gateway = src, out, route.gateway
+    arrived = _cross(view, plan, src, out, route.gateway or plan.dst_ip)
+    if arrived is None:
+        return plan
+    return walk_from(view, plan, arrived, redirect)
+
+
+def walk_from(
+    view: KernelView,
+    plan: PathPlan,
+    arrived: tuple[Namespace, Link],
+    redirect: Redirect | None = None,
+) -> PathPlan:
+    """Go on from a frame's arrival on `arrived` (a namespace and the link it came in by)
+    to the destination, adding the points on the way: the rest of plan_path's walk, which
+    topology.crossing also starts where a frame reaches another host."""
+    ns, link = arrived
     for _ in range(MAX_HOPS):
-        arrived = _cross(view, plan, ns, link, gateway or plan.dst_ip)
-        if arrived is None:
-            return plan
-        ns, link = arrived
         state = view.state(ns)
         master = state.link(link.master) if link.master else None
         if master is not None and master.kind == "bridge":
@@ -338,7 +367,10 @@ def plan_path(
             if ingress is None:
                 plan.add(ns, link, state, "veth-peer")
             plan.add(ns, out, state, "bridge" if out.kind == "bridge" else "egress")
-        link = out
+        found = _cross(view, plan, ns, out, gateway or plan.dst_ip)
+        if found is None:
+            return plan
+        ns, link = found
     plan.notes.append(f"gave up after {MAX_HOPS} hops (a routing loop?)")
     return plan
 
@@ -375,26 +407,41 @@ def _cross(
     if link.kind == "bridge":
         port_found = find_bridge_port(view, ns, link, next_hop)
         if port_found is None:
-            plan.notes.append(f"no port of bridge {link.name} in {ns.label} leads to {next_hop}")
+            _leave(
+                plan,
+                ns,
+                link,
+                next_hop,
+                f"no port of bridge {link.name} in {ns.label} leads to {next_hop}",
+            )
             return None
         port, _, _ = port_found
         plan.add(ns, port, view.state(ns), "veth-peer")
         link = port
     if link.kind != "veth":
-        plan.notes.append(
+        _leave(
+            plan,
+            ns,
+            link,
+            next_hop,
             f"the packet leaves {ns.label} through {link.name} ({link.kind or 'device'}); "
-            "flowtrace cannot follow it further"
+            "flowtrace cannot follow it further",
         )
         return None
     peer = find_peer(view, ns, link)
     if peer is None:
-        plan.notes.append(f"cannot find the peer of veth {link.name} in {ns.label}")
+        _leave(plan, ns, link, next_hop, f"cannot find the peer of veth {link.name} in {ns.label}")
         return None
     far = macvlan_child_owning(view, peer[0], peer[1], next_hop)
     if far is not None:  # the frame arrives on a parent device and goes to its child
         plan.add(peer[0], peer[1], view.state(peer[0]), "parent")
         return far
     return peer
+
+
+def _leave(plan: PathPlan, ns: Namespace, link: Link, next_hop: str, note: str) -> None:
+    plan.exit = Exit(ns, link, next_hop, note)
+    plan.notes.append(note)
 
 
 def _block(plan: PathPlan, blocked: Blocked) -> None:

@@ -14,6 +14,7 @@ follows both legs of a real connection.  Pure parsing is in topology.published.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,12 +94,17 @@ def find_listener(ip: str, port: int) -> Listener | None:
 # --- Docker's bindings and the host's listeners, for a planned path ----------------------
 
 
-def bindings(kind: str, port: int) -> list[tuple[Any, int, str, int]]:
-    """(container, container port, host ip, host port) of running containers' `port`/kind."""
-    if not docker_available():
-        return []
+def bindings(
+    kind: str, port: int, containers: Callable[[], list[Any]] | None = None
+) -> list[tuple[Any, int, str, int]]:
+    """(container, container port, host ip, host port) of running containers' `port`/kind;
+    `containers` gives another host's running containers (default: this engine's)."""
+    if containers is None:
+        if not docker_available():
+            return []
+        containers = running_containers
     found = []
-    for c in running_containers():
+    for c in containers():
         for key, published in c.ports.items():
             cport, _, proto = key.partition("/")
             found += [
@@ -109,11 +115,13 @@ def bindings(kind: str, port: int) -> list[tuple[Any, int, str, int]]:
     return found
 
 
-def binding_target(kind: str, ip: str, port: int) -> tuple[str, int, str] | None:
+def binding_target(
+    kind: str, ip: str, port: int, containers: Callable[[], list[Any]] | None = None
+) -> tuple[str, int, str] | None:
     """Docker's bindings for the port that take the address (no rules to read)."""
     if not output_dnat_applies(ip):
         return None
-    for c, cport, host_ip, _ in bindings(kind, port):
+    for c, cport, host_ip, _ in bindings(kind, port, containers):
         target = next(iter(c.addresses.values()), None)
         if target and binding_serves(host_ip, ip):
             return target, cport, ""

@@ -102,12 +102,12 @@ def _between_points(ev: NatEvent, pkt: Packet, where: Point, a: Point, b: Point)
     before = next((s for s in pkt.sightings if s.point == ev.between[0]), pkt.first)
     h = before.headers
     flow = Flow(h.proto_name, h.src, h.dst, h.sport, h.dport, h.icmp_id)
-    inode = where.netns.inode
+    key = where.netns.key
     return explain_rewrite(
         ev,
         where.netns.path,
         flow,
-        in_iface=a.ifname if a.netns.inode == inode else None,
-        out_iface=b.ifname if b.netns.inode == inode else None,
+        in_iface=a.ifname if a.netns.key == key else None,
+        out_iface=b.ifname if b.netns.key == key else None,
         local=(),  # unknown: a rewrite between two points is told by its interfaces
     )

@@ -9,7 +9,9 @@ applies.  `flowtrace path` prints what it returns; a live run sends along it.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from flowtrace.endpoints.resolve import resolve, split_port
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
@@ -53,30 +55,32 @@ def choose_destination_ip(view: LiveView, src: Namespace, dst: Endpoint) -> str:
     return dst.ip or candidates[0]
 
 
-def docker_redirect(kind: ProbeKind) -> Redirect:
+def docker_redirect(kind: ProbeKind, containers: Callable[[], list[Any]] | None = None) -> Redirect:
     """Predict a published port's DNAT: Docker maps host ports to container ports.
 
     The host's nat table is walked as the kernel walks it for the first packet
     (PREROUTING for one that came in by `in_iface`, OUTPUT for the host's own), so
     what Docker's rules leave out stays out: 127.0.0.0/8 from the host, packets from
     Docker's own bridges (docker-proxy takes those), a binding on another address.
-    When the rules cannot be read, Docker's bindings are matched instead.
+    When the rules cannot be read, Docker's bindings are matched instead.  `containers`
+    lists another host's running containers (default: this engine's).
     """
 
     def redirect(
         ns: Namespace, ip: str, port: int | None, in_iface: str | None = None
     ) -> tuple[str, int | None, str] | None:
-        if port is None or kind == "icmp" or ns.label != "host":
+        if port is None or kind == "icmp" or not ns.is_host:
             return None
         try:
             local = frozenset(a.ip for a in read_state(ns.path).addresses)
             predicted = predict_dnat(read_ruleset(ns.path), kind, ip, port, in_iface, local)
         except FlowtraceError:
-            predicted = binding_target(kind, ip, port)
+            predicted = binding_target(kind, ip, port, containers)
         if predicted is None:
             return None
         target, cport, _ = predicted
-        owners = [c.name for c, *_ in bindings(kind, port) if target in c.addresses.values()]
+        published = bindings(kind, port, containers)
+        owners = [c.name for c, *_ in published if target in c.addresses.values()]
         by = f"container {owners[0]}" if owners else target
         return target, cport, f"{ip}:{port} is published by {by}: DNAT to {target}:{cport}"
 
@@ -121,7 +125,7 @@ def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Rou
     if kind == "tcp" and plan.redirected is None and plan.destination and dst.port is not None:
         proxy = proxy_leg(view, plan, dst.port)
     mates = (src.netns.container, dst.netns.container)
-    if src.netns.inode == dst.netns.inode and all(mates) and mates[0] != mates[1]:
+    if src.netns.key == dst.netns.key and all(mates) and mates[0] != mates[1]:
         plan.notes.append(
             f"containers {mates[0]} and {mates[1]} share one network namespace: "
             "the packet never leaves it and crosses only lo"

@@ -1,0 +1,325 @@
+"""Other Docker hosts: `NAME@HOST` endpoints, `--host ALIAS=URL`, and the agents on them.
+
+HOST is a Docker context (as `docker context ls` shows them: unix://, tcp:// with TLS,
+ssh://) or an alias given with `--host ALIAS=URL` (a URL the Docker SDK takes, or a
+socket's path).  Neither container names nor context names can hold `@`, so
+`c2@hostb:80` is container c2 on hostb, port 80.  An endpoint without `@` is on the
+current engine, as always.
+
+`HostSet` connects a trace to the hosts it names, each once: the engine's client, the
+helper container and its agent (endpoints.helper), the clock offset measured over that
+agent's channel (correlate.clocks), and the agent attached to endpoints.netns, so
+everything that reads a namespace "HOST:PATH" reads it there.  Leaving the set (its
+`with` block, however it ends) removes every helper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from flowtrace.correlate.clocks import ClockOffset, estimate
+from flowtrace.endpoints.agent_image import check_architecture
+from flowtrace.endpoints.helper import HelperAgent
+from flowtrace.endpoints.netns import attach_host, detach_host, on_host
+from flowtrace.errors import DockerUnavailableError, ExitStatus, FlowtraceError, NotFoundError
+
+#: Host names as endpoints write them (and Docker contexts are named).
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Clock exchanges per host: of these the shortest round trip is kept.
+CLOCK_EXCHANGES = 32
+#: A test's way to make an agent's clock run ahead (ns): FLOWTRACE_AGENT_SKEW_NS=hostb=5000000.
+SKEW_ENVIRONMENT = "FLOWTRACE_AGENT_SKEW_NS"
+CLIENT_TIMEOUT_S = 30
+#: Looking an address up among Docker contexts asks each engine this long at most.
+ADDRESS_LOOKUP_TIMEOUT_S = 3
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """How to reach one host's engine."""
+
+    name: str
+    url: str
+    #: The Docker SDK's TLSConfig for tcp:// with TLS (from the context), else None.
+    tls: Any = None
+    #: In words: "--host hostb=unix:///..." or "docker context hostb".
+    selected_by: str = ""
+
+    @property
+    def local_socket(self) -> bool:
+        return self.url.startswith("unix://")
+
+
+def split_host(spec: str) -> tuple[str, str | None]:
+    """`c2@hostb` -> ("c2", "hostb"); `c2` -> ("c2", None).  A port stays with the name
+    part's caller (`split_port` runs first)."""
+    name, sep, host = spec.rpartition("@")
+    if not sep:
+        return spec, None
+    if not host or not _HOST_NAME.match(host):
+        raise FlowtraceError(
+            f"bad host {host!r} in {spec!r}: write NAME@HOST with HOST a Docker context or a "
+            "--host alias",
+            ExitStatus.USAGE,
+        )
+    if not name:
+        raise FlowtraceError(
+            f"{spec!r} names no endpoint before @: write NAME@HOST (c2@{host}, host@{host})",
+            ExitStatus.USAGE,
+        )
+    return name, host
+
+
+def parse_host_option(text: str) -> HostSpec:
+    """`--host ALIAS=URL`: a URL the Docker SDK takes (unix://, tcp://, ssh://) or a path."""
+    alias, sep, url = text.partition("=")
+    alias, url = alias.strip(), url.strip()
+    if not sep or not alias or not url:
+        raise FlowtraceError(
+            f"bad --host {text!r}: write ALIAS=URL, e.g. hostb=unix:///run/hostb/docker.sock "
+            "or hostb=ssh://root@hostb",
+            ExitStatus.USAGE,
+        )
+    if not _HOST_NAME.match(alias):
+        raise FlowtraceError(
+            f"bad host alias {alias!r}: letters, digits, '.', '_' and '-' only", ExitStatus.USAGE
+        )
+    if url.startswith("/"):
+        url = f"unix://{url}"
+    if not re.match(r"^(unix|tcp|ssh|http|https)://", url):
+        raise FlowtraceError(
+            f"bad URL {url!r} for host {alias}: give unix://PATH, tcp://HOST:PORT or "
+            "ssh://USER@HOST (or a socket's path)",
+            ExitStatus.USAGE,
+        )
+    return HostSpec(alias, url, None, f"--host {alias}={url}")
+
+
+def context_spec(name: str) -> HostSpec | None:
+    """The Docker context called `name`, as the docker CLI keeps it, or None."""
+    from docker.context import ContextAPI
+    from docker.errors import ContextException
+
+    try:
+        found = ContextAPI.get_context(name)
+    except ContextException:
+        return None
+    if found is None or name == "default":
+        return None
+    host = found.Host or ""
+    if not host:
+        return None
+    return HostSpec(name, host, found.TLSConfig or None, f"docker context {name}")
+
+
+def skews(environ: Mapping[str, str]) -> dict[str, int]:
+    """`hosta=5000000,hostb=-300000` -> per host, the skew its agent's clock is given."""
+    found: dict[str, int] = {}
+    for item in environ.get(SKEW_ENVIRONMENT, "").split(","):
+        name, sep, value = item.partition("=")
+        if sep and name.strip() and value.strip().lstrip("-").isdigit():
+            found[name.strip()] = int(value)
+    return found
+
+
+@dataclass
+class RemoteHost:
+    """A connected host: its engine, its agent, what the agent found, its clock."""
+
+    spec: HostSpec
+    client: Any
+    agent: HelperAgent
+    engine: dict[str, Any]
+    facts: dict[str, Any]
+    offset: ClockOffset
+    #: The engine's own words on its swarm role and address (for the manifest).
+    swarm: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def engine_pid(self) -> int | None:
+        pids = self.facts.get("engine_pids") or []
+        return int(pids[0]) if pids else None
+
+    @property
+    def netns_path(self) -> str:
+        """The host's own namespace, named for endpoints.netns."""
+        pid = self.engine_pid
+        return on_host(self.name, f"/proc/{pid}/ns/net" if pid else "/proc/self/ns/net")
+
+    def describe(self) -> dict[str, Any]:
+        """How the manifest and --json name the host and its engine."""
+        return {
+            "name": self.name,
+            "url": self.spec.url,
+            "selected_by": self.spec.selected_by,
+            "engine": {
+                "name": "docker",
+                "version": self.engine.get("ServerVersion", ""),
+                "id": self.engine.get("ID", ""),
+                "hostname": self.engine.get("Name", ""),
+                "os": self.engine.get("OperatingSystem", ""),
+                "kernel": self.engine.get("KernelVersion", ""),
+                "architecture": self.engine.get("Architecture", ""),
+            },
+            "swarm": self.swarm,
+            "agent": {
+                "image": self.agent.image,
+                "image_imported": self.agent.image_imported,
+                "container": self.agent.name,
+                "exec_root": self.facts.get("exec_root"),
+                "engine_pid": self.engine_pid,
+            },
+            "clock": self.offset.as_dict(),
+        }
+
+
+class HostSet:
+    """The hosts one command names, connected on first use, all released at the end."""
+
+    def __init__(self, aliases: Sequence[HostSpec] = (), environ: Mapping[str, str] | None = None):
+        self.aliases = {spec.name: spec for spec in aliases}
+        self._skews = skews(os.environ if environ is None else environ)
+        self.hosts: dict[str, RemoteHost] = {}
+        self._lock = threading.Lock()
+
+    def spec(self, name: str) -> HostSpec:
+        if name in self.aliases:
+            return self.aliases[name]
+        found = context_spec(name)
+        if found is None:
+            raise NotFoundError(
+                f"no host named {name!r}: give it with --host {name}=URL or make a Docker "
+                f"context of that name (`docker context create {name} --docker host=URL`)"
+            )
+        return found
+
+    def known_names(self) -> list[str]:
+        """Hosts named so far (connected or given with --host)."""
+        return sorted({*self.aliases, *self.hosts})
+
+    def connect(self, name: str) -> RemoteHost:
+        """The host, connected (once): engine pinged, helper started, clock measured."""
+        with self._lock:
+            if name in self.hosts:
+                return self.hosts[name]
+            spec = self.spec(name)
+            host = _connect(spec, self._skews.get(name, 0))
+            self.hosts[name] = host
+            return host
+
+    def find_by_address(self, ip: str) -> str | None:
+        """A Docker context, not named yet, whose engine is a swarm node at `ip` (asked
+        through the engine's API only: nothing is started there), else None."""
+        from docker.context import ContextAPI
+
+        for context in ContextAPI.contexts():
+            name = context.Name
+            if name in ("default", *self.known_names()) or not context.Host:
+                continue
+            spec = HostSpec(name, context.Host, context.TLSConfig or None, f"docker context {name}")
+            try:
+                client, info = _client(spec, timeout=ADDRESS_LOOKUP_TIMEOUT_S)
+            except DockerUnavailableError:
+                continue
+            client.close()
+            if (info.get("Swarm") or {}).get("NodeAddr") == ip:
+                self.aliases.setdefault(name, spec)
+                return name
+        return None
+
+    def close(self) -> None:
+        """Remove every helper and close every client (never raises)."""
+        for host in self.hosts.values():
+            detach_host(host.name)
+            host.agent.close()
+            with contextlib.suppress(Exception):
+                host.client.close()
+        self.hosts.clear()
+
+    def __enter__(self) -> HostSet:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _client(spec: HostSpec, timeout: float = CLIENT_TIMEOUT_S) -> tuple[Any, dict[str, Any]]:
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.DockerClient(
+            base_url=spec.url, tls=spec.tls, timeout=timeout, use_ssh_client=True
+        )
+        info = client.info()
+    except (DockerException, OSError) as exc:
+        text = str(exc).strip().splitlines()
+        raise DockerUnavailableError(
+            f"host {spec.name}'s engine does not answer at {spec.url} ({spec.selected_by}): "
+            f"{(text[0] if text else type(exc).__name__)[:160]}"
+        ) from None
+    return client, info
+
+
+def measure_clock(agent: HelperAgent, exchanges: int = CLOCK_EXCHANGES) -> ClockOffset:
+    """The agent's clock against this one, over its own channel (correlate.clocks)."""
+    samples = []
+    for _ in range(exchanges):
+        s = agent.clock_sample()
+        samples.append((s.t1, s.t2, s.t3, s.t4))
+    return estimate(samples)
+
+
+def _connect(spec: HostSpec, skew_ns: int) -> RemoteHost:
+    client, info = _client(spec)
+    try:
+        check_architecture(info, spec.name)
+        agent = HelperAgent(spec.name, client, local_socket=spec.local_socket, skew_ns=skew_ns)
+        facts = agent.start()
+    except BaseException:
+        client.close()
+        raise
+    try:
+        offset = measure_clock(agent)
+        swarm = info.get("Swarm") or {}
+        host = RemoteHost(
+            spec,
+            client,
+            agent,
+            info,
+            facts,
+            offset,
+            {k: swarm.get(k) for k in ("NodeID", "NodeAddr", "LocalNodeState", "ControlAvailable")},
+        )
+    except BaseException:
+        agent.close()
+        client.close()
+        raise
+    attach_host(spec.name, agent)
+    return host
+
+
+@contextlib.contextmanager
+def connected(aliases: Sequence[HostSpec] = ()) -> Iterator[HostSet]:
+    """A HostSet for the length of a block."""
+    hosts = HostSet(aliases)
+    try:
+        yield hosts
+    finally:
+        hosts.close()
