@@ -11,7 +11,8 @@ import json
 from operator import itemgetter
 from typing import Any
 
-from flowtrace.model import Headers, NatEvent, Packet
+from flowtrace.model import Headers, NatEvent, Packet, Sighting
+from flowtrace.output.hostview import outer_dict
 from flowtrace.output.jsonout import nat_dict
 
 _JSON_TEXT_LIMIT = 1 << 16
@@ -71,9 +72,14 @@ def _json_middle(h: Headers) -> str:
 
 def _json_tail(ttl: int, outbound: bool | None) -> str:
     text = _bounded(_json_tails)[(ttl, outbound)] = (
-        f', "ttl": {ttl}, "direction": {_DIRECTION_JSON[outbound]}}}'
+        f', "ttl": {ttl}, "direction": {_DIRECTION_JSON[outbound]}, "outer": '
     )
     return text
+
+
+def _outer_json(s: Sighting) -> str:
+    """A tunnel's outer headers (rare: an overlay's underlay), else null."""
+    return "null}" if s.headers.outer is None else json.dumps(outer_dict(s)) + "}"
 
 
 def _nat_json(ev: NatEvent) -> str:
@@ -100,11 +106,13 @@ def packet_json(pkt: Packet) -> str:
     sightings = []
     deltas = []
     before = None
-    for point, time_ns, h, outbound, _ in pkt.sightings:
+    for s in pkt.sightings:
+        point, time_ns, h, outbound, _ = s
         sightings.append(
             f"{heads.get(point) or _json_head(point)}{time_ns}"
             f"{middles.get(_middle_fields(h)) or _json_middle(h)}{h.ip_id}"
             f"{tails.get((h.ttl, outbound)) or _json_tail(h.ttl, outbound)}"
+            f"{'null}' if h.outer is None else _outer_json(s)}"
         )
         if before is not None:
             deltas.append(str(time_ns - before))
