@@ -14,6 +14,7 @@ from typing import Any
 from flowtrace._version import __version__
 from flowtrace.correlate.stats import HopStats
 from flowtrace.model import NatEvent, Packet, Trace
+from flowtrace.output.hostview import clock_errors, hop_error
 from flowtrace.output.jsonout import SCHEMA_VERSION, nat_dict, point_dict
 
 FlowKey = tuple[str, str, int | None, str, int | None]
@@ -144,7 +145,11 @@ def flow_key(pkt: Packet) -> FlowKey:
 
 
 def summary_dict(analysis: Analysis) -> dict[str, Any]:
-    """Everything but the packets: flows, NAT events with counts, per-hop statistics."""
+    """Everything but the packets: flows, NAT events with counts, per-hop statistics (with
+    the bound the hosts' clocks put on a hop between two hosts, `error_ns`)."""
+    trace = analysis.trace
+    points = {p.id: p for p in trace.points}
+    errors = clock_errors(trace.meta)
     return {
         "schema": SCHEMA_VERSION,
         "flowtrace": __version__,
@@ -157,9 +162,15 @@ def summary_dict(analysis: Analysis) -> dict[str, Any]:
         "flows": [f.as_dict() for f in analysis.flows.values()],
         "nat": [dict(nat_dict(ev), count=n) for ev, n in analysis.nat.values()],
         "hops": [
-            dict({"direction": d, "kind": kind, "from": a, "to": b}, **stats.summary())
+            dict(
+                {"direction": d, "kind": kind, "from": a, "to": b},
+                **stats.summary(),
+                error_ns=hop_error(points, errors, a, b),
+            )
             for (d, kind, a, b), stats in analysis.hops.items()
         ],
+        "hosts": trace.meta.get("hosts") or [],
+        "tunnels": trace.meta.get("tunnels") or [],
         "stats": [
             {"point": s.point, "packets": s.packets, "drops": s.drops} for s in analysis.trace.stats
         ],
