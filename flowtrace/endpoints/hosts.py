@@ -26,6 +26,7 @@ from typing import Any
 
 from flowtrace.correlate.clocks import ClockOffset, estimate
 from flowtrace.endpoints.agent_image import check_architecture
+from flowtrace.endpoints.contexts import list_contexts, read_context
 from flowtrace.endpoints.helper import HelperAgent
 from flowtrace.endpoints.netns import attach_host, detach_host, on_host
 from flowtrace.errors import DockerUnavailableError, ExitStatus, FlowtraceError, NotFoundError
@@ -104,19 +105,10 @@ def parse_host_option(text: str) -> HostSpec:
 
 def context_spec(name: str) -> HostSpec | None:
     """The Docker context called `name`, as the docker CLI keeps it, or None."""
-    from docker.context import ContextAPI
-    from docker.errors import ContextException
-
-    try:
-        found = ContextAPI.get_context(name)
-    except ContextException:
+    found = read_context(name)
+    if found is None:
         return None
-    if found is None or name == "default":
-        return None
-    host = found.Host or ""
-    if not host:
-        return None
-    return HostSpec(name, host, found.TLSConfig or None, f"docker context {name}")
+    return HostSpec(name, found.host, found.tls, f"docker context {name}")
 
 
 def skews(environ: Mapping[str, str]) -> dict[str, int]:
@@ -221,13 +213,11 @@ class HostSet:
     def find_by_address(self, ip: str) -> str | None:
         """A Docker context, not named yet, whose engine is a swarm node at `ip` (asked
         through the engine's API only: nothing is started there), else None."""
-        from docker.context import ContextAPI
-
-        for context in ContextAPI.contexts():
-            name = context.Name
-            if name in ("default", *self.known_names()) or not context.Host:
+        for context in list_contexts():
+            name = context.name
+            if name in self.known_names():
                 continue
-            spec = HostSpec(name, context.Host, context.TLSConfig or None, f"docker context {name}")
+            spec = HostSpec(name, context.host, context.tls, f"docker context {name}")
             try:
                 client, info = _client(spec, timeout=ADDRESS_LOOKUP_TIMEOUT_S)
             except DockerUnavailableError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import flowtrace.lab.hosts as hosts
 import flowtrace.lab.macvlan as macvlan
 from flowtrace.errors import ExitStatus, FlowtraceError
 from flowtrace.lab.base import (
@@ -222,6 +223,18 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             (Member(macvlan.M1, network=macvlan.NETWORK), Member(macvlan.M2, mode="none")),
             parts=macvlan,
+        ),
+        Scenario(
+            hosts.SCENARIO,
+            "two more Docker hosts (engines of their own) on a LAN: a swarm with the attachable "
+            f"overlay {hosts.OVERLAY}, macvlan {hosts.MACVLAN} on the LAN, a published port",
+            (
+                "flowtrace ping o1@hosta o2@hostb",
+                f"flowtrace tcp c1@hosta {hosts.WORKER.lan_ip}:8080",
+                "flowtrace ping m1@hosta m2@hostb",
+                "flowtrace ping m1@hosta host@hosta",
+            ),
+            parts=hosts,
         ),
     )
 }
