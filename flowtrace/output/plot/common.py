@@ -75,6 +75,20 @@ def netns_label(trace: Trace, point_id: str) -> str:
         return point_id.rsplit("/", 1)[0]
 
 
+#: How a plot names the controller's own host among others.
+LOCAL_HOST = "local"
+
+
+def host_label(trace: Trace, point_id: str) -> str:
+    """The host a point is on, as its id says (`c2@hostb/eth0` -> "hostb")."""
+    try:
+        host = trace.point(point_id).netns.host
+    except KeyError:
+        head = point_id.rsplit("/", 1)[0]
+        host = head.rsplit("@", 1)[1] if "@" in head else None
+    return host or LOCAL_HOST
+
+
 def probe_key(packet: Packet) -> tuple[int, int]:
     """Packets of one probe share a time origin; a captured packet (no probe) is its own."""
     return (0, packet.probe) if packet.probe is not None else (1, packet.packet_id)

@@ -17,13 +17,17 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.transforms import blended_transform_factory
 
 from flowtrace.model import Address, NatEvent, Packet, Trace
 from flowtrace.output.frames import nat_hop_index, nat_label
+from flowtrace.output.hostview import clock_errors, hop_error
 from flowtrace.output.plot.common import (
     COLORS,
     DIRECTIONS,
+    LOCAL_HOST,
     LOST_COLOR,
+    host_label,
     kinds_by_direction,
     netns_label,
     new_figure,
@@ -38,6 +42,8 @@ from flowtrace.output.plot.common import (
 MARKERS = {"request": "v", "reply": "^"}  # requests walk down the path, replies back up
 NAT_COLOR = "#7b1fa2"
 BAND_COLOR = "#f1f3f5"
+#: One light tint per host of a trace across hosts, in order of appearance.
+HOST_COLORS = ("#e7f5ff", "#fff4e6", "#ebfbee", "#f3f0ff")
 #: Above this many packets a direction is drawn as faint lines plus its bold median path.
 OVERLAY_FROM = 4
 #: Line styles of a direction's packet kinds, in order of appearance (SYN, then RST...).
@@ -67,10 +73,16 @@ def hop_timeline(
     def offset_us(packet: Packet, hop: int) -> float:
         return (packet.sightings[hop].time_ns - origin[probe_key(packet)]) / 1000
 
+    points, errors = {p.id: p for p in trace.points}, clock_errors(trace.meta)
+
+    def bound_of(a: str, b: str) -> float:
+        return hop_error(points, errors, a, b) / 1000
+
     height = max(3.8, 0.62 * len(order) + 2.2)
     figure = new_figure(11.0, height)
     ax = figure.add_subplot()
-    _namespace_bands(ax, trace, order)
+    if not _host_bands(ax, trace, order):
+        _namespace_bands(ax, trace, order)
     legend: list[Line2D] = []
     overlaid = False
     kinds = kinds_by_direction(shown)
@@ -79,7 +91,7 @@ def hop_timeline(
             walks = [p for p in shown if p.direction == direction and packet_kind(p) == kind]
             style = KIND_STYLES[min(rank, len(KIND_STYLES) - 1)]
             # Hop times are written for the first kind only: the probe and its answer.
-            _draw_walks(ax, walks, rows, offset_us, direction, style, label_hops=rank == 0)
+            _draw_walks(ax, walks, rows, offset_us, direction, style, rank == 0, bound_of)
             overlaid |= len(walks) >= OVERLAY_FROM
             label = direction if len(kinds[direction]) == 1 else f"{direction}: {kind}"
             if len(walks) > 1:
@@ -162,8 +174,10 @@ def _draw_walks(
     direction: str,
     style: str = "-",
     label_hops: bool = True,
+    bound_of: Callable[[str, str], float] | None = None,
 ) -> None:
-    """One kind of packet: every packet's line, and for many packets a bold median path on top."""
+    """One kind of packet: every packet's line, and for many packets a bold median path on top;
+    `bound_of(a, b)`: the clocks' bound on the hop from a to b (µs; across hosts)."""
     color, marker = COLORS[direction], MARKERS[direction]
     overlay = len(walks) >= OVERLAY_FROM
     lines = [
@@ -193,11 +207,18 @@ def _draw_walks(
             times, ys_median, marker=marker, s=60, color=color, edgecolors="white", lw=0.8, zorder=5
         )
         if label_hops:
-            _label_deltas(ax, times, ys_median, direction)
+            _label_deltas(ax, times, ys_median, direction, _bounds(path, bound_of))
     elif len(walks) == 1 and label_hops:
         walk = walks[0]
         times = [offset_us(walk, hop) for hop in range(len(walk.sightings))]
-        _label_deltas(ax, times, [rows[s.point] for s in walk.sightings], direction)
+        path = tuple(s.point for s in walk.sightings)
+        _label_deltas(ax, times, [rows[p] for p in path], direction, _bounds(path, bound_of))
+
+
+def _bounds(
+    path: Sequence[str], bound_of: Callable[[str, str], float] | None
+) -> list[float] | None:
+    return None if bound_of is None else [bound_of(a, b) for a, b in pairwise(path)]
 
 
 def _median_path(
@@ -213,16 +234,25 @@ def _median_path(
     return path, times
 
 
-def _label_deltas(ax: Axes, times: Sequence[float], ys: Sequence[int], direction: str) -> None:
-    """Write each hop's time next to the middle of its segment: "+7.9 µs".
+def _label_deltas(
+    ax: Axes,
+    times: Sequence[float],
+    ys: Sequence[int],
+    direction: str,
+    bounds: Sequence[float] | None = None,
+) -> None:
+    """Write each hop's time next to the middle of its segment: "+7.9 µs" (across hosts
+    with the clocks' bound: "+7.9 ±91.4 µs").
 
     Requests are labelled on their left and replies on their right, so where a reply
     starts right after its request arrives the two labels face away from each other.
     """
     left = direction == "request"
-    for (x0, y0), (x1, y1) in pairwise(zip(times, ys, strict=True)):
+    segments = list(pairwise(zip(times, ys, strict=True)))
+    for index, ((x0, y0), (x1, y1)) in enumerate(segments):
+        bound = bounds[index] if bounds is not None and index < len(bounds) else 0.0
         ax.annotate(
-            f"+{x1 - x0:.1f} µs",
+            f"{x1 - x0:+.1f} ±{bound:.1f} µs" if bound else f"+{x1 - x0:.1f} µs",
             xy=((x0 + x1) / 2, (y0 + y1) / 2),
             xytext=(-7 if left else 7, 0),
             textcoords="offset points",
@@ -348,6 +378,43 @@ def _spread(wanted: Sequence[float], gap: float, low: float, high: float) -> lis
         for i in order:
             placed[i] = max(low, placed[i] - overflow)
     return placed
+
+
+def _host_bands(ax: Axes, trace: Trace, order: Sequence[str]) -> bool:
+    """A trace across hosts: each host's rows in a band of its own colour, named at the
+    right with its clock's bound (hops between bands carry it).  False on one host."""
+    hosts = [host_label(trace, point) for point in order]
+    if len(set(hosts)) < 2:
+        return False
+    errors = clock_errors(trace.meta)
+    runs: list[tuple[str, int, int]] = []
+    for row, host in enumerate(hosts):
+        if runs and runs[-1][0] == host:
+            runs[-1] = (host, runs[-1][1], row)
+        else:
+            runs.append((host, row, row))
+    colours = {
+        name: HOST_COLORS[i % len(HOST_COLORS)] for i, name in enumerate(dict.fromkeys(hosts))
+    }
+    place = blended_transform_factory(ax.transAxes, ax.transData)
+    for host, first, last in runs:
+        ax.axhspan(first - 0.5, last + 0.5, color=colours[host], zorder=0, lw=0)
+        bound = errors.get(None if host == LOCAL_HOST else host, 0)
+        clock = f"clock ±{bound / 1000:.1f} µs" if bound else "reference clock"
+        ax.text(
+            0.006,
+            first - 0.42,
+            f"host {host} · {clock}",
+            transform=place,
+            ha="left",
+            va="top",
+            fontsize=8,
+            color="#495057",
+            zorder=1,
+        )
+    for _host, first, _last in runs[1:]:
+        ax.axhline(first - 0.5, color="#868e96", lw=0.8, ls="--", zorder=0.5)
+    return True
 
 
 def _namespace_bands(ax: Axes, trace: Trace, order: Sequence[str]) -> None:
