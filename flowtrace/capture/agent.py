@@ -110,6 +110,7 @@ class Agent:
             self._answers.flush()
 
     def run(self) -> None:
+        threading.Thread(target=_warm, name="warm", daemon=True).start()
         try:
             while True:
                 line = self._requests.readline()
@@ -137,7 +138,6 @@ class Agent:
 
     def do_hello(self, host: str, skew_ns: int) -> dict[str, Any]:
         self.host, self.skew_ns = host, skew_ns
-        threading.Thread(target=_warm, name="warm", daemon=True).start()
         return host_facts()
 
     def do_call(self, path: str | None, module: str, qualname: str, args: tuple[Any, ...]) -> Any:

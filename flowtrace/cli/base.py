@@ -101,5 +101,6 @@ def cli(traceback: bool) -> None:
     """Trace packets hop by hop through container networking, through NAT.
 
     \b
-    Endpoints: a container name or id, `host`, `netns:NAME`, `pid:N`, or an IP address.
+    Endpoints: a container name or id, `host`, `netns:NAME`, `pid:N`, or an IP address;
+    on another Docker host NAME@HOST (HOST: a Docker context, or --host ALIAS=URL).
     """

@@ -184,6 +184,7 @@ class HostSet:
         self._skews = skews(os.environ if environ is None else environ)
         self.hosts: dict[str, RemoteHost] = {}
         self._lock = threading.Lock()
+        self._pending: dict[str, threading.Lock] = {}
 
     def spec(self, name: str) -> HostSpec:
         if name in self.aliases:
@@ -205,10 +206,36 @@ class HostSet:
         with self._lock:
             if name in self.hosts:
                 return self.hosts[name]
-            spec = self.spec(name)
-            host = _connect(spec, self._skews.get(name, 0))
-            self.hosts[name] = host
-            return host
+            pending = self._pending.get(name)
+            if pending is None:
+                pending = self._pending[name] = threading.Lock()
+        with pending:  # one connection per host, several hosts at once
+            if name not in self.hosts:
+                self.hosts[name] = _connect(self.spec(name), self._skews.get(name, 0))
+            return self.hosts[name]
+
+    def connect_all(self, names: Sequence[str]) -> None:
+        """Connect several hosts side by side (each helper starts in ~0.5 s)."""
+        names = [n for n in dict.fromkeys(names) if n not in self.hosts]
+        if len(names) < 2:
+            for name in names:
+                self.connect(name)
+            return
+        failures: list[BaseException] = []
+
+        def one(name: str) -> None:
+            try:
+                self.connect(name)
+            except BaseException as exc:  # raised below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=one, args=(n,), name=f"connect {n}") for n in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
 
     def find_by_address(self, ip: str) -> str | None:
         """A Docker context, not named yet, whose engine is a swarm node at `ip` (asked
@@ -229,12 +256,19 @@ class HostSet:
         return None
 
     def close(self) -> None:
-        """Remove every helper and close every client (never raises)."""
-        for host in self.hosts.values():
+        """Remove every helper and close every client, side by side (never raises)."""
+
+        def release(host: RemoteHost) -> None:
             detach_host(host.name)
             host.agent.close()
             with contextlib.suppress(Exception):
                 host.client.close()
+
+        closers = [threading.Thread(target=release, args=(h,)) for h in self.hosts.values()]
+        for closer in closers:
+            closer.start()
+        for closer in closers:
+            closer.join()
         self.hosts.clear()
 
     def __enter__(self) -> HostSet:

@@ -71,11 +71,17 @@ def on_host(host: str, path: str) -> str:
 
 
 def _localised(host: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Paths of `host` among the arguments, as that host names them."""
+    """Paths of `host` among the arguments (and in lists of them), as that host names them."""
     prefix = f"{host}:/"
-    return tuple(
-        a[len(host) + 1 :] if isinstance(a, str) and a.startswith(prefix) else a for a in args
-    )
+
+    def local(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(prefix):
+            return value[len(host) + 1 :]
+        if isinstance(value, list | tuple):
+            return type(value)(local(item) for item in value)
+        return value
+
+    return tuple(local(a) for a in args)
 
 
 def netns_inode(path: str) -> int:
@@ -106,6 +112,16 @@ def _enter(path: str) -> None:
             raise OSError(err, os.strerror(err), path)
     finally:
         os.close(fd)
+
+
+def run_where(path: str, func: Callable[..., T], *args: object) -> T:
+    """Call func(*args) on the host `path` is on, without entering a namespace (for work
+    that enters several itself: one call to another host instead of many)."""
+    host, _ = split_host(path)
+    if host is None:
+        return func(*args)
+    value: T = host_runner(host).call(None, func, _localised(host, args))
+    return value
 
 
 def run_in_netns(path: str, func: Callable[..., T], *args: object) -> T:

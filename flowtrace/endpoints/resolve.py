@@ -133,6 +133,12 @@ def resolve(spec: str, *, allow_port: bool = False) -> Endpoint:
         raise FlowtraceError(
             "empty endpoint: give a container, host, netns:NAME, pid:N or an IP", ExitStatus.USAGE
         )
+    if "@" in name:
+        raise FlowtraceError(
+            f"{spec!r} is on another host: ping, tcp, udp and path follow packets across hosts; "
+            "this command works on this host only",
+            ExitStatus.USAGE,
+        )
     if name == "host":
         ns = host_namespace()
     elif name.startswith("netns:"):

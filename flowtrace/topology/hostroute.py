@@ -26,7 +26,7 @@ from flowtrace.endpoints.resolve import resolve, split_port
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
 from flowtrace.model import Endpoint, Namespace, ProbeKind
 from flowtrace.topology.crossing import HostPart, TunnelHop, plan_across
-from flowtrace.topology.kernel import Link
+from flowtrace.topology.kernel import Link, NetnsState, read_states
 from flowtrace.topology.overlay import VxlanFacts, vtep_for, vxlan_facts
 from flowtrace.topology.path import LiveView, PathPlan
 from flowtrace.topology.route import Route, choose_destination_ip, docker_redirect
@@ -58,7 +58,17 @@ class RemoteView(LiveView):
             for ns in [*host_namespaces(self.host), *self._known]:
                 ordered.setdefault(ns.inode, ns)
             self._namespaces = list(ordered.values())
+            # Every state at once, in one call: the walk and the owner lookups read most.
+            for ns, state in zip(
+                self._namespaces, read_states([ns.path for ns in self._namespaces]), strict=True
+            ):
+                if state is not None:
+                    self._states[ns.inode] = state
         return self._namespaces
+
+    def state(self, ns: Namespace) -> NetnsState:
+        self.namespaces()  # the first look reads every state in one call
+        return super().state(ns)
 
     def named(self, ns: Namespace) -> Namespace:
         for known in [*self._known, *self.namespaces()]:
@@ -152,6 +162,8 @@ class _Parts:
 
 def resolve_host_route(src_spec: str, dst_spec: str, kind: ProbeKind, hosts: HostSet) -> HostRoute:
     """Resolve both endpoints, each on its host, and walk from one to the other."""
+    named = [split_host(split_port(spec.strip())[0])[1] for spec in (src_spec, dst_spec)]
+    hosts.connect_all([n for n in named if n is not None] + hosts.known_names())
     src = resolve_endpoint(src_spec, hosts, allow_port=False)
     if src is None:
         src = resolve(src_spec)  # a bare address of this host
@@ -182,6 +194,15 @@ def resolve_host_route(src_spec: str, dst_spec: str, kind: ProbeKind, hosts: Hos
         if found is None or any(p.name == found for p in parts.parts):
             break
         parts.of(found)
+    if crossing.unknown is not None and plan.destination is None:
+        # Where the packet would go no host of the trace can see: nothing is sent there.
+        raise NoPathError(
+            f"the path from {src_spec} to {dst_spec} leaves "
+            + (f"{plan.points[-1].id}" if plan.points else src_spec)
+            + f" towards {crossing.unknown}, which belongs to no host this trace knows ("
+            + ", ".join(p.label for p in parts.parts)
+            + "): name that host with --host ALIAS=URL or in an endpoint NAME@HOST"
+        )
     if plan.src_ip is None:
         plan.src_ip = src.ip
     if not plan.points:
