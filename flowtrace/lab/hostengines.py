@@ -154,11 +154,15 @@ def engine_pid(host: LabHost) -> int | None:
             state = handle.read().rsplit(")", 1)[1].split()[0]
     except (OSError, ValueError):
         return None
+    return pid if is_engine_of(argv, state, host.data_root) else None
+
+
+def is_engine_of(argv: list[bytes], state: str, data_root: str) -> bool:
+    """A live dockerd whose command line names this data-root (pure)."""
     if state == "Z" or b"--data-root" not in argv:
-        return None
-    if argv[argv.index(b"--data-root") + 1].decode() != host.data_root:
-        return None
-    return pid
+        return False
+    at = argv.index(b"--data-root") + 1
+    return at < len(argv) and argv[at].decode(errors="replace") == data_root
 
 
 def _daemon_config(host: LabHost) -> dict[str, Any]:

@@ -67,3 +67,47 @@ def test_ports_are_required_for_tcp_and_udp() -> None:
 
     with pytest.raises(FlowtraceError, match="needs a destination port"):
         ProbePlan.new("tcp", "10.0.0.1", "10.0.0.2")
+
+
+def _accepts(program: bytes, frame: bytes) -> bool:
+    """libpcap's own BPF interpreter (bpf_filter) run on a frame: what the kernel would do."""
+    import ctypes
+
+    from flowtrace.capture.bpf import _libpcap
+
+    lib = _libpcap()
+    lib.bpf_filter.restype = ctypes.c_uint
+    lib.bpf_filter.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint)
+    return bool(lib.bpf_filter(program, frame, len(frame), len(frame)))
+
+
+@pytest.mark.parametrize("kind", ["icmp", "tcp", "udp"])
+def test_the_vxlan_form_of_the_filter_finds_probes_inside_an_overlays_datagrams(kind: str) -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+
+    from flowtrace.capture.bpf import compile_filter
+
+    plan = ProbePlan.new(kind, "10.213.129.2", "10.213.129.4", None if kind == "icmp" else 80)
+    other = ProbePlan.new(kind, "10.213.129.2", "10.213.129.4", None if kind == "icmp" else 80)
+    inner = Ether(b"\x02" * 12 + b"\x08\x00") / IP(plan.build(0))
+    stranger = Ether(b"\x02" * 12 + b"\x08\x00") / IP(other.build(0))
+
+    def outer(payload: object) -> bytes:
+        return bytes(
+            Ether()
+            / IP(src="198.18.20.2", dst="198.18.20.3")
+            / UDP(sport=55437, dport=4789)
+            / VXLAN(vni=4097)
+            / payload
+        )
+
+    plain = compile_filter(plan.capture_filter(1))
+    both = compile_filter(plan.capture_filter(1, vxlan=True))
+    assert _accepts(both, bytes(inner)) and _accepts(plain, bytes(inner))
+    assert _accepts(both, outer(inner)) and not _accepts(plain, outer(inner))
+    assert not _accepts(both, outer(stranger))
+    assert not _accepts(
+        both, bytes(Ether() / IP(src="198.18.20.2", dst="198.18.20.3") / UDP(dport=4789))
+    )

@@ -361,3 +361,35 @@ def test_corrupted_real_frames_never_raise(
             frame[position] = value
     h = decode_frame(bytes(frame[: max(cut, 14)]))
     assert h is None or isinstance(h, Headers)
+
+
+def test_a_vxlan_datagram_is_its_inner_packet_with_the_outer_headers_beside() -> None:
+    from scapy.layers.vxlan import VXLAN
+
+    inner = IP(src="10.213.129.2", dst="10.213.129.4", id=77) / ICMP(id=5, seq=1) / (b"x" * 32)
+    frame = bytes(
+        Ether()
+        / IP(src="198.18.20.2", dst="198.18.20.3", id=9, ttl=63)
+        / UDP(sport=55437, dport=4789)
+        / VXLAN(vni=4097)
+        / Ether()
+        / inner
+    )
+    h = decode_frame(frame)
+    assert h is not None
+    assert h == decode_frame(bytes(Ether() / inner))._replace(outer=h.outer)  # type: ignore[union-attr]
+    assert h.outer is not None
+    assert (h.src, h.dst, h.ip_id, h.icmp_seq) == ("10.213.129.2", "10.213.129.4", 77, 1)
+    assert h.outer[1:] == ("198.18.20.2", "198.18.20.3", 55437, 4789, 4097, 63, 9)
+    assert h.outer.label == "VXLAN vni 4097 198.18.20.2:55437 -> 198.18.20.3:4789"
+
+
+def test_udp_on_vxlans_port_that_is_not_vxlan_stays_udp() -> None:
+    frame = bytes(
+        Ether()
+        / IP(src="198.18.20.2", dst="198.18.20.3")
+        / UDP(sport=1, dport=4789)
+        / (b"\x00" * 30)
+    )
+    h = decode_frame(frame)
+    assert h is not None and h.proto == 17 and h.dport == 4789 and h.outer is None

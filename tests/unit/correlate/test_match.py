@@ -366,3 +366,44 @@ def test_memory_stays_flat_over_a_long_stream() -> None:
 def test_a_window_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Correlator(BRIDGE, window_ns=0)
+
+
+#: c1 on host A -> B's published port: A's MASQUERADE, B's DNAT (two clocks).
+ACROSS = [
+    "c1@hosta/eth0",
+    "host@hosta/docker0",
+    "host@hosta/eth0",
+    "host@hostb/eth0",
+    "host@hostb/docker0",
+    "web@hostb/eth0",
+]
+A_LAN, B_LAN, WEB_B = "198.18.20.2", "198.18.20.3", "10.213.2.2"
+
+
+def _behind(sightings: list[Sighting], ns: int) -> list[Sighting]:
+    """Host B's sightings as a clock estimated `ns` behind the truth puts them."""
+    return [s._replace(time_ns=s.time_ns - ns) if "@hostb/" in s.point else s for s in sightings]
+
+
+def test_across_hosts_sightings_go_in_path_order_whatever_the_clocks_say() -> None:
+    """Host B's clock is estimated 40 us behind the truth: B's sightings of the SYN look
+    earlier than A's uplink, which time order would put first (and explain the NAT
+    between the wrong points); in path order the rewrites are where they happened."""
+    syn = [tcp(C1, 40000, B_LAN, 8080, "S", 77)] * 2
+    syn += [tcp(A_LAN, 40000, B_LAN, 8080, "S", 77)] * 2
+    syn += [tcp(A_LAN, 40000, WEB_B, 80, "S", 77)] * 2
+    ack = [tcp(WEB_B, 80, A_LAN, 40000, "SA", 900, 78)] * 2
+    ack += [tcp(B_LAN, 8080, A_LAN, 40000, "SA", 900, 78)] * 2
+    ack += [tcp(B_LAN, 8080, C1, 40000, "SA", 900, 78)] * 2
+    request_sightings = _behind(along(ACROSS, T0, syn), 40_000)
+    reply_sightings = _behind(along(ACROSS[::-1], T0 + 300_000, ack), 40_000)
+    request, reply = correlate(request_sightings + reply_sightings, ACROSS, by_path=True)
+    assert points_of(request) == ACROSS
+    assert points_of(reply) == ACROSS[::-1]
+    assert [(kind, between) for kind, between, *_ in nat_summary(request)] == [
+        ("SNAT", ("host@hosta/docker0", "host@hosta/eth0")),
+        ("DNAT", ("host@hostb/eth0", "host@hostb/docker0")),
+    ]
+    assert request.hop_deltas_ns()[2] == HOP_NS - 40_000  # shown as measured, with its bound
+    time_ordered = next(iter(correlate(request_sightings, ACROSS)))
+    assert points_of(time_ordered) != ACROSS  # what path order is for
