@@ -49,16 +49,19 @@ class HopStats:
     buckets: dict[int, int] = field(default_factory=dict)
 
     def add(self, delta_ns: int) -> None:
-        """Record one delay; negative delays are a caller's bug (sightings are in time order)."""
-        if delta_ns < 0:
-            raise ValueError(f"negative hop delay: {delta_ns} ns")
+        """Record one delay.  On one clock none is negative; a hop between two hosts' clocks
+        may be, by up to their offsets' bound, and is kept as measured (in buckets below 0,
+        mirroring those above)."""
         self.count += 1
         self.total += delta_ns
         if self.min is None or delta_ns < self.min:
             self.min = delta_ns
         if self.max is None or delta_ns > self.max:
             self.max = delta_ns
-        index = delta_ns if delta_ns < _LINEAR_LIMIT else bucket_index(delta_ns)
+        if delta_ns < 0:
+            index = -1 - bucket_index(-delta_ns)
+        else:
+            index = delta_ns if delta_ns < _LINEAR_LIMIT else bucket_index(delta_ns)
         buckets = self.buckets
         buckets[index] = buckets.get(index, 0) + 1
 
@@ -91,7 +94,10 @@ class HopStats:
         for index in sorted(self.buckets):
             seen += self.buckets[index]
             if seen >= rank:
-                low, high = bucket_bounds(index)
+                if index < 0:
+                    high, low = (-v for v in bucket_bounds(-1 - index))
+                else:
+                    low, high = bucket_bounds(index)
                 return min(max((low + high) // 2, self.min), self.max)
         return self.max
 
