@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowtrace.endpoints.docker import docker_client
+from flowtrace.endpoints import engines
 from flowtrace.lab.base import (
     IMAGE,
     LAB_LABEL,
@@ -32,7 +32,7 @@ CLIENT_TIMEOUT_S = 60
 
 def lab_client() -> Any:
     """The Docker SDK client the lab uses (flowtrace's one factory, a longer timeout)."""
-    return docker_client(timeout=CLIENT_TIMEOUT_S)
+    return engines.client(timeout=CLIENT_TIMEOUT_S)
 
 
 def short(exc: BaseException) -> str:

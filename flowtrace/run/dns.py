@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flowtrace.correlate.verdicts import icmp_error_text
+from flowtrace.endpoints import engines
 from flowtrace.endpoints.docker import docker_available, inspect_container, running_containers
 from flowtrace.endpoints.files import hosts_lookup, resolv_nameservers
 from flowtrace.endpoints.netns import run_in_netns
@@ -190,7 +191,14 @@ def lookup(
                 "the resolver answers from the file and sends no packet"
             )
             return DnsLookup(
-                src, name, qtype.upper(), config, "", hosts_answer=in_hosts, notes=(note,)
+                src,
+                name,
+                qtype.upper(),
+                config,
+                "",
+                hosts_answer=in_hosts,
+                notes=(note,),
+                meta={"command": command, "engine": engines.used_meta()},
             )
         if not config.nameservers:
             raise NoPathError(f"{config.described_as} names no nameserver: nothing to ask")
@@ -352,6 +360,7 @@ class DnsRun:
         pcap_set = PcapSet.create(output_dir, self.src.spec, f"dns-{self.name}", TRACE_FILE)
         fields: dict[str, Any] = {
             "src": {"spec": self.src.spec, "netns": self.src.netns.label},
+            "engine": engines.used_meta(),
             "notes": list(self.src.notes) + self.notes,
         }
         return TraceRecorder(pcap_set, points, "dns", self.command, fields)
@@ -421,7 +430,7 @@ class DnsRun:
             packets=tuple(packets),
             stats=tuple(live.stats),
             notes=tuple(self.src.notes) + tuple(self.notes),
-            meta={"command": self.command},
+            meta={"command": self.command, "engine": engines.used_meta()},
         )
 
     def _explain(self, ev: NatEvent, first: Point, sent_from: Address) -> NatEvent:

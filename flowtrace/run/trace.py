@@ -18,6 +18,7 @@ from typing import Any
 
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
+from flowtrace.endpoints import engines
 from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
 from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
@@ -217,6 +218,7 @@ class ProbeTrace:
                 "port": route.dst_port,
             },
             "count": self.options.count,
+            "engine": engines.used_meta(),
             "capture_filter": self.capture_filter(),
             "notes": self._notes(),
         }
@@ -293,6 +295,7 @@ class ProbeTrace:
             "dst_port": route.dst_port,
             "kind": self.options.kind,
             "interrupted": live.interrupted,
+            "engine": engines.used_meta(),
         }
         if live.recorder is not None:
             meta["pcap"] = str(live.recorder.path)
