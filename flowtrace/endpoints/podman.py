@@ -222,9 +222,7 @@ def aardvark_record(
     return None
 
 
-def aardvark_note(
-    src: str, server: str, net: PodmanNetwork, record: AardvarkRecord | None, name: str
-) -> str:
+def aardvark_note(server: str, net: PodmanNetwork, record: AardvarkRecord | None, name: str) -> str:
     """What answers a Podman container's lookups, in words (pure)."""
     text = (
         f"{server} is the gateway of Podman network {net.name} (bridge {net.bridge}): "

@@ -48,6 +48,7 @@ from flowtrace.model import (
 from flowtrace.output.jsonout import lookup_dict, nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
+from flowtrace.run.engine_notes import resolver_note
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.topology.path import LiveView, plan_path
 from flowtrace.topology.rewrites import Flow, explain_rewrite
@@ -325,6 +326,10 @@ class DnsRun:
                 f"{self.src.spec}'s own namespace for the names of containers on its "
                 "user-defined networks, and forwards other names to the host's resolvers"
             )
+        elif self.src.netns.container:
+            aardvark = resolver_note(self.server, self.name)
+            if aardvark is not None:
+                self.notes.append(aardvark)
         sock = run_in_netns(self.src.netns.path, _udp_socket, self.server)
         try:
             src_ip, sport = sock.getsockname()[:2]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from flowtrace.endpoints.podman import is_podman_netns_name
 from flowtrace.endpoints.resolve import all_namespaces, host_namespace, label_namespace
 from flowtrace.errors import NoPathError, NotFoundError
 from flowtrace.model import Namespace, Point
@@ -428,8 +429,8 @@ class LiveView:
         for known in self._known:
             if known.inode == ns.inode:
                 return known
-        if ns.label.startswith("pid:"):
-            return label_namespace(ns)
+        if ns.label.startswith("pid:") or is_podman_netns_name(ns.label):
+            return label_namespace(ns)  # a container's, when an engine knows it
         return ns
 
     def state(self, ns: Namespace) -> NetnsState:
