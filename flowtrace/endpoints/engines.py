@@ -342,12 +342,17 @@ def _nothing_answers(choice: EngineChoice, tried: list[str]) -> str:
     what = (
         "no container engine answers"
         if choice.engine is None
-        else f"{choice.engine} does not answer"
+        else f"{choice.engine.capitalize()} does not answer"
     )
-    hint = "start one, e.g. with `bash scripts/setup.sh`"
-    if choice.engine == "podman" and not shutil.which("podman"):
-        hint = "Podman is not installed (apt-get install podman)"
-    return f"{what} ({'; '.join(tried)}): {hint}"
+    return f"{what} ({'; '.join(tried)}): {_start_hint(choice.engine)}"
+
+
+def _start_hint(engine: str | None) -> str:
+    if engine == "podman":
+        if not shutil.which("podman"):
+            return "Podman is not installed (apt-get install podman)"
+        return "start its API (`podman system service --time=0 unix:///run/podman/podman.sock`)"
+    return "start dockerd (e.g. with `bash scripts/setup.sh`)"
 
 
 def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection | None:
@@ -372,7 +377,7 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
         if candidate.explicit:
             raise DockerUnavailableError(
                 f"the engine {candidate.selected_by} names does not answer: no socket "
-                f"{host[len('unix://') :]}"
+                f"{host[len('unix://') :]}; {_start_hint(candidate.expect)}"
             )
         return None
     try:
@@ -387,7 +392,8 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
         tried.append(f"{candidate.selected_by} at {host}: {why}")
         if candidate.explicit:
             raise DockerUnavailableError(
-                f"the engine {candidate.selected_by} names ({host}) does not answer: {why}"
+                f"the engine {candidate.selected_by} names ({host}) does not answer: {why}; "
+                f"{_start_hint(candidate.expect)}"
             ) from None
         return None
     selected_by = candidate.selected_by
