@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flowtrace.errors import DockerUnavailableError, ExitStatus, FlowtraceError
@@ -33,6 +34,10 @@ FLOWTRACE_RUN_DIR = "/run/flowtrace"
 FLOWTRACE_PODMAN_SOCKET = f"unix://{FLOWTRACE_RUN_DIR}/podman.sock"
 #: A client asks quickly when tracing; the lab, which imports images, gives it longer.
 DEFAULT_TIMEOUT_S = 10.0
+#: The API version a client starts with (the Docker SDK's minimum) until the engine says its own.
+MIN_API = "1.24"
+#: Where rootful Podman records the network backend it chose (netavark or cni).
+PODMAN_BACKEND_FILE = "/var/lib/containers/storage/defaultNetworkBackend"
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class EngineInfo:
             "rootless": self.rootless,
             "network_backend": self.network_backend,
             "service_started_by_flowtrace": self.service_pid is not None,
+            "service_pid": self.service_pid,
             "summary": self.describe(),
         }
 
@@ -358,7 +364,6 @@ def _start_hint(engine: str | None) -> str:
 def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection | None:
     """A pinged connection at `candidate`, or None (with why in `tried`) when it is not
     explicit; an explicit candidate that does not answer is an error."""
-    import docker
     from docker.errors import DockerException
 
     service = None
@@ -381,10 +386,8 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
             )
         return None
     try:
-        made = docker.DockerClient(base_url=host, tls=candidate.tls, timeout=timeout)
-        made.ping()
-        name, version, api = identify(made.version())
-        backend, rootless = _engine_facts(made, name)
+        made, (name, version, api) = _client_at(host, candidate.tls, timeout)
+        backend, rootless = _engine_facts(made, name, host)
     except (DockerException, OSError) as exc:
         if service is not None:
             service.stop()
@@ -412,17 +415,54 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
     return Connection(info, made)
 
 
-def _engine_facts(made: Any, name: str) -> tuple[str | None, bool]:
-    """(network backend, rootless): Podman says both in its own info, Docker in /info."""
-    if name == "podman":
-        from flowtrace.endpoints.podman import libpod_get
+def _client_at(host: str, tls: Any, timeout: float) -> tuple[Any, tuple[str, str, str]]:
+    """A client of the engine at `host`, and (name, version, API version) from its answer
+    to GET /_ping: Podman's /version takes half a second (it asks conmon and the OCI
+    runtime for theirs), its /_ping a few milliseconds and says as much."""
+    import docker
+    from docker.errors import APIError
 
-        info = libpod_get(made, "/info")
-        host = info.get("host") or {}
-        return (str(host.get("networkBackend")) if host.get("networkBackend") else None), (
-            is_rootless(info)
-        )
-    return None, is_rootless(made.info())
+    probe = docker.DockerClient(base_url=host, tls=tls, timeout=timeout, version=MIN_API)
+    try:
+        answer = probe.api.get(f"{probe.api.base_url}/_ping", timeout=timeout)
+        if answer.status_code != 200:
+            raise APIError(f"GET /_ping answered {answer.status_code}")
+        found = identify_ping(answer.headers) or identify(probe.version())
+    finally:
+        probe.close()
+    made = docker.DockerClient(base_url=host, tls=tls, timeout=timeout, version=found[2] or MIN_API)
+    return made, found
+
+
+def identify_ping(headers: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """(engine name, version, API version) from the headers of GET /_ping (pure): Podman
+    sends Libpod-Api-Version, Docker `Server: Docker/VERSION (os)`; None when neither."""
+    api = str(headers.get("Api-Version", ""))
+    if headers.get("Libpod-Api-Version"):
+        return "podman", str(headers["Libpod-Api-Version"]), api
+    server = str(headers.get("Server", ""))
+    if server.startswith("Docker/"):
+        return "docker", server.removeprefix("Docker/").split()[0], api
+    return None
+
+
+def _engine_facts(made: Any, name: str, host: str) -> tuple[str | None, bool]:
+    """(network backend, rootless) of the engine, read cheaply: Docker says rootless in
+    /info; a local Podman is rootless when its socket is not root's, and its network
+    backend is what it recorded in its storage on first use."""
+    if name != "podman":
+        return None, is_rootless(made.info())
+    path = host.removeprefix("unix://")
+    if not host.startswith("unix://") or not os.path.exists(path):
+        return None, False
+    rootless = os.stat(path).st_uid != 0
+    backend = None
+    if not rootless:
+        try:
+            backend = Path(PODMAN_BACKEND_FILE).read_text().strip() or None
+        except OSError:
+            backend = None
+    return backend, rootless
 
 
 def _short(exc: BaseException) -> str:
@@ -445,12 +485,14 @@ def elsewhere_hint(name: str) -> str:
     for url in sockets:
         if url == current.host or not os.path.exists(url[len("unix://") :]):
             continue
+        probe = docker.DockerClient(base_url=url, timeout=3)
         try:
-            with docker.DockerClient(base_url=url, timeout=3) as probe:
-                if identify(probe.version())[0] != other:
-                    continue
-                probe.api.inspect_container(name)
+            if identify(probe.version())[0] != other:
+                continue
+            probe.api.inspect_container(name)
         except (DockerException, OSError):
             continue
+        finally:
+            probe.close()
         return f"; {other.capitalize()} has a container named {name}: add --engine {other}"
     return ""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 START_WAIT_S = 15.0
 STOP_WAIT_S = 5.0
 PR_SET_PDEATHSIG = 1
+_REMOTE_VARIABLES = ("CONTAINER_HOST", "CONTAINER_CONNECTION", "CONTAINER_SSHKEY")
 
 
 class PodmanServiceError(Exception):
@@ -92,9 +93,12 @@ def start_service(path: str | None = None, log: str | None = None) -> PodmanServ
     # thread would stop the service when that thread ends.
     tie = _die_with_parent if threading.current_thread() is threading.main_thread() else None
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    # podman itself reads these and would become a client of another engine
+    env = {k: v for k, v in os.environ.items() if k not in _REMOTE_VARIABLES}
     try:
         process = subprocess.Popen(
             [podman, "system", "service", "--time=0", f"unix://{path}"],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
