@@ -22,7 +22,8 @@ from dataclasses import dataclass
 START_WAIT_S = 15.0
 STOP_WAIT_S = 5.0
 PR_SET_PDEATHSIG = 1
-_REMOTE_VARIABLES = ("CONTAINER_HOST", "CONTAINER_CONNECTION", "CONTAINER_SSHKEY")
+#: What makes the podman CLI a client of a (possibly remote) service instead of the engine.
+REMOTE_VARIABLES = ("CONTAINER_HOST", "CONTAINER_CONNECTION", "CONTAINER_SSHKEY")
 
 
 class PodmanServiceError(Exception):
@@ -94,7 +95,7 @@ def start_service(path: str | None = None, log: str | None = None) -> PodmanServ
     tie = _die_with_parent if threading.current_thread() is threading.main_thread() else None
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     # podman itself reads these and would become a client of another engine
-    env = {k: v for k, v in os.environ.items() if k not in _REMOTE_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in REMOTE_VARIABLES}
     try:
         process = subprocess.Popen(
             [podman, "system", "service", "--time=0", f"unix://{path}"],

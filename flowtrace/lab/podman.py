@@ -20,11 +20,13 @@ own way, and the lab is always local.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import replace
 from typing import Any
 
+from flowtrace.endpoints.podman_service import REMOTE_VARIABLES
 from flowtrace.errors import FlowtraceError, MissingToolError
 from flowtrace.lab.base import (
     BUSYBOX,
@@ -85,12 +87,14 @@ def podman(*args: str, data: bytes | None = None, env: dict[str, str] | None = N
     """Run `podman ARGS` and return its output; one-line error when it fails."""
     if shutil.which("podman") is None:
         raise MissingToolError("podman is not installed: apt-get install podman")
+    # the lab is local: with CONTAINER_HOST the CLI would be another service's client
+    local = {k: v for k, v in (env or os.environ).items() if k not in REMOTE_VARIABLES}
     try:
         done = subprocess.run(
             ["podman", *args],
             input=data,
             capture_output=True,
-            env=env,
+            env=local,
             timeout=PODMAN_TIMEOUT_S,
             check=False,
         )
@@ -304,12 +308,17 @@ def _ensure_container(spec: ContainerSpec, env: dict[str, str], where: list[str]
         return [f"created container {spec.name}"]
     view = container_view(spec.name, attrs)
     if _labels(attrs).get(SPEC_LABEL) != spec.digest():
-        podman("rm", "--force", spec.name, env=env)
+        podman("rm", "--force", "--time", "0", spec.name, env=env)
         _run(spec, env, where)
         return [f"recreated container {spec.name} (its settings changed)"]
     if view.running:
         return []
-    podman("start", spec.name, env=env)
+    try:
+        podman("start", spec.name, env=env)
+    except PodmanCommandError:  # e.g. made with limits this machine refuses, or its network gone
+        podman("rm", "--force", "--time", "0", spec.name, env=env)
+        _run(spec, env, where)
+        return [f"recreated container {spec.name} (it could not start again)"]
     return [f"started container {spec.name} (was {view.status})"]
 
 
@@ -389,11 +398,11 @@ def down() -> list[str]:
         for name in reversed(ALL_NAMES):
             item = attrs.get(name)
             if item is not None and is_lab_member(item, name):
-                podman("rm", "--force", name, env=env)
+                podman("rm", "--force", "--time", "0", name, env=env)
                 removed.append(f"container {name} ({str(item.get('Id', ''))[:12]})")
         pod = _pod()
         if pod is not None and (pod.get("Labels") or {}).get(LAB_LABEL) == LAB_LABEL_VALUE:
-            podman("pod", "rm", "--force", POD, env=env)
+            podman("pod", "rm", "--force", "--time", "0", POD, env=env)
             removed.append(f"pod {POD} (and its infra container {POD_INFRA})")
         network = _network(LAB_NETWORK)
         if network is not None and (network.get("labels") or {}).get(LAB_LABEL) == LAB_LABEL_VALUE:

@@ -23,6 +23,7 @@ from test_trace import run_cli
 from flowtrace.errors import ExitStatus
 from flowtrace.lab import podman as podman_lab_api
 from flowtrace.lab.base import LabState
+from flowtrace.lab.podman_conf import podman_env
 from flowtrace.topology.netfilter.owners import netavark_hash
 
 pytestmark = pytest.mark.integration
@@ -36,16 +37,22 @@ def podman_json(*args: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def podman_lab(podman_api: dict[str, str]) -> Iterator[LabState]:
+def podman_lab_users(podman_api: dict[str, str]) -> Iterator[LabUsers]:
+    """This session's hold on the Podman lab (shared; exclusive to take it down)."""
     users = LabUsers(PODMAN_LAB_USERS_LOCK)
     try:
-        found_up = podman_lab_complete()
-        state = podman_lab_api.up()
-        yield state
-        if not found_up and users.try_exclusive():
-            podman_lab_api.down()
+        yield users
     finally:
         users.close()
+
+
+@pytest.fixture(scope="module")
+def podman_lab(podman_lab_users: LabUsers) -> Iterator[LabState]:
+    found_up = podman_lab_complete()
+    state = podman_lab_api.up()
+    yield state
+    if not found_up and podman_lab_users.try_exclusive():
+        podman_lab_api.down()
 
 
 def podman_lab_complete() -> bool:
@@ -354,3 +361,44 @@ def test_a_podman_api_flowtrace_starts_is_stopped_when_it_ends(
     assert engine["service_started_by_flowtrace"] is True
     assert not os.path.exists(f"/proc/{engine['service_pid']}")  # stopped with flowtrace
     assert not os.path.exists(engine["host"].removeprefix("unix://"))  # and its socket gone
+
+
+# --- taking the Podman lab down (last in this module) -----------------------------------------
+
+
+def test_lab_down_engine_podman_removes_exactly_the_podman_lab(
+    lab: LabState, podman_lab: LabState, podman_lab_users: LabUsers, podman_api: dict[str, str]
+) -> None:
+    podman_lab_users.exclusive(float(os.environ.get("FLOWTRACE_LAB_WAIT", "300")))
+    stranger = f"ftpodtest-stranger-{os.getpid()}"
+    with podman_env() as env:  # the lab's environment: a sandbox's rlimits
+        subprocess.run(
+            ["podman", "run", "-d", "--name", stranger, "--network", "podman",
+             "--label", "flowtrace.lab=1", podman_lab_api.PODMAN_IMAGE, "sleep", "600"],
+            capture_output=True, check=True, env=env,
+        )  # fmt: skip
+    try:
+        result = run_cli("lab", "down", "--engine", "podman", env=podman_api)
+        # the stranger runs on the lab's image (and carries its label, not the member's)
+        assert result.returncode == int(ExitStatus.ERROR), result.stderr
+        assert f"kept image {podman_lab_api.PODMAN_IMAGE}" in result.stderr
+        removed = result.stdout.splitlines()
+        for name in ("c1", "c2", "c3", "c4", "web", "pa", "pb"):
+            assert any(line.startswith(f"- removed container {name} (") for line in removed)
+        assert "- removed pod ftpod (and its infra container ftpod-infra)" in removed
+        assert "- removed Podman network ftlab" in removed
+        assert not any("ft-outside" in line for line in removed)  # the Docker lab uses it
+        left = {c["Names"][0] for c in podman_json("ps", "-a", "--format", "json")}
+        assert stranger in left and not left & set(podman_lab_api.ALL_NAMES)
+        assert os.path.exists("/run/netns/ft-outside")
+        docker_c1 = run_cli("path", "c1", "c2", env=podman_api)
+        assert docker_c1.returncode == 0 and "host/docker0" in docker_c1.stdout
+    finally:
+        subprocess.run(
+            ["podman", "rm", "-f", "-t", "0", stranger], capture_output=True, check=False
+        )
+        try:
+            again = run_cli("lab", "up", "--engine", "podman", env=podman_api)
+            assert again.returncode == 0, again.stderr
+        finally:
+            podman_lab_users.shared()
