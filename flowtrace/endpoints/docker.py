@@ -129,6 +129,9 @@ def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
             f"{', '.join(added)} was put into its namespace by something other than "
             f"{_engine_word(info)}"
         )
+    engine = engines.used()
+    if engine is not None and engine.rootless:
+        notes.append(rootless_note(info.name, engine.name))
     if mode == "host":
         notes.append(
             f"{info.name} uses network mode host: it shares the {_engine_word(info)} host's "
@@ -196,3 +199,13 @@ def _engine_word(info: ContainerNet) -> str:
 
 def _pod_of(info: ContainerNet) -> PodFacts | None:
     return pod_of(engines.client(), info.id)
+
+
+def rootless_note(container: str, engine: str) -> str:
+    """What can be traced of a rootless engine's container, in one line."""
+    return (
+        f"{container} runs on rootless {engine.capitalize()}: flowtrace traces inside its "
+        "namespace, and between containers on a rootless network inside the engine's "
+        "rootless namespace; not past slirp4netns or pasta, the userspace processes that "
+        "carry its traffic to and from the host, where there is no veth or bridge to watch"
+    )
