@@ -97,3 +97,43 @@ def pid_netns_inode(pid: int) -> int:
         return os.stat(f"/proc/{pid}/ns/net").st_ino
     except OSError:
         return 0
+
+
+def ensure_netns(name: str, path: str) -> list[str]:
+    """A named namespace, made when missing (a stale file in its place is removed first)."""
+    from pyroute2 import netns
+
+    if netns_usable(path):
+        return []
+    if os.path.exists(path):
+        os.unlink(path)  # a stale file, not a namespace
+    netns.create(name)
+    return [f"created namespace {name} ({path})"]
+
+
+def add_veth_into(ipr: Any, ifname: str, netns_name: str, peer: str) -> list[str]:
+    """A veth pair: `ifname` here, `peer` in the named namespace."""
+    ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer, "net_ns_fd": netns_name})
+    return [f"created veth {ifname} <-> {netns_name}/{peer}"]
+
+
+def configure_here(
+    ipr: Any, ifname: str, alias: str, ip: str, prefixlen: int, building: str
+) -> list[str]:
+    """The lab's end of a link: marked as the lab's by its alias, IPv6 quiet, its address,
+    up.  `building` names what is being built, for the error if the link vanished."""
+    index = ipr.link_lookup(ifname=ifname)[0]
+    ipr.link("set", index=index, ifalias=alias)
+    disable_ipv6(ifname)
+    facts = link_facts(ipr, ifname)
+    if facts is None:
+        raise FlowtraceError(f"{ifname} vanished while {building} was being built")
+    changes = []
+    cidr = f"{ip}/{prefixlen}"
+    if cidr not in facts["addresses"]:
+        ipr.addr("add", index=index, address=ip, prefixlen=prefixlen)
+        changes.append(f"address {cidr} on {ifname}")
+    if not facts["up"]:
+        ipr.link("set", index=index, state="up")
+        changes.append(f"{ifname} up")
+    return changes

@@ -33,7 +33,10 @@ from flowtrace.errors import FlowtraceError
 from flowtrace.lab.base import LAB_LABEL, LAB_LABEL_VALUE, SCENARIO_LABEL, LabConflictError
 from flowtrace.lab.engine import get_network, is_lab_labelled, owned, running_pid, short
 from flowtrace.lab.links import (
+    add_veth_into,
+    configure_here,
     disable_ipv6,
+    ensure_netns,
     link_facts,
     link_facts_here,
     names_the_host,
@@ -252,14 +255,9 @@ def _delete_b_link() -> None:
 
 
 def _ensure_segment() -> list[str]:
-    from pyroute2 import IPRoute, netns
+    from pyroute2 import IPRoute
 
-    changes: list[str] = []
-    if not netns_usable(HOSTB_NETNS_PATH):
-        if os.path.exists(HOSTB_NETNS_PATH):
-            os.unlink(HOSTB_NETNS_PATH)  # a stale file, not a namespace
-        netns.create(HOSTB_NETNS)
-        changes.append(f"created namespace {HOSTB_NETNS} ({HOSTB_NETNS_PATH})")
+    changes = ensure_netns(HOSTB_NETNS, HOSTB_NETNS_PATH)
     a, b = _segment()
     with IPRoute() as ipr:
         if not _paired(a, b):
@@ -267,26 +265,10 @@ def _ensure_segment() -> list[str]:
                 ipr.link("del", index=a["index"])
             if b is not None:
                 run_in_netns(HOSTB_NETNS_PATH, _delete_b_link)
-            ipr.link(
-                "add",
-                ifname=SEGMENT_A,
-                kind="veth",
-                peer={"ifname": SEGMENT_B, "net_ns_fd": HOSTB_NETNS},
-            )
-            changes.append(f"created veth {SEGMENT_A} <-> {HOSTB_NETNS}/{SEGMENT_B}")
-        index = ipr.link_lookup(ifname=SEGMENT_A)[0]
-        ipr.link("set", index=index, ifalias=SEGMENT_ALIAS)
-        disable_ipv6(SEGMENT_A)
-        facts = link_facts_here(SEGMENT_A)
-        if facts is None:
-            raise FlowtraceError(f"{SEGMENT_A} vanished while scenario macvlan was being built")
-        cidr = f"{HOST_A_IP}/{PREFIXLEN}"
-        if cidr not in facts["addresses"]:
-            ipr.addr("add", index=index, address=HOST_A_IP, prefixlen=PREFIXLEN)
-            changes.append(f"address {cidr} on {SEGMENT_A}")
-        if not facts["up"]:
-            ipr.link("set", index=index, state="up")
-            changes.append(f"{SEGMENT_A} up")
+            changes += add_veth_into(ipr, SEGMENT_A, HOSTB_NETNS, SEGMENT_B)
+        changes += configure_here(
+            ipr, SEGMENT_A, SEGMENT_ALIAS, HOST_A_IP, PREFIXLEN, "scenario macvlan"
+        )
     changes += run_in_netns(HOSTB_NETNS_PATH, _configure_b, netns_inode(HOST_NETNS))
     return changes
 

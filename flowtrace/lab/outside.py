@@ -34,7 +34,10 @@ from flowtrace.lab.base import (
     OutsideHost,
 )
 from flowtrace.lab.links import (
+    add_veth_into,
+    configure_here,
     disable_ipv6,
+    ensure_netns,
     link_facts,
     link_facts_here,
     names_the_host,
@@ -238,15 +241,10 @@ def _delete_inside_link(host_inode: int) -> None:
 
 def ensure_outside() -> list[str]:
     """Make or repair the namespace, the veth pair, its addresses and link states."""
-    from pyroute2 import IPRoute, netns
+    from pyroute2 import IPRoute
 
-    changes: list[str] = []
     view = outside_view()
-    if not view.present:
-        if os.path.exists(OUTSIDE_NETNS_PATH):
-            os.unlink(OUTSIDE_NETNS_PATH)  # a stale file, not a namespace
-        netns.create(OUTSIDE_NETNS)
-        changes.append(f"created namespace {OUTSIDE_NETNS} ({OUTSIDE_NETNS_PATH})")
+    changes = [] if view.present else ensure_netns(OUTSIDE_NETNS, OUTSIDE_NETNS_PATH)
     host_inode = netns_inode(HOST_NETNS)
     if names_the_host(OUTSIDE_NETNS_PATH):
         raise LabConflictError(HOST_NETNS_MESSAGE)
@@ -257,26 +255,10 @@ def ensure_outside() -> list[str]:
             stray = run_in_netns(OUTSIDE_NETNS_PATH, link_facts_here, OUTSIDE_IFNAME)
             if stray is not None:
                 run_in_netns(OUTSIDE_NETNS_PATH, _delete_inside_link, host_inode)
-            ipr.link(
-                "add",
-                ifname=UPLINK,
-                kind="veth",
-                peer={"ifname": OUTSIDE_IFNAME, "net_ns_fd": OUTSIDE_NETNS},
-            )
-            changes.append(f"created veth {UPLINK} <-> {OUTSIDE_NETNS}/{OUTSIDE_IFNAME}")
-        index = ipr.link_lookup(ifname=UPLINK)[0]
-        ipr.link("set", index=index, ifalias=UPLINK_ALIAS)
-        disable_ipv6(UPLINK)
-        facts = link_facts(ipr, UPLINK)
-        if facts is None:
-            raise FlowtraceError(f"{UPLINK} vanished while the lab was being built")
-        cidr = f"{UPLINK_IP}/{OUTSIDE_PREFIXLEN}"
-        if cidr not in facts["addresses"]:
-            ipr.addr("add", index=index, address=UPLINK_IP, prefixlen=OUTSIDE_PREFIXLEN)
-            changes.append(f"address {cidr} on {UPLINK}")
-        if not facts["up"]:
-            ipr.link("set", index=index, state="up")
-            changes.append(f"{UPLINK} up")
+            changes += add_veth_into(ipr, UPLINK, OUTSIDE_NETNS, OUTSIDE_IFNAME)
+        changes += configure_here(
+            ipr, UPLINK, UPLINK_ALIAS, UPLINK_IP, OUTSIDE_PREFIXLEN, "the lab"
+        )
     changes.extend(run_in_netns(OUTSIDE_NETNS_PATH, _configure_inside, host_inode))
     return changes
 
