@@ -107,6 +107,13 @@ def running_containers() -> list[ContainerNet]:
 def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
     """The namespace path of a running container, and plain notes about its network mode."""
     info = inspect_container(spec)
+    engine = engines.used()
+    if engine is not None and not engines.is_local(engine.host):
+        # its pids are another machine's: /proc/PID here is some other process
+        raise NoPathError(
+            f"{info.name} runs on the engine at {engine.host} ({engine.selected_by}), on "
+            "another machine: flowtrace enters the namespaces of this one"
+        )
     notes: list[str] = []
     mode = info.network_mode
     if mode.startswith("container:"):
@@ -129,7 +136,6 @@ def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
             f"{', '.join(added)} was put into its namespace by something other than "
             f"{_engine_word(info)}"
         )
-    engine = engines.used()
     if engine is not None and engine.rootless:
         notes.append(rootless_note(info.name, engine.name))
     if mode == "host":

@@ -301,6 +301,17 @@ def close() -> None:
         _services.pop().stop()
 
 
+def is_local(host: str) -> bool:
+    """The engine at `host` runs on this machine: a unix socket, or TCP to a loopback
+    address (pure)."""
+    if host.startswith(("unix://", "http+unix://", "/")):
+        return True
+    if host.startswith(("tcp://", "http://", "https://")):
+        address = host.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+        return address in ("localhost", "127.0.0.1", "::1")
+    return False
+
+
 def _docker_context(name: str) -> tuple[str, Any] | None:
     from docker.context import ContextAPI
 
@@ -353,6 +364,19 @@ def _nothing_answers(choice: EngineChoice, tried: list[str]) -> str:
     return f"{what} ({'; '.join(tried)}): {_start_hint(choice.engine)}"
 
 
+def _engine_word(candidate: Candidate) -> str:
+    return "Podman engine" if candidate.expect == "podman" else "Docker engine"
+
+
+def _where(candidate: Candidate) -> str:
+    """`DOCKER_HOST=unix:///x`, `--context lab (ssh://host)`: where the user pointed."""
+    if candidate.selected_by in ("DOCKER_HOST",):
+        return f"DOCKER_HOST={candidate.host}"
+    if candidate.selected_by.startswith("CONTAINER_HOST"):
+        return f"CONTAINER_HOST={candidate.host}"
+    return f"{candidate.host} ({candidate.selected_by})"
+
+
 def _start_hint(engine: str | None) -> str:
     if engine == "podman":
         if not shutil.which("podman"):
@@ -381,8 +405,8 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
         tried.append(f"{candidate.selected_by}: no socket {host[len('unix://') :]}")
         if candidate.explicit:
             raise DockerUnavailableError(
-                f"the engine {candidate.selected_by} names does not answer: no socket "
-                f"{host[len('unix://') :]}; {_start_hint(candidate.expect)}"
+                f"the {_engine_word(candidate)} does not answer at {_where(candidate)}: no "
+                f"socket {host[len('unix://') :]}; {_start_hint(candidate.expect)}"
             )
         return None
     try:
@@ -395,8 +419,8 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
         tried.append(f"{candidate.selected_by} at {host}: {why}")
         if candidate.explicit:
             raise DockerUnavailableError(
-                f"the engine {candidate.selected_by} names ({host}) does not answer: {why}; "
-                f"{_start_hint(candidate.expect)}"
+                f"the {_engine_word(candidate)} does not answer at {_where(candidate)} "
+                f"({why}); {_start_hint(candidate.expect)}"
             ) from None
         return None
     selected_by = candidate.selected_by

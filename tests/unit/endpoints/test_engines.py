@@ -20,6 +20,7 @@ from flowtrace.endpoints.engines import (
     current_choice,
     identify,
     identify_ping,
+    is_local,
     is_rootless,
     using,
 )
@@ -141,3 +142,9 @@ def test_using_a_choice_and_an_empty_one_keeps_the_current() -> None:
         with using(EngineChoice()):
             assert current_choice() == EngineChoice("podman")
     assert current_choice() == EngineChoice()
+
+
+def test_local_engines_are_unix_sockets_or_loopback() -> None:
+    assert is_local("unix:///var/run/docker.sock") and is_local("tcp://127.0.0.1:2375")
+    assert is_local("tcp://[::1]:2375") and is_local("http+unix:///run/podman/podman.sock")
+    assert not is_local("ssh://lab.example") and not is_local("tcp://10.0.0.1:2376")
