@@ -502,7 +502,11 @@ def elsewhere_hint(name: str) -> str:
     if current is None:
         return ""
     other = "podman" if current.name == "docker" else "docker"
-    sockets = (PODMAN_SOCKET, FLOWTRACE_PODMAN_SOCKET) if other == "podman" else (DOCKER_SOCKET,)
+    sockets: tuple[str, ...] = (DOCKER_SOCKET,)
+    if other == "podman":
+        named = os.environ.get("CONTAINER_HOST", "")
+        sockets = (*([named] if named.startswith("unix://") else []), PODMAN_SOCKET,
+                   FLOWTRACE_PODMAN_SOCKET)  # fmt: skip
     import docker
     from docker.errors import DockerException
 

@@ -30,6 +30,7 @@ LAB_NPROC = 32768
 #: Where Podman 4.3 (containers/common 0.50) reads containers.conf, in order.
 SYSTEM_FILES = ("/usr/share/containers/containers.conf", "/etc/containers/containers.conf")
 DROP_IN_DIR = "/etc/containers/containers.conf.d"
+RUN_DIR = "/run/flowtrace"
 
 
 def needed_ulimits(nofile_hard: int, nproc_hard: int) -> list[str] | None:
@@ -137,6 +138,14 @@ def machine_configs() -> list[dict[str, Any]]:
     return configs
 
 
+def _remove_stale() -> None:
+    """Files of lab commands that were killed before they could remove theirs."""
+    for path in Path(RUN_DIR).glob("lab-containers-*-*.conf"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            path.unlink(missing_ok=True)
+
+
 @contextmanager
 def podman_env() -> Iterator[dict[str, str]]:
     """The environment for the lab's podman commands (CONTAINERS_CONF when needed)."""
@@ -147,10 +156,11 @@ def podman_env() -> Iterator[dict[str, str]]:
     if ulimits is None or os.environ.get("CONTAINERS_CONF"):
         yield env
         return
-    os.makedirs("/run/flowtrace", mode=0o755, exist_ok=True)
+    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+    _remove_stale()
     text = dumps(with_ulimits(merge(machine_configs()), ulimits))
     with tempfile.NamedTemporaryFile(
-        "w", dir="/run/flowtrace", prefix="lab-containers-", suffix=".conf"
+        "w", dir=RUN_DIR, prefix=f"lab-containers-{os.getpid()}-", suffix=".conf"
     ) as conf:
         conf.write(text)
         conf.flush()

@@ -343,6 +343,9 @@ def test_engine_mistakes_are_one_line_errors(
     )
     bad = run_cli("ping", "--engine", "lxc", "c1", "c2")
     assert bad.returncode == int(ExitStatus.USAGE) and len(bad.stderr.strip().splitlines()) == 1
+    pod = run_cli("ping", "pa", "pb", env=podman_api)  # Docker, the default, has no pa
+    assert pod.returncode == int(ExitStatus.NOT_FOUND)
+    assert pod.stderr.strip().endswith("; Podman has a container named pa: add --engine podman")
     only_podman = run_cli("ping", "--engine", "podman", "ftengines-nosuch", "c2", env=podman_api)
     assert only_podman.returncode == int(ExitStatus.NOT_FOUND)
     assert "no container named 'ftengines-nosuch' on podman" in only_podman.stderr
