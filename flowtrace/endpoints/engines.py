@@ -21,9 +21,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.errors import DockerUnavailableError, ExitStatus, FlowtraceError
+
+if TYPE_CHECKING:
+    from flowtrace.endpoints.podman_service import PodmanService
 
 ENGINE_NAMES = ("docker", "podman")
 DOCKER_SOCKET = "unix:///var/run/docker.sock"
@@ -83,6 +86,8 @@ class EngineInfo:
     network_backend: str | None = None
     #: flowtrace started the API service for this run (pid), and stops it at the end.
     service_pid: int | None = None
+    #: The TLS settings it was reached with (a context's, DOCKER_TLS_VERIFY's).
+    tls: Any = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -231,8 +236,9 @@ class Connection:
 
 
 _choice = EngineChoice()
-_connections: dict[tuple[EngineChoice, float], Connection] = {}
-_services: list[Any] = []
+#: choice -> timeout -> connection: one engine (and one Podman API started) per choice.
+_connections: dict[EngineChoice, dict[float, Connection]] = {}
+_services: list[PodmanService] = []
 
 
 @contextmanager
@@ -258,10 +264,22 @@ def current_choice() -> EngineChoice:
 
 def connect(timeout: float = DEFAULT_TIMEOUT_S) -> Connection:
     """The connection to the chosen engine (made once per choice and timeout, pinged)."""
-    key = (_choice, timeout)
-    if key not in _connections:
-        _connections[key] = _open(_choice, timeout)
-    return _connections[key]
+    made = _connections.setdefault(_choice, {})
+    if timeout not in made:
+        if made:  # the same engine, asked with another timeout
+            first = next(iter(made.values()))
+            made[timeout] = Connection(first.info, _client(first.info, timeout), first.tried)
+        else:
+            made[timeout] = _open(_choice, timeout)
+    return made[timeout]
+
+
+def _client(info: EngineInfo, timeout: float) -> Any:
+    import docker
+
+    return docker.DockerClient(
+        base_url=info.host, tls=info.tls, timeout=timeout, version=info.api_version or MIN_API
+    )
 
 
 def client(timeout: float = DEFAULT_TIMEOUT_S) -> Any:
@@ -279,10 +297,8 @@ def available() -> bool:
 
 def used() -> EngineInfo | None:
     """The engine this process asked under the current choice, None when none was."""
-    for (choice, _), found in _connections.items():
-        if choice == _choice:
-            return found.info
-    return None
+    made = _connections.get(_choice)
+    return next(iter(made.values())).info if made else None
 
 
 def used_meta() -> dict[str, object] | None:
@@ -293,9 +309,10 @@ def used_meta() -> dict[str, object] | None:
 
 def close() -> None:
     """Close every client and stop the Podman services flowtrace started."""
-    for found in _connections.values():
-        with suppress(Exception):
-            found.client.close()
+    for made in _connections.values():
+        for found in made.values():
+            with suppress(Exception):
+                found.client.close()
     _connections.clear()
     while _services:
         _services.pop().stop()
@@ -435,6 +452,7 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
         rootless,
         backend,
         service.pid if service is not None else None,
+        candidate.tls,
     )
     return Connection(info, made)
 
