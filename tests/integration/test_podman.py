@@ -183,7 +183,16 @@ def test_outside_to_a_published_port_names_its_dnat(
         f"-A NETAVARK-DN-{netavark_hash('podman')} -p tcp -m tcp --dport 8081 -j DNAT "
         f"--to-destination {web}:80"
     )
-    result = cli(podman_api, "tcp", "--engine", "podman", OUTSIDE, "203.0.113.1:8081", "--json")
+    result = cli(
+        podman_api,
+        "tcp",
+        "--engine",
+        "podman",
+        OUTSIDE,
+        "203.0.113.1:8081",
+        "--json",
+        "--no-record",
+    )
     doc = json.loads(result.stdout)
     probe = doc["verdict"]["probes"][0]
     forward = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
