@@ -15,6 +15,7 @@ The selection is process-wide (a trace, a lookup, the lab: one engine each), set
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -442,6 +443,8 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
         return None
     selected_by = candidate.selected_by
     if service is not None:
+        if not _services:
+            atexit.register(close)  # a notebook's process stops it too when it ends
         _services.append(service)
     info = EngineInfo(
         name,

@@ -131,7 +131,16 @@ def _outside_explanation(src: Endpoint, name: str, config: ResolverConfig, serve
     )
     if src.netns.container:
         info = inspect_container(src.netns.container)
-        if set(info.addresses) <= {"bridge"}:
+        if info.engine == "podman" and set(info.addresses) <= {"podman"}:
+            text += (
+                f". {src.spec} is on Podman's default network podman, which has no DNS "
+                "(no aardvark-dns): containers there find each other by IP, not by name"
+            )
+            target = _container_address(name)
+            if target:
+                text += f" ({name} is at {target})"
+            text += "; on a network made with `podman network create`, names resolve"
+        elif set(info.addresses) <= {"bridge"}:
             text += (
                 f". {src.spec} is on the default bridge, where Docker runs no embedded DNS: "
                 "containers there find each other by IP, not by name"

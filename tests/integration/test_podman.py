@@ -246,6 +246,13 @@ def test_dns_through_aardvark_dns(podman_lab: LabState, podman_api: dict[str, st
     assert (query["sightings"][0]["dst"], query["sightings"][0]["dport"]) == (ftlab.gateway, 53)
     assert answer["direction"] == "reply" and answer["sightings"][-1]["point"] == "c3/eth0"
     assert doc["engine"]["name"] == "podman"
+    # Podman's default network has no DNS: c1's resolver is the host's, outside: not asked
+    default = cli(podman_api, "dns", "--engine", "podman", "c1", "c2", "--no-record")
+    assert default.returncode == int(ExitStatus.NO_PATH)
+    line = default.stderr.strip()
+    assert "\n" not in line and "flowtrace sends nothing outside its namespaces" in line
+    assert "c1 is on Podman's default network podman, which has no DNS (no aardvark-dns)" in line
+    assert f"(c2 is at {podman_lab.container('c2').ip} on podman)" in line
 
 
 def test_two_containers_of_one_pod_over_lo_with_the_infra_named(
