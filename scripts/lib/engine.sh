@@ -142,8 +142,17 @@ start_dockerd_by_hand() {
     if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
         rm -f /var/run/docker.pid
     fi
-    # No systemd: start it in its own session so it outlives this script.
-    setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    # No systemd: start it in its own session so it outlives this script, and with none of
+    # this shell's descriptors but the log: a lock held around this script (`flock -x FILE
+    # bash scripts/setup.sh`) must not live on in dockerd and block everyone after.
+    "$PYTHON" - "$DOCKERD_LOG" <<'EOF'
+import subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    subprocess.Popen(
+        ["dockerd"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        close_fds=True, start_new_session=True,
+    )
+EOF
 }
 
 wait_for_docker() {
