@@ -22,6 +22,7 @@ import pytest
 
 from flowtrace import lab as lab_module
 from flowtrace.lab import LabState
+from flowtrace.lab import podman as podman_lab_module
 
 # The modules share helpers (`from test_trace import ...`); importlib mode needs the path.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -188,3 +189,36 @@ def podman_api(root: None) -> Iterator[dict[str, str]]:
         yield env
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="module")
+def podman_lab_users(podman_api: dict[str, str]) -> Iterator[LabUsers]:
+    """This session's hold on the Podman lab (shared; exclusive to take it down)."""
+    users = LabUsers(PODMAN_LAB_USERS_LOCK)
+    try:
+        yield users
+    finally:
+        users.close()
+
+
+@pytest.fixture(scope="module")
+def podman_lab(podman_lab_users: LabUsers) -> Iterator[LabState]:
+    """The Podman lab for one module, taken down after it when this session made it and
+    no other session uses it (module scope: Docker's lab tests that take the outside host
+    down, last in the session, find it gone)."""
+    found_up = podman_lab_complete()
+    state = podman_lab_module.up()
+    yield state
+    if not found_up and podman_lab_users.try_exclusive():
+        podman_lab_module.down()
+
+
+def podman_lab_complete() -> bool:
+    try:
+        return podman_lab_module.status().complete
+    except Exception:  # no lab yet, or Podman's state half made
+        return False
+
+
+# The rootless Podman user, a module-scoped fixture of its own module (tests/integration/).
+from rootless_user import rootless_user  # noqa: E402, F401 - sys.path is set above

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PODMAN_LAB_USERS_LOCK, LabUsers
+from conftest import LabUsers
+from rootless_user import CONTAINER as ROOTLESS_CONTAINER
+from rootless_user import RootlessUser
 from test_trace import run_cli
 
 from flowtrace.errors import ExitStatus
@@ -34,32 +36,6 @@ OUTSIDE = "netns:ft-outside"
 def podman_json(*args: str) -> Any:
     out = subprocess.run(["podman", *args], capture_output=True, text=True, check=True).stdout
     return json.loads(out)
-
-
-@pytest.fixture(scope="module")
-def podman_lab_users(podman_api: dict[str, str]) -> Iterator[LabUsers]:
-    """This session's hold on the Podman lab (shared; exclusive to take it down)."""
-    users = LabUsers(PODMAN_LAB_USERS_LOCK)
-    try:
-        yield users
-    finally:
-        users.close()
-
-
-@pytest.fixture(scope="module")
-def podman_lab(podman_lab_users: LabUsers) -> Iterator[LabState]:
-    found_up = podman_lab_complete()
-    state = podman_lab_api.up()
-    yield state
-    if not found_up and podman_lab_users.try_exclusive():
-        podman_lab_api.down()
-
-
-def podman_lab_complete() -> bool:
-    try:
-        return podman_lab_api.status().complete
-    except Exception:  # no lab yet, or Podman's state half made
-        return False
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -380,6 +356,61 @@ def test_a_podman_api_flowtrace_starts_is_stopped_when_it_ends(
     assert engine["service_started_by_flowtrace"] is True
     assert not os.path.exists(f"/proc/{engine['service_pid']}")  # stopped with flowtrace
     assert not os.path.exists(engine["host"].removeprefix("unix://"))  # and its socket gone
+
+
+# --- rootless Podman (rootless_user.py) ------------------------------------------------------
+
+
+def test_a_rootless_container_is_traced_up_to_its_userspace_carrier(
+    podman_lab: LabState, rootless_user: RootlessUser
+) -> None:
+    env = {"CONTAINER_HOST": rootless_user.socket}
+    result = run_cli("ping", "--engine", "podman", ROOTLESS_CONTAINER, "netns:ft-outside", "--json",
+                     "--no-record", env=env)  # fmt: skip
+    doc = json.loads(result.stdout)
+    engine = doc["meta"]["engine"]
+    assert engine["name"] == "podman" and engine["rootless"] is True
+    assert [p["id"] for p in doc["points"]] == [
+        f"{ROOTLESS_CONTAINER}/tap0"
+    ]  # no veth path invented
+    rootless = next(n for n in doc["notes"] if "runs on rootless Podman" in n)
+    assert "not past slirp4netns or pasta" in rootless
+    slirp = [
+        pid for pid in rootless_user.pids()
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "slirp4netns"
+    ]  # fmt: skip
+    carrier = next(n for n in doc["notes"] if "the tap device of" in n)
+    assert carrier.startswith(
+        f"the packet leaves {ROOTLESS_CONTAINER} through tap0, the tap device of slirp4netns (pid "
+        f"{slirp[0]}, user {rootless_user.name}), a TCP/IP stack in userspace"
+    )
+    # the echo went out of tap0 and what came back was slirp4netns's answer
+    assert doc["packets"][0]["sightings"][0]["point"] == f"{ROOTLESS_CONTAINER}/tap0"
+    assert doc["verdict"]["answered"] == 1
+
+
+def test_the_rootless_header_and_path(podman_lab: LabState, rootless_user: RootlessUser) -> None:
+    env = {"CONTAINER_HOST": rootless_user.socket}
+    path = run_cli("path", "--engine", "podman", ROOTLESS_CONTAINER, "netns:ft-outside", env=env)
+    assert path.returncode == 0, path.stderr
+    assert "note: the packet leaves ftrl-c1 through tap0, the tap device of slirp4netns" in (
+        path.stdout
+    )
+    ping = run_cli(
+        "ping", "--engine", "podman", ROOTLESS_CONTAINER, "netns:ft-outside", "--no-record",
+        env=env,
+    )  # fmt: skip
+    header = ping.stdout.splitlines()[1]
+    assert header == (
+        f"engine: podman {engine_version(rootless_user)} (rootless) at {rootless_user.socket} "
+        "(CONTAINER_HOST (--engine podman))"
+    )
+
+
+def engine_version(user: RootlessUser) -> str:
+    """Podman's version (the rootless engine is the same program)."""
+    out = subprocess.run(["podman", "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1]
 
 
 # --- taking the Podman lab down (last in this module) -----------------------------------------

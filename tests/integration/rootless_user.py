@@ -1,5 +1,5 @@
-"""Rootless Podman, for real: a throwaway user runs a container behind slirp4netns, and
-flowtrace (root) traces it through that user's API socket.
+"""A rootless Podman for the tests, for real: a throwaway user runs a container behind
+slirp4netns, and flowtrace (root) traces it through that user's API socket.
 
 Debian's rootless Podman needs /dev/net/tun to be usable by the user (udev makes it
 0666 on a normal machine; this sandbox has no udev and leaves it 0600).  The test does
@@ -12,7 +12,6 @@ the test's own where a 0666 tun node (the same device, 10:200) is bind-mounted o
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pwd
 import secrets
@@ -24,13 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_trace import run_cli
 
 from flowtrace.endpoints.podman_service import answers
-from flowtrace.lab import LabState
 from flowtrace.lab.images import build_image_tar, busybox_applets
-
-pytestmark = pytest.mark.integration
 
 CONTAINER = "ftrl-c1"
 IMAGE = "localhost/ftrl/busybox:1"
@@ -154,51 +149,3 @@ def rootless_user(root: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 kept = [line for line in lines if not line.startswith(f"{name}:")]
                 if kept != lines:
                     Path(path).write_text("".join(kept))
-
-
-def test_a_rootless_container_is_traced_up_to_its_userspace_carrier(
-    lab: LabState, rootless_user: RootlessUser
-) -> None:
-    env = {"CONTAINER_HOST": rootless_user.socket}
-    result = run_cli("ping", "--engine", "podman", CONTAINER, "netns:ft-outside", "--json",
-                     "--no-record", env=env)  # fmt: skip
-    doc = json.loads(result.stdout)
-    engine = doc["meta"]["engine"]
-    assert engine["name"] == "podman" and engine["rootless"] is True
-    assert [p["id"] for p in doc["points"]] == [f"{CONTAINER}/tap0"]  # no veth path invented
-    rootless = next(n for n in doc["notes"] if "runs on rootless Podman" in n)
-    assert "not past slirp4netns or pasta" in rootless
-    slirp = [
-        pid for pid in rootless_user.pids()
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "slirp4netns"
-    ]  # fmt: skip
-    carrier = next(n for n in doc["notes"] if "the tap device of" in n)
-    assert carrier.startswith(
-        f"the packet leaves {CONTAINER} through tap0, the tap device of slirp4netns (pid "
-        f"{slirp[0]}, user {rootless_user.name}), a TCP/IP stack in userspace"
-    )
-    # the echo went out of tap0 and what came back was slirp4netns's answer
-    assert doc["packets"][0]["sightings"][0]["point"] == f"{CONTAINER}/tap0"
-    assert doc["verdict"]["answered"] == 1
-
-
-def test_the_rootless_header_and_path(lab: LabState, rootless_user: RootlessUser) -> None:
-    env = {"CONTAINER_HOST": rootless_user.socket}
-    path = run_cli("path", "--engine", "podman", CONTAINER, "netns:ft-outside", env=env)
-    assert path.returncode == 0, path.stderr
-    assert "note: the packet leaves ftrl-c1 through tap0, the tap device of slirp4netns" in (
-        path.stdout
-    )
-    ping = run_cli("ping", "--engine", "podman", CONTAINER, "netns:ft-outside", "--no-record",
-                   env=env)  # fmt: skip
-    header = ping.stdout.splitlines()[1]
-    assert header == (
-        f"engine: podman {engine_version(rootless_user)} (rootless) at {rootless_user.socket} "
-        "(CONTAINER_HOST (--engine podman))"
-    )
-
-
-def engine_version(user: RootlessUser) -> str:
-    """Podman's version (the rootless engine is the same program)."""
-    out = subprocess.run(["podman", "--version"], capture_output=True, text=True, check=True)
-    return out.stdout.split()[-1]
