@@ -4,6 +4,11 @@ A trace's stages run in order, each in its own room: endpoints (what was typed) 
 topology (the path, from the kernel's state) -> capture (every point ready) -> probe
 -> correlate -> outputs; run/ holds the live run that drives them.  Everything heavy
 is imported when a function is called, so `import flowtrace` stays instant.
+
+Every function that names containers takes `engine` ("docker", "podman") and
+`context` (a Docker context's name); with neither, the engine is found as the docker
+CLI finds it (DOCKER_HOST, DOCKER_CONTEXT, the current context, Docker's socket), with
+Podman as the fallback (flowtrace.endpoints.engines).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flowtrace.endpoints.engines import EngineChoice, using
 from flowtrace.model import DnsLookup, Point, PointStats, ProbeKind, Trace, TraceOptions
 
 if TYPE_CHECKING:
@@ -22,7 +28,12 @@ __all__ = ["TraceOptions", "capture", "dns_lookup", "load", "path", "run_trace",
 
 
 def path(
-    src: str, dst: str, kind: ProbeKind = "icmp", hosts: Sequence[str] = ()
+    src: str,
+    dst: str,
+    kind: ProbeKind = "icmp",
+    engine: str | None = None,
+    context: str | None = None,
+    hosts: Sequence[str] = (),
 ) -> tuple[list[Point], list[str]]:
     """The observation points a packet from src to dst crosses, and notes on the way.
 
@@ -32,16 +43,18 @@ def path(
     from flowtrace.topology.route import resolve_route
 
     aliases = _host_specs(hosts)
-    if not names_hosts((src, dst), aliases):
-        route = resolve_route(src, dst, kind)
-        return route.plan.points, list(route.src.notes) + list(route.dst.notes) + route.plan.notes
-    from flowtrace.endpoints.hosts import HostSet
-    from flowtrace.topology.hostroute import resolve_host_route
+    with using(EngineChoice(engine, context)):
+        if not names_hosts((src, dst), aliases):
+            route = resolve_route(src, dst, kind)
+            notes = list(route.src.notes) + list(route.dst.notes) + route.plan.notes
+            return route.plan.points, notes
+        from flowtrace.endpoints.hosts import HostSet
+        from flowtrace.topology.hostroute import resolve_host_route
 
-    with HostSet(aliases) as connected:
-        across = resolve_host_route(src, dst, kind, connected)
-        notes = list(across.src.notes) + list(across.dst.notes) + across.plan.notes
-        return across.plan.points, notes
+        with HostSet(aliases) as connected:
+            across = resolve_host_route(src, dst, kind, connected)
+            notes = list(across.src.notes) + list(across.dst.notes) + across.plan.notes
+            return across.plan.points, notes
 
 
 def _host_specs(hosts: Sequence[str]) -> list[HostSpec]:
@@ -60,6 +73,8 @@ def trace(
     output_dir: str | Path | None = None,
     record: bool = True,
     on_probe: Callable[[int], None] | None = None,
+    engine: str | None = None,
+    context: str | None = None,
     hosts: Sequence[str] = (),
 ) -> Trace:
     """Send `count` marked probes from src to dst and follow each one hop by hop.
@@ -75,7 +90,7 @@ def trace(
         record=record,
         command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}",
     )
-    return run_trace(src, dst, options, on_probe, hosts)
+    return run_trace(src, dst, options, on_probe, EngineChoice(engine, context), hosts)
 
 
 def run_trace(
@@ -83,12 +98,14 @@ def run_trace(
     dst: str,
     options: TraceOptions,
     on_probe: Callable[[int], None] | None = None,
+    engine: EngineChoice | None = None,
     hosts: Sequence[str] = (),
 ) -> Trace:
     """A trace with options already gathered (the CLI's way in)."""
     from flowtrace.run import trace as tracing
 
-    return tracing.run_trace(src, dst, options, on_probe, _host_specs(hosts))
+    with using(engine):
+        return tracing.run_trace(src, dst, options, on_probe, _host_specs(hosts))
 
 
 def capture(
@@ -102,13 +119,16 @@ def capture(
     on_tick: Callable[[list[PointStats], float], None] | None = None,
     command: str = "",
     on_ready: Callable[[list[Point], Path], None] | None = None,
+    engine: str | None = None,
+    context: str | None = None,
 ) -> CaptureResult:
     """Record everything matching on the points between src and dst (or the named ones)."""
     from flowtrace.run import capture as capturing
 
-    return capturing.capture(
-        src, dst, points, filter_expr, duration, count, output_dir, on_tick, command, on_ready
-    )
+    with using(EngineChoice(engine, context)):
+        return capturing.capture(
+            src, dst, points, filter_expr, duration, count, output_dir, on_tick, command, on_ready
+        )
 
 
 def load(path: str | Path | Sequence[str | Path]) -> Trace:
@@ -127,8 +147,11 @@ def dns_lookup(
     output_dir: str | Path | None = None,
     record: bool = True,
     command: str = "",
+    engine: str | None = None,
+    context: str | None = None,
 ) -> DnsLookup:
     """Look `name` up from `src` as its resolver would and follow the query and the answer."""
     from flowtrace.run.dns import lookup
 
-    return lookup(src, name, qtype, server, timeout, output_dir, record, command)
+    with using(EngineChoice(engine, context)):
+        return lookup(src, name, qtype, server, timeout, output_dir, record, command)

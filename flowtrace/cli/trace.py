@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from flowtrace.cli.base import F, cli, command_line, finish, handle_errors
+from flowtrace.cli.base import F, cli, command_line, engine_options, finish, handle_errors
 
 
 def _host_option(func: F) -> F:
@@ -24,9 +24,17 @@ def _host_option(func: F) -> F:
 @click.argument("src")
 @click.argument("dst")
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@engine_options
 @_host_option
 @handle_errors
-def path_cmd(src: str, dst: str, as_json: bool, hosts: tuple[str, ...]) -> None:
+def path_cmd(
+    src: str,
+    dst: str,
+    as_json: bool,
+    engine: str | None,
+    context: str | None,
+    hosts: tuple[str, ...],
+) -> None:
     """Print the observation points a packet from SRC to DST crosses, sending nothing.
 
     DST may carry a port (c2:80, 203.0.113.1:8080) to follow a published port's DNAT.
@@ -34,7 +42,7 @@ def path_cmd(src: str, dst: str, as_json: bool, hosts: tuple[str, ...]) -> None:
     from flowtrace import api
     from flowtrace.topology.route import probe_kind_of
 
-    points, notes = api.path(src, dst, probe_kind_of(dst), hosts)
+    points, notes = api.path(src, dst, probe_kind_of(dst), engine, context, hosts)
     if as_json:
         import json
 
@@ -92,7 +100,7 @@ def _trace_options(func: F) -> F:
     ]
     for option in reversed(options):
         func = option(func)
-    return _host_option(func)
+    return engine_options(_host_option(func))
 
 
 def _run_trace(
@@ -105,11 +113,14 @@ def _run_trace(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    engine: str | None,
+    context: str | None,
     hosts: tuple[str, ...],
 ) -> None:
     from pathlib import Path
 
     from flowtrace import api
+    from flowtrace.endpoints.engines import EngineChoice
 
     options = api.TraceOptions(
         kind=kind,  # type: ignore[arg-type]
@@ -120,7 +131,7 @@ def _run_trace(
         record=not no_record,
         command=command_line(),
     )
-    result = api.run_trace(src, dst, options, hosts=hosts)
+    result = api.run_trace(src, dst, options, engine=EngineChoice(engine, context), hosts=hosts)
     if as_json:
         from flowtrace.output.jsonout import dumps
 
@@ -191,6 +202,7 @@ def udp(src: str, dst: str, **opts: Any) -> None:
     help="Folder for the pcap set [default: captures/<time>-<src>-dns-<name>/].",
 )
 @click.option("--no-record", is_flag=True, help="Do not write a pcap set.")
+@engine_options
 @handle_errors
 def dns_cmd(
     src: str,
@@ -201,18 +213,30 @@ def dns_cmd(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    engine: str | None,
+    context: str | None,
 ) -> None:
     """Look NAME up from SRC as its resolver would, and follow the query and the answer.
 
     The server is the first nameserver of SRC's /etc/resolv.conf (on a user-defined
     Docker network: 127.0.0.11, Docker's embedded DNS, reached through a DNAT rule in
-    the container's own namespace); a name in SRC's /etc/hosts is answered from there.
+    the container's own namespace; on a Podman network: its gateway, where aardvark-dns
+    answers); a name in SRC's /etc/hosts is answered from there.
     Exit status 0 when an answer came, 10 when none did.
     """
     from flowtrace import api
 
     result = api.dns_lookup(
-        src, name, qtype, server, timeout, output, record=not no_record, command=command_line()
+        src,
+        name,
+        qtype,
+        server,
+        timeout,
+        output,
+        record=not no_record,
+        command=command_line(),
+        engine=engine,
+        context=context,
     )
     if as_json:
         import json

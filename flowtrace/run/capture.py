@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowtrace.capture.bpf import compile_filter
+from flowtrace.endpoints import engines
 from flowtrace.endpoints.resolve import resolve
 from flowtrace.errors import ExitStatus, FlowtraceError, NotFoundError
 from flowtrace.model import Point, PointStats
@@ -149,6 +150,7 @@ def capture(
             src=src,
             dst=dst,
             filter=filter_expr.strip() if filter_expr and filter_expr.strip() else None,
+            engine=engines.used_meta(),
             notes=notes,
         )
     )

@@ -38,12 +38,10 @@ def names_hosts(specs: Sequence[str], aliases: Sequence[HostSpec]) -> bool:
 
 
 def _local_engine() -> dict[str, Any]:
-    from flowtrace.endpoints.docker import docker_available, docker_client
+    """This host's engine, as the trace asked it (none when no point here needed it)."""
+    from flowtrace.endpoints import engines
 
-    if not docker_available():
-        return {}
-    version = docker_client().version()
-    return {"name": "docker", "version": version.get("Version", "")}
+    return engines.used_meta() or {}
 
 
 def hosts_record(route: Route, hosts: Mapping[str, RemoteHost]) -> list[dict[str, Any]]:

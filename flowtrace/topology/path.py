@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from flowtrace.endpoints.podman import is_podman_netns_name
 from flowtrace.endpoints.resolve import all_namespaces, host_namespace, label_namespace
+from flowtrace.endpoints.userspace import carrier_note, carrier_of
 from flowtrace.errors import NoPathError, NotFoundError
 from flowtrace.model import Namespace, Point
 from flowtrace.topology.kernel import (
@@ -419,6 +421,12 @@ def _cross(
         plan.add(ns, port, view.state(ns), "veth-peer")
         link = port
     if link.kind != "veth":
+        # a rootless engine's slirp4netns or pasta (a process of this host's)
+        local_tun = link.kind == "tun" and ns.host is None
+        carrier = carrier_of(ns.inode, link.name) if local_tun else None
+        if carrier is not None:
+            plan.notes.append(carrier_note(ns.label, carrier))
+            return None
         _leave(
             plan,
             ns,
@@ -475,8 +483,8 @@ class LiveView:
         for known in self._known:
             if known.inode == ns.inode:
                 return known
-        if ns.label.startswith("pid:"):
-            return label_namespace(ns)
+        if ns.label.startswith("pid:") or is_podman_netns_name(ns.label):
+            return label_namespace(ns)  # a container's, when an engine knows it
         return ns
 
     def state(self, ns: Namespace) -> NetnsState:
