@@ -226,37 +226,143 @@ def start_engine(host: LabHost) -> list[str]:
 
 
 def stop_engine(host: LabHost) -> list[str]:
-    """Its containers removed first, then the engine stopped by its own pid."""
+    """Everything of the host's engine stopped, whatever state it is in: its containers
+    removed through it (when it answers), the dockerd stopped by its own pid, then what
+    outlives a dockerd that died or was killed (its containerd, the shims, the containers'
+    processes: each found by the host's own paths or cgroup, killed by its pid), then its
+    cgroups.  With no process of the host left, nothing holds its private mount namespace,
+    so its mounts (overlay2, the sandboxes' namespaces) go with it."""
     from docker.errors import APIError, DockerException
 
     removed: list[str] = []
     if answers(host):
-        with contextlib.closing(client_of(host)) as client:
+        with (
+            contextlib.suppress(DockerException, OSError),
+            contextlib.closing(client_of(host, timeout=30)) as client,
+        ):
             for container in client.containers.list(all=True):
                 with contextlib.suppress(APIError):
                     container.remove(force=True)
                     removed.append(f"container {container.name}@{host.name}")
             with contextlib.suppress(APIError, DockerException):
                 client.swarm.leave(force=True)
-    pid = engine_pid(host)
+    pid = engine_pid(host) or next(iter(_processes_of(host, "dockerd")), None)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + ENGINE_STOP_S
-        while engine_pid(host) == pid and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.1)
-        if engine_pid(host) == pid:
-            os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
-            _reap(pid)
+        _end(pid, ENGINE_STOP_S)
         removed.append(f"dockerd of {host.name} (pid {pid})")
+    for kind in ("containerd", "other"):  # containerd before its shims: it restarts none
+        for left in _processes_of(host, kind):
+            _end(left, 0)
+            removed.append(f"{kind} process {left} of {host.name}")
+    removed += remove_cgroups(host)
     return removed
+
+
+def _end(pid: int, grace_s: float) -> None:
+    """SIGTERM and `grace_s` to go (0: SIGKILL at once), then SIGKILL; waits until gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM if grace_s else signal.SIGKILL)
+    deadline = time.monotonic() + grace_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    _reap(pid)
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _reap(pid: int) -> None:
     """Collect the engine's exit status if this process started it (no zombie left)."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def process_kind(argv: list[bytes], cgroups: str, host: LabHost) -> str | None:
+    """What a process is to the host (pure): "dockerd" (its data-root), "containerd" (its
+    config under the host's exec-root), "other" (a shim naming the exec-root, or any
+    process in the host's cgroup: a container's), else None: not the host's."""
+    if is_engine_of(argv, "S", host.data_root):
+        return "dockerd"
+    root = host.root.encode() + b"/"
+    names_root = any(arg.startswith(root) for arg in argv)
+    if names_root and argv and os.path.basename(argv[0]) == b"containerd":
+        return "containerd"
+    parent = f"/ft-{host.name}"
+    in_cgroup = any(
+        line.split(":", 2)[-1] == parent or line.split(":", 2)[-1].startswith(parent + "/")
+        for line in cgroups.splitlines()
+    )
+    return "other" if names_root or in_cgroup else None
+
+
+def _processes_of(host: LabHost, kind: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().rstrip(b"\0").split(b"\0")
+            with open(f"/proc/{entry}/cgroup") as handle:
+                cgroups = handle.read()
+        except OSError:
+            continue
+        if process_kind(argv, cgroups, host) == kind and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def cgroup_dirs(host: LabHost, base: str = "/sys/fs/cgroup") -> list[str]:
+    """The host's cgroups (`--cgroup-parent /ft-NAME` and the containers' below it), in
+    every hierarchy (v1's controllers, v2's unified), deepest first."""
+    tops = [os.path.join(base, f"ft-{host.name}")]
+    with contextlib.suppress(OSError):
+        tops += [os.path.join(base, c, f"ft-{host.name}") for c in sorted(os.listdir(base))]
+    found: list[str] = []
+    for top in tops:
+        if not os.path.isdir(top) or os.path.islink(top):
+            continue
+        for folder, _, _ in os.walk(top, topdown=False):
+            found.append(folder)
+    return found
+
+
+def remove_cgroups(host: LabHost) -> list[str]:
+    """rmdir of each of the host's cgroups (a cgroup with a process in it stays)."""
+    left = 0
+    gone = 0
+    for folder in cgroup_dirs(host):
+        try:
+            os.rmdir(folder)
+            gone += 1
+        except OSError:
+            left += 1
+    if not gone:
+        return []
+    return [f"{gone} cgroups of {host.name}" + (f" ({left} still in use)" if left else "")]
+
+
+def leftovers(host: LabHost) -> list[str]:
+    """What of the host is still on this machine, in words (none after a removal)."""
+    found = [
+        f"{kind} pid {pid}"
+        for kind in ("dockerd", "containerd", "other")
+        for pid in _processes_of(host, kind)
+    ]
+    found += [f"folder {f}" for f in (host.root, host.data_root) if os.path.exists(f)]
+    found += [f"cgroup {f}" for f in cgroup_dirs(host)]
+    return found
 
 
 # --- Docker contexts -----------------------------------------------------------------------

@@ -37,6 +37,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 from flowtrace.endpoints.netns import run_in_netns
@@ -75,6 +79,7 @@ from flowtrace.lab.hostengines import (
     client_of,
     context_is_foreign,
     engine_pid,
+    leftovers,
     read_context,
     register,
     remove_empty_context_folders,
@@ -286,7 +291,13 @@ def conflicts(client: Any) -> list[str]:
 
 
 def build(client: Any) -> list[str]:
-    """The namespaces, the LAN, the engines, the swarm, the networks, the containers."""
+    """The namespaces, the LAN, the engines, the swarm, the networks, the containers; a
+    build that fails or is interrupted removes all of it again."""
+    with _undone_on_failure():
+        return _build()
+
+
+def _build() -> list[str]:
     from docker.errors import APIError
 
     changes: list[str] = []
@@ -299,7 +310,8 @@ def build(client: Any) -> list[str]:
     clients: dict[str, Any] = {}
     try:
         for host in HOSTS:
-            if not answers(host):
+            if not answers(host):  # a fresh engine: nothing of an earlier one kept
+                changes += _clear(host)
                 changes += start_engine(host)
             clients[host.name] = client_of(host)
             changes += [f"{c} on {host.name}" for c in ensure_image(clients[host.name])]
@@ -315,6 +327,17 @@ def build(client: Any) -> list[str]:
     for host in HOSTS:
         changes += register(host)
     return changes
+
+
+def _clear(host: LabHost) -> list[str]:
+    """What an engine that no longer answers left (its processes, cgroups, folders: a
+    swarm state it would try to rejoin)."""
+    gone = [f"left by an earlier engine: {what}" for what in stop_engine(host)]
+    for folder in (host.data_root, host.root):
+        if os.path.isdir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(f"left by an earlier engine: folder {folder}")
+    return gone
 
 
 def attach(client: Any) -> list[str]:
@@ -390,13 +413,26 @@ def _container_row(
 
 
 def remove(client: Any) -> tuple[list[str], list[str]]:
-    """Everything the scenario made, and only that."""
+    """Everything the scenario made, and only that, whatever state it is in (a build cut
+    short, an engine that died): each host's engine and what outlives it (containerd,
+    shims, containers' processes, cgroups; hostengines.stop_engine), its folders and
+    context, then the namespaces (their veths and rules go with them).  Ctrl-C and
+    SIGTERM wait until it is done."""
+    with _uninterrupted():
+        return _remove()
+
+
+def _remove() -> tuple[list[str], list[str]]:
     from pyroute2 import netns
 
     removed: list[str] = []
     kept: list[str] = []
     for host in reversed(HOSTS):
-        removed += stop_engine(host)
+        try:
+            removed += stop_engine(host)
+        except Exception as exc:  # the other host and the rest go on
+            kept.append(f"dockerd of {host.name} ({short(exc)})")
+            continue
         if engine_pid(host) is not None:
             kept.append(f"dockerd of {host.name} (it did not stop)")
             continue
@@ -405,6 +441,7 @@ def remove(client: Any) -> tuple[list[str], list[str]]:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(f"folder {folder}")
         removed += unregister(host)
+        kept += [f"{what} of {host.name}" for what in leftovers(host)]
     for name, path in (*((h.netns, h.netns_path) for h in HOSTS), (LAN_NETNS, LAN_PATH)):
         if os.path.exists(path) and not kept:
             netns.remove(name)
@@ -414,3 +451,47 @@ def remove(client: Any) -> tuple[list[str], list[str]]:
             os.rmdir(folder)  # only when empty: the base lab keeps nothing there
     remove_empty_context_folders()
     return removed, kept
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM for the block (main thread only): a removal cut short
+    would leave engines running with nothing to stop them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _undone_on_failure() -> Iterator[None]:
+    """A build that fails or is stopped (Ctrl-C, SIGTERM) removes what it made: the
+    engines run in sessions of their own, and nothing else would stop them."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove(None)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -66,3 +66,45 @@ def test_a_context_of_the_same_name_that_is_not_the_labs_is_a_conflict(
     assert he.unregister(host) == []  # never someone else's
     he.remove_empty_context_folders()
     assert (tmp_path / "contexts").is_dir()  # it still holds theirs
+
+
+def test_a_process_is_the_hosts_by_its_own_paths_or_its_cgroup_and_nothing_else() -> None:
+    host = he.HOSTS[0]
+    exec_root = f"{host.root}/exec"
+
+    def kind(argv: str, cgroups: str = "0::/user.slice\n") -> str | None:
+        return he.process_kind(argv.encode().split(b" "), cgroups, host)
+
+    assert kind(f"dockerd --data-root {host.data_root} --exec-root {exec_root}") == "dockerd"
+    assert kind(f"containerd --config {exec_root}/containerd/containerd.toml") == "containerd"
+    shim = f"/usr/bin/containerd-shim-runc-v2 -namespace moby -id 1f -address {exec_root}/c.sock"
+    assert kind(shim) == "other"
+    assert (
+        kind("sleep infinity", "4:pids:/ft-hosta/0123abcd\n1:name=systemd:/ft-hosta/0123\n")
+        == "other"
+    )
+    assert kind("sleep infinity", "0::/ft-hosta\n") == "other"
+    # the machine's own engine, a look-alike cgroup, another lab host's paths: not this host's
+    assert kind("dockerd") is None
+    assert kind("containerd --config /var/run/docker/containerd/containerd.toml") is None
+    assert kind("sleep infinity", "4:pids:/ft-hostab/01\n0::/docker/ft-hosta\n") is None
+    assert kind(f"containerd --config {he.HOSTS[1].root}/exec/containerd.toml") is None
+
+
+def test_a_hosts_cgroups_are_found_in_every_hierarchy_deepest_first(tmp_path: Path) -> None:
+    host = he.HOSTS[1]
+    for path in ("pids/ft-hostb/c1", "memory/ft-hostb", "unified/ft-hostb/c1/x", "pids/other"):
+        (tmp_path / path).mkdir(parents=True)
+    found = [str(Path(f).relative_to(tmp_path)) for f in he.cgroup_dirs(host, str(tmp_path))]
+    assert sorted(found) == sorted(
+        [
+            "memory/ft-hostb",
+            "pids/ft-hostb",
+            "pids/ft-hostb/c1",
+            "unified/ft-hostb",
+            "unified/ft-hostb/c1",
+            "unified/ft-hostb/c1/x",
+        ]
+    )
+    assert found.index("pids/ft-hostb/c1") < found.index("pids/ft-hostb")
+    assert found.index("unified/ft-hostb/c1/x") < found.index("unified/ft-hostb/c1")
