@@ -112,7 +112,9 @@ def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
         # its pids are another machine's: /proc/PID here is some other process
         raise NoPathError(
             f"{info.name} runs on the engine at {engine.host} ({engine.selected_by}), on "
-            "another machine: flowtrace enters the namespaces of this one"
+            "another machine: flowtrace enters the namespaces of this one; name it "
+            f"{info.name}@HOST (HOST a Docker context or --host HOST=URL) to trace it "
+            "through a helper on that host"
         )
     notes: list[str] = []
     mode = info.network_mode
