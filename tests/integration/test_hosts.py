@@ -181,6 +181,10 @@ def test_analyze_and_load_read_the_set_back_with_the_hosts(overlay: Trace, tmp_p
     assert [p.id for p in loaded.points] == [p.id for p in overlay.points]
     assert [p.packet_id for p in loaded.packets] == [p.packet_id for p in overlay.packets]
     assert [s.point for s in loaded.packets[0].sightings] == [p for p, _ in OVERLAY_PATH]
+    vni = _records(overlay, "tunnels")[0]["vni"]
+    for sighting in loaded.packets[0].sightings:  # the outer headers, decoded again
+        outer = sighting.headers.outer
+        assert (outer.vni if outer else None) == (vni if sighting.point in UNDERLAY else None)
     done = run_cli("analyze", str(folder), "--json")
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
