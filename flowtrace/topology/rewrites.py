@@ -19,7 +19,7 @@ from flowtrace.errors import FlowtraceError
 from flowtrace.model import Address, NatEvent, Packet, Point
 from flowtrace.topology.conntrack import find_entry
 from flowtrace.topology.kernel import read_state
-from flowtrace.topology.netfilter import attribute, read_ruleset
+from flowtrace.topology.netfilter import attribute_detail, read_firewall
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,15 @@ def explain_rewrite(
     `peer`: the packet's other end before the rewrite, for rules that match on it.
     What cannot be read is said in the field instead ("(rules not readable: ...)").
     """
+    doubt = None
     try:
         addresses = (
             list(local) if local is not None else [a.ip for a in read_state(netns_path).addresses]
         )
-        rule = attribute(
-            read_ruleset(netns_path), ev, flow.proto, in_iface, out_iface, addresses, peer=peer
+        found = attribute_detail(
+            read_firewall(netns_path), ev, flow.proto, in_iface, out_iface, addresses, peer=peer
         )
+        rule, doubt = (found.rule, found.doubt) if found else (None, None)
     except FlowtraceError as exc:
         rule = f"(rules not readable: {exc.message})"
     try:
@@ -66,7 +68,7 @@ def explain_rewrite(
         )
     except FlowtraceError as exc:
         conntrack = f"(conntrack not readable: {exc.message})"
-    return replace(ev, rule=rule, conntrack=conntrack)
+    return replace(ev, rule=rule, conntrack=conntrack, rule_doubt=doubt)
 
 
 def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Packet]:
@@ -92,7 +94,9 @@ def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Pa
             else:
                 twin = next((f for f in forward.values() if f.kind == ev.reverse_of), None)
                 if twin is not None:
-                    ev = replace(ev, rule=twin.rule, conntrack=twin.conntrack)
+                    ev = replace(
+                        ev, rule=twin.rule, conntrack=twin.conntrack, rule_doubt=twin.rule_doubt
+                    )
             events.append(ev)
         out.append(replace(pkt, nat=tuple(events)))
     return out

@@ -75,7 +75,8 @@ def test_comments_counters_multiport_and_unknown_matches() -> None:
     assert rule.chain == "PREROUTING" and rule.comment == "web: to the lb"
     assert rule.text.startswith("-A PREROUTING -i eth0")
     kinds = [(c.kind, c.negated) for c in rule.criteria]
-    assert kinds == [("in", False), ("proto", False), ("dport", False), ("unknown", True)]
+    assert kinds == [("in", False), ("proto", False), ("dport", False), ("mark", True)]
+    assert rule.criteria[3].mark == (1, 0xFFFFFFFF)
     assert rule.criteria[2].ports == ((80, 80), (443, 443), (8000, 8100))
     assert parse_rule("-A X -p udp --sport 1024: -j RETURN").criteria[1].ports == ((1024, 65535),)
 

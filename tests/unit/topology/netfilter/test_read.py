@@ -7,12 +7,10 @@ from pathlib import Path
 import pytest
 
 from flowtrace.errors import MissingToolError
-from flowtrace.topology.netfilter.read import read_ruleset
+from flowtrace.topology.netfilter.read import read_firewall
 
 
-def test_missing_iptables_save_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without iptables-save
-    with pytest.raises(MissingToolError, match="iptables-save is not installed"):
-        read_ruleset("/proc/self/ns/net")
+def test_no_reader_at_all_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without iptables-save and nft
+    with pytest.raises(MissingToolError, match="neither iptables-save nor nft is installed"):
+        read_firewall("/proc/self/ns/net", fresh=True)
