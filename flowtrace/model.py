@@ -233,6 +233,8 @@ class NatEvent:
     reverse_of: NatKind | None = None
     #: Why `rule` may not be the one (a match flowtrace cannot evaluate); None: certain.
     rule_doubt: str | None = None
+    #: What the rule means in its engine's terms (Docker's, Podman's), when known.
+    explanation: str | None = None
 
     @property
     def label(self) -> str:

@@ -54,6 +54,7 @@ def nat_dict(ev: NatEvent) -> dict[str, Any]:
         "reverse_of": ev.reverse_of,
         "rule": ev.rule,
         "rule_doubt": ev.rule_doubt,
+        "explanation": ev.explanation,
         "conntrack": ev.conntrack,
     }
 

@@ -120,6 +120,8 @@ def nat_details(events: Iterable[NatEvent]) -> list[str]:
             lines.append(f"    rule:      {ev.rule}")
         if ev.rule_doubt:
             lines.append(f"               ({ev.rule_doubt})")
+        if ev.explanation:
+            lines.append(f"    meaning:   {ev.explanation}")
         if ev.conntrack:
             lines.append(f"    conntrack: {ev.conntrack}")
     return lines

@@ -126,6 +126,7 @@ def predict_dnat(
     visit, _ = run_hook(firewall, hook, packet)
     for rewrite in visit.rewrites:
         address, port = rewrite.after
-        if rewrite.kind == "DNAT" and rewrite.rule.target == "DNAT" and address:
-            return address, port if port is not None else dport, rewrite.rule.shown
+        rule = rewrite.rule
+        if rewrite.kind == "DNAT" and rule is not None and rule.target == "DNAT" and address:
+            return address, port if port is not None else dport, rule.shown
     return None

@@ -98,6 +98,7 @@ def attribute_detail(
     local_addresses: Iterable[str] = frozenset(),
     *,
     peer: Address | None = None,
+    before_dnat: Address | None = None,
 ) -> Attribution | None:
     """The nat rule that made `event` and how sure that is; None if none explains it.
 
@@ -107,6 +108,8 @@ def attribute_detail(
     or input for a packet delivered there.  `local_addresses` are the namespace's own
     addresses (for MASQUERADE, REDIRECT and address types; empty: unknown).  `peer`
     is the other end of the packet before the rewrite, for rules that match on it.
+    `before_dnat`: a SNAT's destination before a DNAT the same namespace made on the
+    packet's way in (prerouting then sees it as it came, and sets the marks it sets).
     """
     number = proto if isinstance(proto, int) else _protocol_number_or_zero(proto)
     local = frozenset(local_addresses)
@@ -121,6 +124,8 @@ def attribute_detail(
         hook = "postrouting" if out_iface is not None else "input"
         src, dst = before.ip, (peer.ip if peer else None)
         sport, dport = before.port, (peer.port if peer else None)
+        if before_dnat is not None:
+            dst, dport = before_dnat.ip, before_dnat.port
     packet = PacketView(number, src, dst, sport, dport, in_iface, out_iface, NEW, local)
     passed = traverse(as_firewall(ruleset), packet, way_of(in_iface, out_iface))
     visit = passed.hook(hook)

@@ -40,7 +40,8 @@ class Rewrite:
     """A NAT binding a nat chain made: the rule and the address (and port) it gave."""
 
     kind: str  # DNAT or SNAT
-    rule: Rule
+    #: None for conntrack's own rewrite of a reply (it undoes the request's binding).
+    rule: Rule | None
     hook: str
     before: tuple[str | None, int | None]
     #: None where the new address cannot be told (a MASQUERADE on an unknown interface).
@@ -53,6 +54,8 @@ class ChainVisit:
     walk: ChainWalk | None
     #: Why the chain did not run for this packet (nat: not the first packet).
     skipped: str | None = None
+    #: The packet as this chain saw it (the marks and rewrites of the chains before).
+    packet: PacketView | None = None
 
 
 @dataclass(frozen=True)
@@ -123,15 +126,18 @@ def traverse(
     packet: PacketView,
     way: str,
     addresses_of: AddressesOf = no_addresses,
+    undo: Sequence[Rewrite] = (),
 ) -> NamespacePass:
     """The packet's way through the namespace's hooks for `way` (forward, input, output).
 
     `packet` has the interfaces of the whole way (in_iface None when the namespace
     sent it, out_iface None when it is delivered); each hook sees the ones it has.
+    `undo`: for a reply, the request's bindings in this namespace, which conntrack
+    reverses (a SNAT's at the hook where DNAT would happen, a DNAT's where SNAT would).
     """
     visits = []
     for hook in WAYS[way]:
-        visit, packet = run_hook(firewall, hook, packet, addresses_of)
+        visit, packet = run_hook(firewall, hook, packet, addresses_of, undo)
         visits.append(visit)
         if visit.dropped_by is not None:
             break
@@ -143,6 +149,7 @@ def run_hook(
     hook: str,
     packet: PacketView,
     addresses_of: AddressesOf = no_addresses,
+    undo: Sequence[Rewrite] = (),
 ) -> tuple[HookVisit, PacketView]:
     """Every base chain at `hook` for the packet; the visit and the packet after it."""
     whole = packet
@@ -153,7 +160,11 @@ def run_hook(
     bound = False
     dropped: ChainVisit | None = None
     bases = firewall.base_chains(hook, seen.family)
+    reverse = _reversal(undo, hook)
+    nat_point = -100 if hook in _DNAT_HOOKS else 100
     for base in bases:
+        if reverse is not None and base.priority >= nat_point:
+            seen, reverse = _undone(seen, reverse, rewrites, hook), None
         if base.kind == "nat" and seen.ctstate != NEW:
             chains.append(ChainVisit(base, None, "nat chains see only a connection's first packet"))
             continue
@@ -161,7 +172,7 @@ def run_hook(
             chains.append(ChainVisit(base, None, "an earlier nat chain made the binding"))
             continue
         walk = walk_chain(base.table, base.chain.name, seen)
-        visit = ChainVisit(base, walk)
+        visit = ChainVisit(base, walk, packet=seen)
         chains.append(visit)
         seen = replace(seen, mark=walk.mark, ctmark=walk.ctmark)
         if walk.ending == "nat" and walk.rule is not None:
@@ -172,12 +183,31 @@ def run_hook(
         if walk.verdict == "drop":
             dropped = visit
             break
+    if reverse is not None and dropped is None:
+        seen = _undone(seen, reverse, rewrites, hook)
     notes = _tie_notes(chains)
     after = replace(
         whole, src=seen.src, dst=seen.dst, sport=seen.sport, dport=seen.dport,
         mark=seen.mark, ctmark=seen.ctmark,
     )  # fmt: skip
     return HookVisit(hook, first, tuple(chains), dropped, tuple(rewrites), notes), after
+
+
+def _reversal(undo: Sequence[Rewrite], hook: str) -> Rewrite | None:
+    """The request's binding conntrack reverses for the reply at this hook, if any."""
+    kind = "SNAT" if hook in _DNAT_HOOKS else "DNAT"  # a reply's dst was the request's src
+    if hook not in (*_DNAT_HOOKS, "postrouting", "input"):
+        return None
+    return next((r for r in undo if r.kind == kind), None)
+
+
+def _undone(packet: PacketView, binding: Rewrite, rewrites: list[Rewrite], hook: str) -> PacketView:
+    ip, port = binding.before
+    if binding.kind == "SNAT":  # the reply comes back to the rewritten source
+        rewrites.append(Rewrite("DNAT", None, hook, (packet.dst, packet.dport), (ip, port)))
+        return replace(packet, dst=ip or packet.dst, dport=port)
+    rewrites.append(Rewrite("SNAT", None, hook, (packet.src, packet.sport), (ip, port)))
+    return replace(packet, src=ip or packet.src, sport=port)
 
 
 def _at_hook(packet: PacketView, hook: str) -> PacketView:
