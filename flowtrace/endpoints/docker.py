@@ -114,9 +114,22 @@ def inspect_container(spec: str) -> ContainerNet:
 
 
 def running_containers() -> list[ContainerNet]:
-    """Every running container, for naming the namespaces flowtrace finds."""
+    """Every running container, for naming the namespaces flowtrace finds.
+
+    The client is made once; an engine restarted since answers nothing for a moment,
+    which is DockerUnavailableError like an engine that never answered.
+    """
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
     client = docker_client()
-    return [_from_attrs(client.api.inspect_container(c["Id"])) for c in client.api.containers()]
+    try:
+        listed = client.api.containers()
+        return [_from_attrs(client.api.inspect_container(c["Id"])) for c in listed]
+    except (DockerException, RequestException) as exc:
+        raise DockerUnavailableError(
+            f"the Docker engine stopped answering ({_short(exc)})"
+        ) from None
 
 
 def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:

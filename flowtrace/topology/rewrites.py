@@ -19,7 +19,7 @@ from flowtrace.errors import FlowtraceError
 from flowtrace.model import Address, NatEvent, Packet, Point
 from flowtrace.topology.conntrack import find_entry
 from flowtrace.topology.kernel import NetnsState, read_state
-from flowtrace.topology.netfilter import attribute_detail, read_firewall
+from flowtrace.topology.netfilter import Firewall, attribute_detail, read_firewall
 from flowtrace.topology.netfilter.engines import nat_words
 
 
@@ -45,6 +45,7 @@ def explain_rewrite(
     local: Iterable[str] | None = None,
     peer: Address | None = None,
     before_dnat: Address | None = None,
+    firewalls: dict[str, Firewall] | None = None,
 ) -> NatEvent:
     """`ev` with the nat rule that made it and the conntrack entry of `flow`.
 
@@ -53,6 +54,7 @@ def explain_rewrite(
     `peer`: the packet's other end before the rewrite, for rules that match on it;
     `before_dnat`: for a SNAT, the destination before a DNAT the same namespace made
     (the marks its prerouting rules set on the way decide some SNATs: netavark's).
+    `firewalls`: namespaces' rules already read at this moment, by path (filled in).
     What cannot be read is said in the field instead ("(rules not readable: ...)").
     """
     doubt = words = None
@@ -60,8 +62,11 @@ def explain_rewrite(
         addresses = (
             list(local) if local is not None else [a.ip for a in read_state(netns_path).addresses]
         )
+        known = firewalls if firewalls is not None else {}
+        if netns_path not in known:
+            known[netns_path] = read_firewall(netns_path)
         found = attribute_detail(
-            read_firewall(netns_path), ev, flow.proto, in_iface, out_iface, addresses,
+            known[netns_path], ev, flow.proto, in_iface, out_iface, addresses,
             peer=peer, before_dnat=before_dnat,
         )  # fmt: skip
         rule, doubt = (found.rule, found.doubt) if found else (None, None)
@@ -87,6 +92,7 @@ def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Pa
     out = []
     #: The latest request rewrite per (kind, hop): a reply's reverse takes its rule and entry.
     forward: dict[tuple[str, str, str], NatEvent] = {}
+    firewalls: dict[str, Firewall] = {}  # each namespace's rules, read once for these packets
     for pkt in packets:
         events = []
         dnat_in: dict[int, Address] = {}  # namespace inode -> destination before its DNAT
@@ -98,7 +104,7 @@ def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Pa
             if ev.reverse_of is None:
                 where = b if ev.kind == "SNAT" else a
                 earlier = dnat_in.get(where.netns.inode) if ev.kind == "SNAT" else None
-                ev = _between_points(ev, pkt, where, a, b, earlier)
+                ev = _between_points(ev, pkt, where, a, b, earlier, firewalls)
                 if ev.kind == "DNAT":
                     dnat_in[where.netns.inode] = ev.before
                 forward[(ev.kind, ev.between[1], ev.between[0])] = ev
@@ -114,7 +120,13 @@ def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Pa
 
 
 def _between_points(
-    ev: NatEvent, pkt: Packet, where: Point, a: Point, b: Point, before_dnat: Address | None
+    ev: NatEvent,
+    pkt: Packet,
+    where: Point,
+    a: Point,
+    b: Point,
+    before_dnat: Address | None,
+    firewalls: dict[str, Firewall],
 ) -> NatEvent:
     before = next((s for s in pkt.sightings if s.point == ev.between[0]), pkt.first)
     h = before.headers
@@ -135,6 +147,7 @@ def _between_points(
         local=[x.ip for x in state.addresses] if state is not None else None,
         peer=peer,
         before_dnat=before_dnat,
+        firewalls=firewalls,
     )
 
 

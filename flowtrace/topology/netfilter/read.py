@@ -5,8 +5,9 @@ iptables-legacy-save when the namespace has x_tables tables registered
 (/proc/net/ip_tables_names: a host may hold rules in both), and `nft -j list ruleset`
 with `nft -a -s list ruleset` for the native nftables tables and their rule texts.
 What is missing or unreadable becomes a note on the Firewall, never a guess: only
-with no reader at all is it an error.  A namespace read twice within `MAX_AGE_S` is
-read once (a trace attributes many rewrites in one namespace).
+with no reader at all is it an error.  Nothing is cached here: rules change (engines
+add them as containers start), and a namespace's inode may be reused by a new one;
+callers that read one namespace many times at one moment keep what they read.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 
-from flowtrace.endpoints.netns import netns_inode, run_in_netns
+from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import MissingToolError, NotRootError
 from flowtrace.topology.netfilter.firewall import Firewall
 from flowtrace.topology.netfilter.iptables_save import parse_iptables_save
@@ -29,9 +29,6 @@ from flowtrace.topology.netfilter.rules import (
     RulesetFormatError,
     Table,
 )
-
-MAX_AGE_S = 2.0
-_cache: dict[tuple[int, bool], tuple[float, Firewall]] = {}
 
 
 @dataclass(frozen=True)
@@ -47,16 +44,9 @@ class Outputs:
     missing: tuple[str, ...] = ()
 
 
-def read_firewall(netns_path: str, ipv6: bool = False, fresh: bool = False) -> Firewall:
+def read_firewall(netns_path: str, ipv6: bool = False) -> Firewall:
     """Every table of every backend in the namespace at `netns_path`."""
-    key = (netns_inode(netns_path), ipv6)
-    now = time.monotonic()
-    cached = _cache.get(key)
-    if cached is not None and not fresh and now - cached[0] < MAX_AGE_S:
-        return cached[1]
-    firewall = firewall_from(run_in_netns(netns_path, run_readers, ipv6), ipv6)
-    _cache[key] = (time.monotonic(), firewall)
-    return firewall
+    return firewall_from(run_in_netns(netns_path, run_readers, ipv6), ipv6)
 
 
 def read_ruleset(netns_path: str, ipv6: bool = False) -> Firewall:
@@ -202,8 +192,3 @@ def _agree(nft_json: str, nft_text: str) -> bool:
         if isinstance(item, dict) and isinstance(r := item.get("rule"), dict)
     }
     return handles == set(rule_texts(nft_text))
-
-
-def forget() -> None:
-    """Drop the cache (tests that change rules between reads)."""
-    _cache.clear()
