@@ -169,7 +169,11 @@ def _direction(
         text += (
             f", unless `{first.rule.shown}` ({first.action}) matched ({maybe_words(first.unknown)})"
         )
-    return Direction(packet, tuple(crossings), Outcome("delivered", text, not doubts, last))
+    unread = [f"{s.label}'s {what}" for s in segments for what in s.firewall.unread]
+    if unread:
+        text += f", as far as flowtrace could read ({', '.join(unread)} not read)"
+    certain = not doubts and not unread
+    return Direction(packet, tuple(crossings), Outcome("delivered", text, certain, last))
 
 
 def _dropped(segment: Segment, passed: NamespacePass, found: DropFinding | None) -> Outcome:
@@ -234,7 +238,9 @@ def segments_of(points: Sequence[Point], destination: str | None) -> list[Segmen
         try:
             firewall = read_firewall(ns.path)
         except FlowtraceError as exc:
-            firewall = Firewall(notes=(f"rules not readable: {exc.message}",))
+            firewall = Firewall(
+                notes=(f"rules not readable: {exc.message}",), unread=("iptables", "nftables")
+            )
         ends_here = any(p.id == destination for p in group)
         if len(groups) == 1 and ends_here:  # the packet stays in one namespace (lo)
             lo = group[0].ifname

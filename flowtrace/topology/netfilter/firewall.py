@@ -89,6 +89,9 @@ class Firewall:
     tables: tuple[Table, ...] = ()
     #: Sentences about the reading: a backend missing, a table not understood.
     notes: tuple[str, ...] = field(default=())
+    #: What could not be read at all ("iptables", "nftables"): a verdict that these
+    #: might change is never certain.
+    unread: tuple[str, ...] = ()
 
     @classmethod
     def from_iptables_save(
@@ -101,7 +104,7 @@ class Firewall:
         return cls(tuple(ruleset.tables.values()))
 
     def with_tables(self, tables: tuple[Table, ...], notes: tuple[str, ...] = ()) -> Firewall:
-        return Firewall((*self.tables, *tables), (*self.notes, *notes))
+        return Firewall((*self.tables, *tables), (*self.notes, *notes), self.unread)
 
     def table(self, name: str, source: str | None = None, family: str = "ip") -> Table | None:
         for table in self.tables:

@@ -134,6 +134,8 @@ def _target_options(tokens: list[str]) -> list[tuple[str, str]]:
 
 def _criterion(option: str, values: list[str], negated: bool, module: str | None) -> Criterion:
     text = " ".join(["!", option, *values] if negated else [option, *values])
+    if module not in _PLAIN_MODULES:
+        text = f"-m {module} {text}"  # the module says what the match is about
     value = values[0] if values else ""
     try:
         if option in ("-s", "--source", "-d", "--destination"):
@@ -164,6 +166,9 @@ def _criterion(option: str, values: list[str], negated: bool, module: str | None
         pass
     return Criterion("unknown", negated, names=tuple(values), text=text)
 
+
+#: Modules whose options say enough on their own (`--dport 80`, `--dst-type LOCAL`).
+_PLAIN_MODULES = (None, "tcp", "udp", "sctp", "icmp", "icmp6", "multiport", "addrtype", "state")
 
 _PORT_OPTIONS = {
     "--sport": "sport",

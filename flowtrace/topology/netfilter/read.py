@@ -58,6 +58,7 @@ def firewall_from(out: Outputs, ipv6: bool = False) -> Firewall:
     """The Firewall the commands' output describes, with notes on what is missing (pure)."""
     family = "ip6" if ipv6 else "ip"
     notes = list(out.errors)
+    unread = [m if m == "iptables" else "nftables" for m in out.missing]
     tables: list[Table] = []
     iptables_names: set[tuple[str, str]] = set()
     if out.iptables is not None:
@@ -69,11 +70,13 @@ def firewall_from(out: Outputs, ipv6: bool = False) -> Firewall:
                 iptables_names = {(family, name) for name in parsed.tables}
         except RulesetFormatError as exc:
             notes.append(f"{out.iptables_program}: {exc.message}: its rules are left out")
+            unread.append("iptables")
     if out.legacy is not None and out.legacy.strip():
         try:
             tables.extend(parse_iptables_save(out.legacy, IPTABLES_LEGACY, family).tables.values())
         except RulesetFormatError as exc:
             notes.append(f"iptables-legacy-save: {exc.message}: its rules are left out")
+            unread.append("iptables-legacy")
     if out.nft_json is not None:
         texts = rule_texts(out.nft_text or "")
         try:
@@ -82,8 +85,13 @@ def firewall_from(out: Outputs, ipv6: bool = False) -> Firewall:
             notes.extend(nft_notes)
         except RulesetFormatError as exc:
             notes.append(f"nft: {exc.message}: native nftables tables are left out")
+            unread.append("nftables")
     notes.extend(_missing_notes(out))
-    firewall = Firewall(tuple(tables), tuple(notes))
+    if out.iptables is None and "iptables" not in unread and out.iptables_program:
+        unread.append("iptables")  # it ran and failed (the error is among the notes)
+    if out.nft_json is None and "nftables" not in unread:
+        unread.append("nftables")
+    firewall = Firewall(tuple(tables), tuple(notes), tuple(unread))
     if len(set(firewall.backends()) & {IPTABLES_NFT, IPTABLES_LEGACY}) == 2:
         firewall = Firewall(
             firewall.tables,
@@ -92,6 +100,7 @@ def firewall_from(out: Outputs, ipv6: bool = False) -> Firewall:
                 "iptables-legacy and iptables-nft both hold rules here: the kernel runs both "
                 "(each table at its hook), and `iptables` shows only one of them",
             ),
+            firewall.unread,
         )
     return firewall
 
