@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from flowtrace.errors import FlowtraceError
+from flowtrace.errors import FlowtraceError, MissingToolError
 from flowtrace.model import Namespace, Point
 from flowtrace.topology.kernel import NetnsState, read_state
 from flowtrace.topology.netfilter import (
@@ -133,6 +133,9 @@ def walk_path(segments: Sequence[Segment], packet: PacketView, arrives: bool = T
         icmp_type=_ICMP_REPLY.get(final.icmp_type or -1, final.icmp_type),
     )
     reply = _direction(back, reply_packet, undo)
+    if not request.outcome.certain:  # the reply's way follows the request's rewrites
+        text = f"{reply.outcome.text} (if the request went as shown, which is not certain)"
+        reply = replace(reply, outcome=replace(reply.outcome, certain=False, text=text))
     return RulePath(request, reply, tuple(notes))
 
 
@@ -203,6 +206,8 @@ def _routed_notes(request: Direction) -> list[str]:
         passed = crossing.passed
         if segment.way != "forward" or passed.dropped_at is not None or not passed.hooks:
             continue
+        if segment.firewall.unread or not passed.certain:
+            continue  # a MASQUERADE may be among what could not be read or evaluated
         start = passed.hooks[0].packet
         networks = [n for nets in segment.bridges.values() for n in nets]
         leaves_bridges = segment.out_iface not in segment.bridges
@@ -237,6 +242,8 @@ def segments_of(points: Sequence[Point], destination: str | None) -> list[Segmen
         state = read_state(ns.path)
         try:
             firewall = read_firewall(ns.path)
+        except MissingToolError:
+            raise  # no reader on this machine at all: one line, not one note per namespace
         except FlowtraceError as exc:
             firewall = Firewall(
                 notes=(f"rules not readable: {exc.message}",), unread=("iptables", "nftables")

@@ -177,6 +177,8 @@ class _TableReader:
                 effects.append(_mark_effect(value))
             elif kind == "vmap" and isinstance(value, dict):
                 vmap = self.vmap(value)
+            elif kind == "xt" and isinstance(value, dict) and value.get("type") == "target":
+                target = _xt_target(value, criteria)
             elif kind in ("limit", "quota", "xt", "meter", "synproxy", "tproxy", "fwd", "dup"):
                 criteria.append(Criterion("unknown", text=_short(kind, value)))
             # counter, log, notrack, ct helper/zone, set updates: no effect on the walk
@@ -321,6 +323,19 @@ def _nat(kind: str, value: Any) -> tuple[str, list[tuple[str, str]]]:
         return target, []  # a map or an expression: the new address cannot be told
     host = f"[{addr}]" if ":" in addr and isinstance(port, int) else addr
     return target, [(option, f"{host}:{port}" if isinstance(port, int) else host)]
+
+
+def _xt_target(value: dict[str, Any], criteria: list[Criterion]) -> str | None:
+    """An iptables target inside an nftables rule (iptables-nft's, read without
+    iptables-save): its name is known, its options are not (nft shows none)."""
+    name = str(value.get("name", ""))
+    if name in ("MASQUERADE", "ACCEPT", "DROP", "REJECT", "RETURN"):
+        return name
+    if name in ("DNAT", "SNAT", "REDIRECT", "NETMAP", "MARK", "CONNMARK"):
+        # where it sends the packet, or what mark it sets, cannot be told
+        criteria.append(Criterion("unknown", text=f'xt target "{name}"'))
+        return name if name not in ("MARK", "CONNMARK") else None
+    return None
 
 
 def _mark_effect(value: dict[str, Any]) -> MarkEffect:

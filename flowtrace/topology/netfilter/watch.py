@@ -10,6 +10,7 @@ before the first probe and again after the last, and a change becomes a note.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Namespace
+
+_COUNTERS = re.compile(r"\[\d+:\d+\]")
 
 
 def fingerprint() -> str | None:
@@ -39,7 +42,12 @@ def fingerprint() -> str | None:
     known = [t for t in texts if t is not None]
     if not known:
         return None
-    lines = [line for t in known for line in t.splitlines() if not line.startswith("#")]
+    lines = [
+        _COUNTERS.sub("", line)
+        for t in known
+        for line in t.splitlines()
+        if not line.startswith("#")
+    ]  # iptables-save's policy counters move with every packet
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
