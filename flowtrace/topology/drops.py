@@ -19,16 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flowtrace.errors import FlowtraceError
-from flowtrace.model import DropReason, Headers, Namespace, Point, Sighting
+from flowtrace.model import Address, DropReason, Headers, Namespace, NatEvent, Point, Sighting
 from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
 from flowtrace.topology.netfilter import (
     DropFinding,
     Firewall,
     PacketView,
+    attribute,
     find_drop,
     read_firewall,
 )
 from flowtrace.topology.netfilter.engines import drop_words
+from flowtrace.topology.netfilter.owners import forward_conflict
 
 
 @dataclass(frozen=True)
@@ -78,19 +80,24 @@ def drop_site(ingress: Point, state: NetnsState, route: Route) -> DropSite | Non
     return DropSite(ingress.netns, in_iface, out.name)
 
 
-def describe_drop(rule: str | DropFinding, site: DropSite) -> str:
+def describe_drop(rule: str | DropFinding, site: DropSite, why: str | None = None) -> str:
     """The verdict's words for a drop: the rule, where, and what it means in the engine's
-    terms (Docker's, Podman's, firewalld's) where it is one of theirs."""
+    terms (Docker's, Podman's, firewalld's) where it is one of theirs.
+
+    `why`: the reason when flowtrace knows better than the rule's shape (two engines'
+    rules in conflict)."""
     way = f"from {site.in_iface}" + (f" to {site.out_iface}" if site.out_iface else "")
     if isinstance(rule, str):
         text = f"dropped in {site.netns.label} by `{rule}`, filter chain {site.chain} {way}"
-        if rule.startswith("-P "):
+        if why:
+            text += f": {why}"
+        elif rule.startswith("-P "):
             text += ": no rule accepted it, so the chain's policy dropped it"
         return text
     found = rule
     maybe = "" if found.certain else "maybe "
     text = f"{maybe}dropped in {site.netns.label} by `{found.rule}`, {where(found)} {way}"
-    words = drop_words(found.source, found.base, found.packet or _no_packet())
+    words = why or drop_words(found.source, found.base, found.packet or _no_packet())
     if words:
         text += f": {words}"
     if not found.certain:
@@ -131,8 +138,10 @@ def explain_loss(
     site = drop_site(ingress, state, route_get(path, dst))
     if site is None:
         return None
+    firewall = read_firewall(path)
+    local = [a.ip for a in state.addresses]
     found = find_drop(
-        read_firewall(path),
+        firewall,
         seen.proto,
         seen.src,
         seen.dst,
@@ -140,12 +149,23 @@ def explain_loss(
         seen.dport,
         site.in_iface,
         site.out_iface,
-        [a.ip for a in state.addresses],
+        local,
         icmp_type=seen.icmp_type,
     )
     if found is None:
         return None
-    return DropReason(found.rule, describe_drop(found, site))
+    why = forward_conflict(found.rule, firewall, site.out_iface) if found.certain else None
+    text = describe_drop(found, site, why)
+    seen_by = found.packet
+    if seen_by is not None and (seen_by.dst, seen_by.dport) != (seen.dst, seen.dport):
+        # prerouting's DNAT came before the chain that dropped it
+        before, after = Address(seen.dst, seen.dport), Address(seen_by.dst or "", seen_by.dport)
+        ev = NatEvent("DNAT", (last_point, last_point), before, after)
+        peer = Address(seen.src, seen.sport)
+        dnat = attribute(firewall, ev, seen.proto, site.in_iface, None, local, peer=peer)
+        if dnat is not None:
+            text = f"rewritten to {after} by `{dnat}`, then {text}"
+    return DropReason(found.rule, text)
 
 
 def arrival(points: Sequence[Point], destination: str) -> Point | None:

@@ -74,6 +74,14 @@ def way_of(in_iface: str | None, out_iface: str | None) -> str:
     return "input" if out_iface is None else "output"
 
 
+def _way_through(hook: str, in_iface: str | None, out_iface: str | None) -> str:
+    """The way that meets `hook`: output and input are their own (a packet of the
+    namespace's own whose way out is not known still meets output)."""
+    if hook in ("output", "input"):
+        return hook
+    return way_of(in_iface, out_iface)
+
+
 def attribute(
     ruleset: Rules,
     event: NatEvent,
@@ -127,7 +135,7 @@ def attribute_detail(
         if before_dnat is not None:
             dst, dport = before_dnat.ip, before_dnat.port
     packet = PacketView(number, src, dst, sport, dport, in_iface, out_iface, NEW, local)
-    passed = traverse(as_firewall(ruleset), packet, way_of(in_iface, out_iface))
+    passed = traverse(as_firewall(ruleset), packet, _way_through(hook, in_iface, out_iface))
     visit = passed.hook(hook)
     if visit is None:
         return None
