@@ -20,6 +20,7 @@ from flowtrace.topology.netfilter.rules import (
     NFTABLES,
     Chain,
     NatRuleset,
+    Rule,
     Table,
 )
 
@@ -111,6 +112,17 @@ class Firewall:
             if table.name == name and table.family == family and source in (None, table.source):
                 return table
         return None
+
+    def rules(self, table: str = "nat", family: str = "ip") -> list[Rule]:
+        """Every rule of the tables named `table` (every backend's), chain by chain, in
+        the order read: what NatRuleset.rules gave for one iptables-save document."""
+        return [
+            rule
+            for t in self.tables
+            if t.name == table and t.family == family
+            for chain in t.chains.values()
+            for rule in chain.rules
+        ]
 
     def base_chains(self, hook: str, family: int = 4) -> list[BaseChain]:
         """The chains the kernel calls at `hook` for an IPv4 (or IPv6) packet, in order.

@@ -129,3 +129,14 @@ def test_a_reply_is_unnatted_where_conntrack_does_it() -> None:
     assert (back.packet.src, back.packet.sport) == ("198.51.100.233", 8080)
     forward = back.hook("forward")
     assert forward is not None and forward.packet.src == "10.247.0.2"  # filtered before
+
+
+def test_a_firewall_lists_a_tables_rules_as_an_iptables_save_document_did() -> None:
+    """read_ruleset's callers (and notebooks) ask for `.rules("nat")`."""
+    from flowtrace.topology.netfilter.firewall import Firewall
+
+    firewall = Firewall.from_iptables_save(
+        "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o eth1 -j MASQUERADE\nCOMMIT\n"
+    )
+    assert [r.text for r in firewall.rules("nat")] == ["-A POSTROUTING -o eth1 -j MASQUERADE"]
+    assert firewall.rules("filter") == [] and firewall.rules("nat", "ip6") == []
