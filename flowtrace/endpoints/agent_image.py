@@ -3,9 +3,10 @@
 A remote host needs nothing but Docker.  flowtrace runs its capture agent there in a
 short-lived helper container whose image is the controller's own interpreter, the
 shared libraries it and its extension modules load (as `ldd` names them), its standard
-library compiled (no sources), and `iptables-save` with its extensions (so the agent
-can read that host's rules), written into a tar in memory and imported through the
-engine's API (`docker import`: the same connection as everything else).  flowtrace's
+library compiled (no sources), `iptables-save` (nft and legacy) with its extensions and
+`nft` (so the agent can read that host's rules), written into a tar in memory and
+imported through the engine's API (`docker import`: the same connection as everything
+else).  flowtrace's
 own code is not in it: it is sent over the helper's attach stream each time
 (endpoints.agent_code), so the image changes only with the Python it is made of.  It
 is tagged by a digest of its files and labelled, and kept on the host for the next
@@ -73,8 +74,17 @@ SKIPPED_EXTENSIONS = (
     "_crypt",
     "spwd",
 )
-#: The programs that read a namespace's rules (topology.netfilter.read runs them).
-RULE_PROGRAMS = ("iptables-save", "ip6tables-save")
+#: The programs that read a namespace's rules (topology.netfilter.read and .watch run
+#: them): iptables-nft and iptables-legacy (each one multi-call binary), and nft.
+RULE_PROGRAMS = (
+    "iptables-save",
+    "ip6tables-save",
+    "iptables-nft-save",
+    "ip6tables-nft-save",
+    "iptables-legacy-save",
+    "ip6tables-legacy-save",
+    "nft",
+)
 #: Where iptables finds its match and target extensions (dlopen'd when printing rules).
 XTABLES_DIRS = ("/usr/lib/x86_64-linux-gnu/xtables", "/usr/lib/xtables", "/usr/lib64/xtables")
 #: The interpreter in the image (a link to wherever it lives on this machine).
