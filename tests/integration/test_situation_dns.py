@@ -55,8 +55,12 @@ def _embedded_dns_ports(client: Any, name: str) -> dict[str, int]:
 
 
 def _dockerd_pid() -> int:
+    """The machine's own dockerd: the one in this namespace (other engineers' tests and the
+    hosts scenario run more dockerds, each in a namespace of its own)."""
     out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[0])
+    here = os.stat("/proc/self/ns/net").st_ino
+    pids = [int(pid) for pid in out.stdout.split()]
+    return next(pid for pid in pids if os.stat(f"/proc/{pid}/ns/net").st_ino == here)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
