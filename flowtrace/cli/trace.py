@@ -39,6 +39,18 @@ def path_cmd(src: str, dst: str, as_json: bool) -> None:
     render_path(points, notes, Console(highlight=False, soft_wrap=True))
 
 
+_RULES_OPTION = click.option(
+    "--rules",
+    type=click.Choice(["model", "kernel"]),
+    default="model",
+    show_default=True,
+    help="Where the rules shown come from: flowtrace's reading of the firewall (model), or "
+    "also the kernel's own nftables trace of the probe in every namespace on the path "
+    "(kernel: adds a tracing table of flowtrace's own for the probe's duration, and reads "
+    "the kernel's drop reasons).",
+)
+
+
 def _trace_options(func: F) -> F:
     options = [
         click.option(
@@ -77,6 +89,7 @@ def _trace_options(func: F) -> F:
             help="Folder for the pcap set [default: captures/<time>-<src>-<dst>/].",
         ),
         click.option("--no-record", is_flag=True, help="Do not write a pcap set."),
+        _RULES_OPTION,
     ]
     for option in reversed(options):
         func = option(func)
@@ -93,6 +106,7 @@ def _run_trace(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    rules: str,
 ) -> None:
     from pathlib import Path
 
@@ -106,6 +120,7 @@ def _run_trace(
         output_dir=Path(output) if output else None,
         record=not no_record,
         command=command_line(),
+        rules=rules,
     )
     result = api.run_trace(src, dst, options)
     if as_json:
@@ -178,6 +193,7 @@ def udp(src: str, dst: str, **opts: Any) -> None:
     help="Folder for the pcap set [default: captures/<time>-<src>-dns-<name>/].",
 )
 @click.option("--no-record", is_flag=True, help="Do not write a pcap set.")
+@_RULES_OPTION
 @handle_errors
 def dns_cmd(
     src: str,
@@ -188,6 +204,7 @@ def dns_cmd(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    rules: str,
 ) -> None:
     """Look NAME up from SRC as its resolver would, and follow the query and the answer.
 
@@ -199,7 +216,15 @@ def dns_cmd(
     from flowtrace import api
 
     result = api.dns_lookup(
-        src, name, qtype, server, timeout, output, record=not no_record, command=command_line()
+        src,
+        name,
+        qtype,
+        server,
+        timeout,
+        output,
+        record=not no_record,
+        command=command_line(),
+        rules=rules,
     )
     if as_json:
         import json

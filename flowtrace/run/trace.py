@@ -23,10 +23,12 @@ from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, open_sender, send_probe
+from flowtrace.run.kernel_word import kernel_word
 from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
+from flowtrace.topology.nftrace import TraceMatch
 from flowtrace.topology.route import Route, resolve_route
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
@@ -160,14 +162,16 @@ class ProbeTrace:
         )
         live = LiveRun(self.points, self.capture_filter(), hooks)
         first_leg_packet = 0
-        with live:
+        netns = [p.netns for p in self.points]
+        word = kernel_word(opts.rules, netns, self._trace_match(), [ns.label for ns in netns])
+        with word, live:
             if opts.record:
                 live.recorder = self._open_recorder()
             sender = open_sender(self.route.src.netns.path)
             try:
                 for seq in range(opts.count):
                     started = time.monotonic()
-                    live.step(ProbeStep(self, seq, sender))
+                    live.step(word.watch(ProbeStep(self, seq, sender)))
                     if on_probe:
                         on_probe(seq)
                     if seq + 1 < opts.count:
@@ -180,6 +184,7 @@ class ProbeTrace:
                 first_leg_packet = live.next_packet_id
                 live.step(self.legs)
         verdicts = self._verdicts(live)
+        kernel = word.report(verdicts, live.packets, self.points, self.numbers.ip_ids)
         proxy = None
         if self.legs is not None:
             proxy = self.legs.summary([p for p in live.packets if p.packet_id >= first_leg_packet])
@@ -196,8 +201,18 @@ class ProbeTrace:
             }
             if self.legs is not None:
                 extra["proxy"] = proxy
+            if kernel is not None:
+                extra["kernel"] = kernel
             live.recorder.close(live.stats, **extra)
-        return self._trace(live, verdicts, proxy)
+        trace = self._trace(live, verdicts, proxy)
+        if kernel is not None:
+            trace.meta["kernel"] = kernel
+        return trace
+
+    def _trace_match(self) -> TraceMatch:
+        """The probes' packets, as the kernel's trace (`--rules kernel`) picks them."""
+        isns = [self.probe.seq_mark(seq) for seq in range(self.options.count)]
+        return TraceMatch.for_probes(self.options.kind, self.probe.mark, isns)
 
     def _open_recorder(self) -> TraceRecorder:
         route = self.route

@@ -1,0 +1,191 @@
+"""`--rules kernel` in the terminal: the hooks and rules each probe's packets met, as the
+kernel's own trace reported them, the checks against flowtrace's reading of the rules,
+and the drop reasons seen while each probe was out.  Renders the `kernel` section of a
+trace or lookup (topology.kernel_report), so a recorded set's manifest renders alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: Probes whose packets are shown hook by hook; later ones are compared with these.
+FULL_PROBES = 3
+_FINAL = ("accept", "drop", "queue", "stolen", "reject")
+
+NO_DROPS = "no drop reported by the kernel (skb:kfree_skb) while the probes were out"
+
+Line = tuple[str, str]  # text, rich style
+
+
+def kernel_lines(kernel: Mapping[str, Any]) -> list[Line]:
+    """The section as (text, style) lines."""
+    lines: list[Line] = []
+    traced = [t["netns"] for t in kernel.get("tables", []) if t.get("traced")]
+    where = ", ".join(traced) if traced else "no namespace"
+    lines.append((f"the kernel's word (nftables trace in {where}; --rules kernel):", "bold"))
+    for table in kernel.get("tables", []):
+        if table.get("problem"):
+            lines.append((f"note: {table['problem']}", "red"))
+    for note in kernel.get("notes", []):
+        lines.append((f"note: {note}", "yellow"))
+    packets = kernel.get("packets", [])
+    checks = kernel.get("checks", [])
+    drops = kernel.get("drops")
+    probes = sorted({p["probe"] for p in packets if p.get("probe") is not None})
+    probes += sorted({c.get("probe") for c in checks} - set(probes) - {None})
+    shown: dict[tuple[str, str], tuple[object, ...]] = {}
+    same: list[int] = []
+    for probe in probes:
+        mine = [p for p in packets if p.get("probe") == probe]
+        if (
+            probe >= FULL_PROBES
+            and mine
+            and all(shown.get(_kind(p)) == _signature(p) for p in mine)
+        ):
+            same.append(probe)
+            lines += _check_lines([c for c in checks if c["probe"] == probe and not c["agree"]])
+            continue
+        for pkt in mine:
+            shown.setdefault(_kind(pkt), _signature(pkt))
+            lines += packet_lines(pkt)
+        lines += _check_lines([c for c in checks if c["probe"] == probe])
+        if drops is not None:
+            lines += drop_lines(probe, [d for d in drops if d["probe"] == probe])
+    if same:
+        lines.append((f"{_probe_list(same)}: the same hooks and rules as the probes above", ""))
+    unmatched = [p for p in packets if p.get("probe") is None]
+    for pkt in unmatched:
+        lines += packet_lines(pkt)
+    if drops is None:
+        lines.append((f"drop reasons: not read ({kernel.get('tracefs')})", "dim"))
+    elif not drops:
+        lines.append((NO_DROPS, ""))
+    return lines
+
+
+def packet_lines(pkt: Mapping[str, Any]) -> list[Line]:
+    probe = pkt.get("probe")
+    who = f"probe {probe + 1}" if probe is not None else "a packet of no probe"
+    lines: list[Line] = [(f"{who}, {pkt['direction']}: {pkt['what']}", "bold")]
+    for hook in pkt.get("hooks", []):
+        lines += hook_lines(hook)
+    return lines
+
+
+def hook_lines(hook: Mapping[str, Any]) -> list[Line]:
+    head = f"  {hook['netns']} {hook['hook']}{_devices(hook)}"
+    chains = hook.get("chains", [])
+    skipped = hook.get("nat_skipped", [])
+    if skipped:
+        names = ", ".join(skipped)
+        skipped_line: Line = (
+            f"    {names}: not evaluated (conntrack handles a flow's later packets, "
+            "nat chains see only its first)",
+            "dim",
+        )
+    if not chains:
+        if skipped:
+            return [(f"{head}:", ""), skipped_line]
+        return [(f"{head}: no chain of {hook['netns']}'s on this hook", "dim")]
+    lines: list[Line] = [(f"{head}:", "")]
+    if skipped:
+        lines.append(skipped_line)
+    for chain in chains:
+        rules = chain.get("rules", [])
+        name = f"    {chain['table']} {chain['chain']}"
+        if len(rules) == 1 and rules[0]["handle"] is None:
+            policy = rules[0]["nft"]
+            lines.append((f"{name}: {policy}", "red" if rules[0]["verdict"] == "drop" else ""))
+            continue
+        lines.append((f"{name}:", ""))
+        for rule in rules:
+            lines.append(rule_line(rule))
+    return lines
+
+
+def rule_line(rule: Mapping[str, Any]) -> Line:
+    verdict = rule["verdict"]
+    text = rule["rule"] if rule["handle"] is not None else rule["nft"]
+    if rule["handle"] is None:
+        suffix = ""  # "policy drop" says it
+    elif rule.get("iptables") and verdict.split()[0] not in _FINAL:
+        suffix = ""  # `-j CHAIN` / `-j RETURN` says it
+    elif verdict == "continue":
+        suffix = ""
+    else:
+        suffix = f"   => {verdict}"
+    return (f"      {text}{suffix}", "red" if verdict == "drop" else "")
+
+
+def _devices(hook: Mapping[str, Any]) -> str:
+    iif, oif = hook.get("iif"), hook.get("oif")
+    if iif and oif:
+        return f" ({iif} -> {oif})"
+    if iif:
+        return f" (in {iif})"
+    if oif:
+        return f" (out {oif})"
+    return ""
+
+
+def _check_lines(checks: Sequence[Mapping[str, Any]]) -> list[Line]:
+    lines: list[Line] = []
+    for check in checks:
+        style = "green" if check["agree"] else ("yellow" if check["agree"] is None else "red")
+        lines.append((f"  {check['text']}", style))
+    return lines
+
+
+def drop_lines(probe: int, drops: Sequence[Mapping[str, Any]]) -> list[Line]:
+    """A probe's drop reasons, alike ones counted, each marked as matched by time only."""
+    if not drops:
+        return []
+    lines: list[Line] = [
+        (
+            f"  drops the kernel reported while probe {probe + 1} was out "
+            "(skb:kfree_skb, matched by time and protocol only):",
+            "",
+        )
+    ]
+    alike: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for drop in drops:
+        alike.setdefault((drop["reason"], drop["location"]), []).append(drop)
+    for (reason, location), group in alike.items():
+        first = group[0]
+        count = f" x{len(group)}" if len(group) > 1 else ""
+        meaning = f": {first['meaning']}" if first.get("meaning") else ""
+        lines.append(
+            (
+                f"    {reason}{count} at {location}, {first['after_us']:,.1f} µs after sending"
+                f"{meaning}",
+                "red" if reason == "NETFILTER_DROP" else "",
+            )
+        )
+    return lines
+
+
+def _kind(pkt: Mapping[str, Any]) -> tuple[str, str]:
+    """A packet's place in a probe, whatever the probe (its sequence number left out)."""
+    return pkt["direction"], str(pkt["what"]).split(" seq=")[0]
+
+
+def _signature(pkt: Mapping[str, Any]) -> tuple[object, ...]:
+    return tuple(
+        (
+            h["netns"],
+            h["hook"],
+            tuple(
+                (c["table"], c["chain"], tuple((r["rule"], r["verdict"]) for r in c["rules"]))
+                for c in h["chains"]
+            ),
+        )
+        for h in pkt.get("hooks", [])
+    )
+
+
+def _probe_list(probes: Sequence[int]) -> str:
+    numbers = [p + 1 for p in probes]
+    if numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 1:
+        return f"probes {numbers[0]}-{numbers[-1]}"
+    return ("probe " if len(numbers) == 1 else "probes ") + ", ".join(map(str, numbers))
