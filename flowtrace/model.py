@@ -305,9 +305,10 @@ class Verdict:
 
 @dataclass(frozen=True)
 class DropReason:
-    """Why a packet went no further: the rule that dropped it and the verdict's words."""
+    """Why a packet went no further: the rule that dropped it (None: no rule did, the
+    kernel's state says why) and the verdict's words."""
 
-    rule: str
+    rule: str | None
     text: str
 
 

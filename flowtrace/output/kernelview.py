@@ -32,6 +32,7 @@ def kernel_lines(kernel: Mapping[str, Any]) -> list[Line]:
     packets = kernel.get("packets", [])
     checks = kernel.get("checks", [])
     drops = kernel.get("drops")
+    lookup = kernel.get("subject") == "lookup"
     probes = sorted({p["probe"] for p in packets if p.get("probe") is not None})
     probes += sorted({c.get("probe") for c in checks} - set(probes) - {None})
     shown: dict[tuple[str, str], tuple[object, ...]] = {}
@@ -48,26 +49,38 @@ def kernel_lines(kernel: Mapping[str, Any]) -> list[Line]:
             continue
         for pkt in mine:
             shown.setdefault(_kind(pkt), _signature(pkt))
-            lines += packet_lines(pkt)
+            lines += packet_lines(pkt, lookup)
         lines += _check_lines([c for c in checks if c["probe"] == probe])
         if drops is not None:
-            lines += drop_lines(probe, [d for d in drops if d["probe"] == probe])
+            lines += drop_lines(probe, [d for d in drops if d["probe"] == probe], lookup)
     if same:
         lines.append((f"{_probe_list(same)}: the same hooks and rules as the probes above", ""))
     unmatched = [p for p in packets if p.get("probe") is None]
     for pkt in unmatched:
-        lines += packet_lines(pkt)
+        lines += packet_lines(pkt, lookup)
     if drops is None:
         lines.append((f"drop reasons: not read ({kernel.get('tracefs')})", "dim"))
     elif not drops:
-        lines.append((NO_DROPS, ""))
+        lines.append(
+            (
+                NO_DROPS.replace(
+                    "the probes were", "the query was" if lookup else "the probes were"
+                ),
+                "",
+            )
+        )
     return lines
 
 
-def packet_lines(pkt: Mapping[str, Any]) -> list[Line]:
+def packet_lines(pkt: Mapping[str, Any], lookup: bool = False) -> list[Line]:
     probe = pkt.get("probe")
-    who = f"probe {probe + 1}" if probe is not None else "a packet of no probe"
-    lines: list[Line] = [(f"{who}, {pkt['direction']}: {pkt['what']}", "bold")]
+    if lookup:
+        head = f"the {'query' if pkt['direction'] == 'request' else 'answer'}: {pkt['what']}"
+    elif probe is None:
+        head = f"a packet of no probe, {pkt['direction']}: {pkt['what']}"
+    else:
+        head = f"probe {probe + 1}, {pkt['direction']}: {pkt['what']}"
+    lines: list[Line] = [(head, "bold")]
     for hook in pkt.get("hooks", []):
         lines += hook_lines(hook)
     return lines
@@ -137,13 +150,14 @@ def _check_lines(checks: Sequence[Mapping[str, Any]]) -> list[Line]:
     return lines
 
 
-def drop_lines(probe: int, drops: Sequence[Mapping[str, Any]]) -> list[Line]:
+def drop_lines(probe: int, drops: Sequence[Mapping[str, Any]], lookup: bool = False) -> list[Line]:
     """A probe's drop reasons, alike ones counted, each marked as matched by time only."""
     if not drops:
         return []
+    who = "the query" if lookup else f"probe {probe + 1}"
     lines: list[Line] = [
         (
-            f"  drops the kernel reported while probe {probe + 1} was out "
+            f"  drops the kernel reported while {who} was out "
             "(skb:kfree_skb, matched by time and protocol only):",
             "",
         )

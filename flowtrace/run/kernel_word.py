@@ -334,7 +334,8 @@ class KernelWord:
             if t.legacy
         ]
         tracefs = self.drops.problem or f"instance {self.drops.name} (skb:kfree_skb)"
-        return kernel_report.report(tables, traced, found, drops, tracefs, notes)
+        subject = "lookup" if self.match.kind == "socket" else "probe"
+        return kernel_report.report(tables, traced, found, drops, tracefs, notes, subject)
 
 
 class _Watched:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import DropReason, Headers, Namespace, Point, Sighting
+from flowtrace.topology import silent_drops
 from flowtrace.topology.kernel import NetnsState, Route
 
 
@@ -101,7 +102,7 @@ def explain_loss(
         dst, dport = final_dst, final_port
     site = drop_site(ingress, state, route_get(path, dst))
     if site is None:
-        return None
+        return without_rule(ingress, state, seen, dst)
     rule = find_drop_rule(
         read_ruleset(path),
         seen.proto,
@@ -113,7 +114,19 @@ def explain_loss(
         site.out_iface,
         [a.ip for a in state.addresses],
     )
-    return DropReason(rule, describe_drop(rule, site)) if rule is not None else None
+    if rule is None:
+        return without_rule(ingress, state, seen, dst)
+    return DropReason(rule, describe_drop(rule, site))
+
+
+def without_rule(ingress: Point, state: NetnsState, seen: Headers, dst: str) -> DropReason | None:
+    """No rule dropped it: what the kernel's route lookup and neighbours say there."""
+    link = state.link(ingress.ifindex)
+    if link is None:
+        return None
+    master = state.link(link.master) if link.master is not None else None
+    l3 = master if master is not None and master.kind == "bridge" else link
+    return silent_drops.explain(ingress, l3.name, l3.index, seen, dst)
 
 
 def arrival(points: Sequence[Point], destination: str) -> Point | None:
@@ -171,13 +184,20 @@ def explain_unanswered(
     back = route_get(path, seen.src)
     out = state.link(back.oif) if back.oif is not None else None
     if out is None:
-        return None
+        found = without_rule(ingress, state, seen, seen.dst)
+        if found is not None:
+            return found
+        return DropReason(
+            None,
+            f"the answer cannot leave {ingress.netns.label}: no route back to {seen.src} "
+            "there, and no rule is involved",
+        )
     rule = find_drop_rule(
         ruleset, seen.proto, seen.dst, seen.src, seen.dport, seen.sport,
         None, out.name, local, ctstate="ESTABLISHED",
     )  # fmt: skip
     if not rule:
-        return None
+        return without_rule(ingress, state, seen, seen.dst)
     return DropReason(rule, describe_answer_drop(rule, ingress.netns.label, out.name))
 
 

@@ -47,15 +47,12 @@ class ProbeKeys:
                 return 0, "reply"
             return 0, "request"
         if self.match.kind == "tcp":
-            seq, ack = int_field(f, "tcp sequence"), int_field(f, "tcp ackseq")
-            acks = "ACK" in tcp_flags_text(f.get("tcp flags", ""))
-            for probe, isn in enumerate(self.match.isns):
-                if acks and ack == (isn + 1) & 0xFFFFFFFF:
-                    return probe, "reply"  # a SYN-ACK or RST-ACK answering the probe
-            for probe, isn in enumerate(self.match.isns):
-                if seq in (isn, (isn + 1) & 0xFFFFFFFF):
-                    return probe, "request"  # the SYN, or the source's RST after a SYN-ACK
-            return self._by_time(visit), "request"
+            # nft prints no sequence numbers: an answer is what acknowledges (SYN-ACK,
+            # RST-ACK from the destination), the rest are requests (the SYN, the source's
+            # bare RST after a SYN-ACK).
+            if "ACK" in tcp_flags_text(f.get("tcp flags", "")).split("+"):
+                return self._by_time(visit), "reply"
+            return self._by_ip_id(int_field(f, "ip id"), visit), "request"
         if icmp_type == "echo-reply":
             seq = int_field(f, "icmp sequence")
             return self._by_sequence(seq, visit), "reply"
@@ -153,7 +150,7 @@ def drop_check(verdict: Verdict, packets: Sequence[KernelPacket]) -> dict[str, A
     dropped = next((d for p in mine if (d := p.dropped) is not None), None)
     model = verdict.rule
     if dropped is None and model is None:
-        return None
+        return _trace_end(verdict, mine)
     record: dict[str, Any] = {
         "probe": verdict.probe,
         "about": "drop",
@@ -185,6 +182,26 @@ def drop_check(verdict: Verdict, packets: Sequence[KernelPacket]) -> dict[str, A
             "reached"
         )
     return {**record, "agree": agree, "text": text}
+
+
+def _trace_end(verdict: Verdict, mine: Sequence[KernelPacket]) -> dict[str, Any] | None:
+    """A lost probe no rule dropped: where the kernel's trace of its request ends."""
+    if verdict.outcome not in ("lost", "delivered"):
+        return None
+    requests = [p for p in mine if p.direction == "request" and p.visits]
+    if not requests or any(p.direction == "reply" for p in mine):
+        return None
+    last = requests[0].visits[-1]
+    return {
+        "probe": verdict.probe,
+        "about": "drop",
+        "model": None,
+        "kernel": None,
+        "where": _where(last),
+        "agree": True,
+        "text": f"the kernel's trace of the request ends at {_where(last)}, where no rule or "
+        "policy dropped it: the kernel did, by itself",
+    }
 
 
 _NAT_WORDS = {
@@ -271,6 +288,14 @@ def unseen_nat(
     return found
 
 
+def _distinct(found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One check per probe, subject and finding (a SYN and its RST share a rewrite)."""
+    kept: dict[tuple[object, ...], dict[str, Any]] = {}
+    for c in found:
+        kept.setdefault((c["probe"], c["about"], c["model"], c["kernel"], c["where"]), c)
+    return list(kept.values())
+
+
 def checks(
     verdicts: Sequence[Verdict],
     packets: Sequence[Packet],
@@ -290,7 +315,7 @@ def checks(
             check = nat_check(ev, pkt, netns, kernel)
             if check is not None:
                 found.append(check)
-    return found + unseen_nat(kernel, seen)
+    return _distinct(found + unseen_nat(kernel, seen))
 
 
 # --- as JSON ----------------------------------------------------------------------------------
@@ -358,12 +383,15 @@ def report(
     drops: Sequence[ProbeDrop] | None,
     tracefs: str | None,
     notes: Sequence[str] = (),
+    subject: str = "probe",
 ) -> dict[str, Any]:
     """The `kernel` section of a trace's JSON and manifest (README: `--rules kernel`).
 
     `drops` None: tracefs could not be read (`tracefs` says why); else the drops seen.
+    `subject`: "probe" (a trace's probes) or "lookup" (a DNS query, its probe 0).
     """
     return {
+        "subject": subject,
         "tables": [dict(t) for t in tables],
         "packets": [packet_dict(p) for p in packets],
         "checks": [dict(c) for c in found],

@@ -138,6 +138,8 @@ EXPECTED = {
     "socket waits for it (flowtrace reads it from a raw socket)",
     ("NO_SOCKET", "tcp_v4_rcv"): "a TCP segment no socket wanted: a closed port's SYN, or a "
     "SYN-ACK to flowtrace's bare SYN (the source answers it with a RST)",
+    ("IP_INADDRERRORS", "ip_error"): "the input route lookup failed: no route for its "
+    "destination, or forwarding is off on the interface it came in by",
     ("NO_SOCKET", "__udp4_lib_rcv"): "a UDP datagram no socket wanted: nothing listens on "
     "its port (the kernel answers ICMP port unreachable)",
 }
