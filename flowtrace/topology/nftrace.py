@@ -123,7 +123,7 @@ def table_commands(name: str, match: TraceMatch, lowest: Mapping[str, int]) -> l
     """
     commands = [f"add table inet {name} {{ flags owner; }}"]
     for hook in HOOKS:
-        prio = min(DEFAULT_PRIORITY, lowest.get(hook, DEFAULT_PRIORITY) - 10)
+        prio = min(DEFAULT_PRIORITY, lowest[hook] - 10) if hook in lowest else DEFAULT_PRIORITY
         commands.append(
             f"add chain inet {name} {hook} "
             f"{{ type filter hook {hook} priority {prio}; policy accept; }}"
