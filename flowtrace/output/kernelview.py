@@ -35,26 +35,28 @@ def kernel_lines(kernel: Mapping[str, Any]) -> list[Line]:
     lookup = kernel.get("subject") == "lookup"
     probes = sorted({p["probe"] for p in packets if p.get("probe") is not None})
     probes += sorted({c.get("probe") for c in checks} - set(probes) - {None})
-    shown: dict[tuple[str, str], tuple[object, ...]] = {}
+    shown: dict[tuple[str, str], set[tuple[object, ...]]] = {}
     same: list[int] = []
     for probe in probes:
         mine = [p for p in packets if p.get("probe") == probe]
         if (
             probe >= FULL_PROBES
             and mine
-            and all(shown.get(_kind(p)) == _signature(p) for p in mine)
+            and all(_signature(p) in shown.get(_kind(p), set()) for p in mine)
         ):
             same.append(probe)
             lines += _check_lines([c for c in checks if c["probe"] == probe and not c["agree"]])
             continue
         for pkt in mine:
-            shown.setdefault(_kind(pkt), _signature(pkt))
+            shown.setdefault(_kind(pkt), set()).add(_signature(pkt))
             lines += packet_lines(pkt, lookup)
         lines += _check_lines([c for c in checks if c["probe"] == probe])
         if drops is not None:
-            lines += drop_lines(probe, [d for d in drops if d["probe"] == probe], lookup)
+            lines += drop_lines([probe], [d for d in drops if d["probe"] == probe], lookup)
     if same:
         lines.append((f"{_probe_list(same)}: the same hooks and rules as the probes above", ""))
+        if drops is not None:
+            lines += drop_lines(same, [d for d in drops if d["probe"] in same], lookup)
     unmatched = [p for p in packets if p.get("probe") is None]
     for pkt in unmatched:
         lines += packet_lines(pkt, lookup)
@@ -150,14 +152,17 @@ def _check_lines(checks: Sequence[Mapping[str, Any]]) -> list[Line]:
     return lines
 
 
-def drop_lines(probe: int, drops: Sequence[Mapping[str, Any]], lookup: bool = False) -> list[Line]:
-    """A probe's drop reasons, alike ones counted, each marked as matched by time only."""
+def drop_lines(
+    probes: Sequence[int], drops: Sequence[Mapping[str, Any]], lookup: bool = False
+) -> list[Line]:
+    """Probes' drop reasons, alike ones counted, each marked as matched by time only."""
     if not drops:
         return []
-    who = "the query" if lookup else f"probe {probe + 1}"
+    were = "was" if len(probes) == 1 else "were"
+    who = "the query was" if lookup else f"{_probe_list(probes)} {were}"
     lines: list[Line] = [
         (
-            f"  drops the kernel reported while {who} was out "
+            f"  drops the kernel reported while {who} out "
             "(skb:kfree_skb, matched by time and protocol only):",
             "",
         )
@@ -169,10 +174,10 @@ def drop_lines(probe: int, drops: Sequence[Mapping[str, Any]], lookup: bool = Fa
         first = group[0]
         count = f" x{len(group)}" if len(group) > 1 else ""
         meaning = f": {first['meaning']}" if first.get("meaning") else ""
+        after = f", {first['after_us']:,.1f} µs after sending" if len(probes) == 1 else ""
         lines.append(
             (
-                f"    {reason}{count} at {location}, {first['after_us']:,.1f} µs after sending"
-                f"{meaning}",
+                f"    {reason}{count} at {location}{after}{meaning}",
                 "red" if reason == "NETFILTER_DROP" else "",
             )
         )
@@ -189,6 +194,7 @@ def _signature(pkt: Mapping[str, Any]) -> tuple[object, ...]:
         (
             h["netns"],
             h["hook"],
+            tuple(h.get("nat_skipped", ())),
             tuple(
                 (c["table"], c["chain"], tuple((r["rule"], r["verdict"]) for r in c["rules"]))
                 for c in h["chains"]

@@ -138,6 +138,9 @@ EXPECTED = {
     "socket waits for it (flowtrace reads it from a raw socket)",
     ("NO_SOCKET", "tcp_v4_rcv"): "a TCP segment no socket wanted: a closed port's SYN, or a "
     "SYN-ACK to flowtrace's bare SYN (the source answers it with a RST)",
+    ("OTHERHOST", "ip_rcv_core"): "a frame for another host's MAC address reached an IP "
+    "stack: a bridge flowtrace captures on is promiscuous, so it hands every frame to its "
+    "namespace's stack too, which drops the ones not addressed to it",
     ("IP_INADDRERRORS", "ip_error"): "the input route lookup failed: no route for its "
     "destination, or forwarding is off on the interface it came in by",
     ("NO_SOCKET", "__udp4_lib_rcv"): "a UDP datagram no socket wanted: nothing listens on "
