@@ -62,7 +62,7 @@ esac
 [ "$(id -u)" = 0 ] || die "run as root: tracing enters namespaces and opens raw sockets"
 command -v iptables-save >/dev/null || die "iptables-save is missing: run scripts/setup.sh first"
 
-# The lab's names and addresses come from flowtrace/lab.py, never from here.
+# The lab's names and addresses come from flowtrace/lab/base.py, never from here.
 read -r OUTSIDE WEB_TARGET < <("$PYTHON" -c '
 from flowtrace import lab
 print(f"netns:{lab.OUTSIDE_NETNS}", f"{lab.UPLINK_IP}:{lab.WEB_PORT}")

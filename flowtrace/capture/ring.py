@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from enum import Enum
 
 from flowtrace.capture.bpf import DROP_ALL, attach_filter
 from flowtrace.endpoints.netns import run_in_netns
@@ -111,6 +112,31 @@ class RingGeometry:
         return self.block_size * self.block_count
 
 
+class RingProfile(Enum):
+    """What a ring is for, which sets its size, block size and retire timeout.
+
+    Callers name the purpose, not numbers, so the tuning lives here in one place.
+    """
+
+    #: `flowtrace capture`: big blocks (few writes), enough ring to ride out a busy second.
+    BULK = (CAPTURE_RING_MB, CAPTURE_RETIRE_MS, None)
+    #: A trace: small blocks that retire quickly, so probes show up at once.
+    TRACE = (TRACE_RING_MB, TRACE_RETIRE_MS, TRACE_BLOCK_SIZE)
+
+    def __init__(self, ring_mb: float, retire_ms: int, block_size: int | None) -> None:
+        self.ring_mb = ring_mb
+        self.retire_ms = retire_ms
+        self.block_size = block_size
+
+    def geometry(self, ring_mb: float | None = None, retire_ms: int | None = None) -> RingGeometry:
+        """The profile's geometry; `ring_mb` or `retire_ms` override its own values."""
+        return RingGeometry.for_size(
+            self.ring_mb if ring_mb is None else ring_mb,
+            self.retire_ms if retire_ms is None else retire_ms,
+            self.block_size,
+        )
+
+
 class PacketRing:
     """A bound, filtered TPACKET_V3 receive ring on one interface.
 
@@ -137,7 +163,7 @@ class PacketRing:
         When this returns, every frame crossing the interface that passes the
         filter is queued in the ring.
         """
-        geometry = geometry or RingGeometry.for_size(CAPTURE_RING_MB, CAPTURE_RETIRE_MS)
+        geometry = geometry or RingProfile.BULK.geometry()
         try:
             return run_in_netns(point.netns.path, cls._open_here, point, program, geometry)
         except PermissionError:

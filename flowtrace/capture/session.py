@@ -2,242 +2,67 @@
 
 The session is the barrier the tracer relies on: start() opens, filters and binds
 a ring on every point before it returns, so any packet sent afterwards is seen.
-Then "pumps" read the rings block by block and append whole pcapng blocks, one
-os.write per ring block, to a file opened with O_APPEND; a write of whole blocks
-lands whole, so the file is a valid pcapng at every moment, and several processes
-can append to it side by side.
+Then pumps (pump.py) read the rings and append whole pcapng blocks to one file.
 
 Per-packet Python work is the whole cost of a capture, so for bulk capture the
 rings are split between forked worker processes (they inherit the rings the parent
 opened and mapped); the tracer uses one in-process thread and keeps the frames in
-memory as well.  Counters live in anonymous shared memory: each ring has exactly
-one reader, which is the only writer of that ring's counters, and the parent reads
-them at any time.
+memory as well.
 """
 
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
-import select
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
-from operator import itemgetter
 from pathlib import Path
 from types import FrameType, TracebackType
 
 from flowtrace._version import __version__
 from flowtrace.capture.bpf import DEFAULT_SNAPLEN, compile_filter
-from flowtrace.capture.ring import (
-    CAPTURE_RETIRE_MS,
-    CAPTURE_RING_MB,
-    TRACE_BLOCK_SIZE,
-    TRACE_RETIRE_MS,
-    TRACE_RING_MB,
-    PacketRing,
-    RingGeometry,
+from flowtrace.capture.pump import (
+    BYTES,
+    CAPTURED,
+    DROPPED,
+    RECEIVED,
+    STATE,
+    STATE_DOWN,
+    STATE_GONE,
+    STATE_OK,
+    STATS_INTERVAL_S,
+    WORKER_SIGNALS,
+    Pump,
+    SharedCounters,
+    worker_main,
+    write_all,
 )
+from flowtrace.capture.ring import PacketRing, RingProfile
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Frame, Point, PointStats
 from flowtrace.pcap.pcapng import (
-    enhanced_packet_block,
     interface_description_block,
     interface_statistics_block,
     section_header_block,
 )
 
-#: Per-point counter slots in shared memory.
-_CAPTURED, _BYTES, _RECEIVED, _DROPPED, _STATE = range(5)
-_FIELDS = 5
-#: Point states.
-STATE_OK, STATE_DOWN, STATE_GONE = 0, 1, 2
-#: How often a ring's reader collects the kernel's counters (drops show up live).
-STATS_INTERVAL_S = 0.5
+__all__ = ["STATE_DOWN", "STATE_GONE", "STATE_OK", "STATS_INTERVAL_S", "TICK_S", "CaptureSession"]
+
+#: How often run() calls its on_tick with live counters.
 TICK_S = 0.5
-_POLL_ERRORS = select.POLLERR | select.POLLHUP | select.POLLNVAL
-_orig_len = itemgetter(2)
-_WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-class _SharedCounters:
-    """Per-point counters in anonymous shared memory, visible across fork.
-
-    Each slot has exactly one writer (the reader of that ring, or the parent once
-    the readers are gone), so no locking is needed; aligned 8-byte stores are atomic.
-    The last slot holds the errno of a failed write to the output, if any.
-    """
-
-    def __init__(self, points: int) -> None:
-        self._map = mmap.mmap(-1, (points * _FIELDS + 1) * 8)
-        self._values = memoryview(self._map).cast("q")
-        self._write_error_slot = points * _FIELDS
-
-    def add(self, point: int, field: int, amount: int) -> None:
-        self._values[point * _FIELDS + field] += amount
-
-    def set(self, point: int, field: int, value: int) -> None:
-        self._values[point * _FIELDS + field] = value
-
-    def get(self, point: int, field: int) -> int:
-        return self._values[point * _FIELDS + field]
-
-    @property
-    def write_error(self) -> int:
-        return self._values[self._write_error_slot]
-
-    @write_error.setter
-    def write_error(self, value: int) -> None:
-        self._values[self._write_error_slot] = value
-
-    def close(self) -> None:
-        self._values.release()
-        self._map.close()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write everything; a regular file only returns short on a full disk."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-class _Pump:
-    """Reads a set of rings until woken, then drains what the kernel still holds.
-
-    Runs as the session's thread or as the body of a forked worker, so it sticks
-    to os.write, poll and the shared counters: nothing that takes a lock another
-    thread of the parent might have held at fork time.
-    """
-
-    def __init__(
-        self,
-        rings: Sequence[tuple[int, PacketRing]],
-        counters: _SharedCounters,
-        *,
-        out_fd: int | None,
-        wake_fd: int,
-        keep: list[Frame] | None,
-        retire_ms: int,
-        parent_pid: int | None = None,
-    ) -> None:
-        self._rings = list(rings)
-        self._counters = counters
-        self._out_fd = out_fd
-        self._wake_fd = wake_fd
-        self._keep = keep
-        self._retire_ms = retire_ms
-        self._parent_pid = parent_pid
-        self._stop_requested = False
-
-    def request_stop(self) -> None:
-        """Ask the loop to finish at its next wake-up (a worker's SIGTERM handler)."""
-        self._stop_requested = True
-
-    def run(self) -> None:
-        poller = select.poll()
-        by_fd: dict[int, tuple[int, PacketRing]] = {}
-        for index, ring in self._rings:
-            by_fd[ring.fileno()] = (index, ring)
-            poller.register(ring.fileno(), select.POLLIN | select.POLLERR)
-        poller.register(self._wake_fd, select.POLLIN)
-        next_stats = time.monotonic() + STATS_INTERVAL_S
-        woken = False
-        while not (woken or self._stop_requested or self._orphaned()):
-            for fd, mask in poller.poll(int(STATS_INTERVAL_S * 1000)):
-                if fd == self._wake_fd:
-                    woken = True
-                    continue
-                index, ring = by_fd[fd]
-                self._consume(index, ring)
-                if mask & _POLL_ERRORS:
-                    self._on_error(index, ring)
-            now = time.monotonic()
-            if now >= next_stats:
-                self._collect_stats()
-                next_stats = now + STATS_INTERVAL_S
-        self._drain()
-        self._collect_stats()
-
-    def _orphaned(self) -> bool:
-        """A worker whose parent died (SIGKILL) stops instead of capturing forever."""
-        return self._parent_pid is not None and os.getppid() != self._parent_pid
-
-    def _consume(self, index: int, ring: PacketRing) -> None:
-        """Turn every ready block of one ring into one write (and kept Frames)."""
-        counters = self._counters
-        for _ in range(ring.geometry.block_count):
-            frames = ring.read_block()
-            if frames is None:
-                return
-            if self._out_fd is not None:
-                blob = b"".join(
-                    [
-                        enhanced_packet_block(index, time_ns, data, orig_len, outbound)
-                        for time_ns, data, orig_len, outbound in frames
-                    ]
-                )
-                try:
-                    _write_all(self._out_fd, blob)
-                except OSError as exc:
-                    counters.write_error = exc.errno or -1
-                    self._out_fd = None
-            if self._keep is not None:
-                self._keep.extend(
-                    [
-                        Frame(index, time_ns, data, orig_len, outbound)
-                        for time_ns, data, orig_len, outbound in frames
-                    ]
-                )
-            counters.add(index, _CAPTURED, len(frames))
-            counters.add(index, _BYTES, sum(map(_orig_len, frames)))
-            if counters.get(index, _STATE) == STATE_DOWN:
-                counters.set(index, _STATE, STATE_OK)
-
-    def _on_error(self, index: int, ring: PacketRing) -> None:
-        """ENETDOWN: the link went down (it may come back) or was deleted (it won't).
-
-        Reading the error clears it.  A deleted interface's ring stays in the poll
-        set: its last, part-filled block still retires and is read like any other.
-        """
-        error = ring.take_error()
-        if ring.interface_gone():
-            self._counters.set(index, _STATE, STATE_GONE)
-        elif error:
-            self._counters.set(index, _STATE, STATE_DOWN)
-
-    def _collect_stats(self) -> None:
-        for index, ring in self._rings:
-            received, dropped = ring.read_stats()
-            self._counters.add(index, _RECEIVED, received)
-            self._counters.add(index, _DROPPED, dropped)
-
-    def _drain(self) -> None:
-        """Read what the kernel still holds: a part-filled block retires after retire_ms."""
-        deadline = time.monotonic() + (2 * self._retire_ms + 50) / 1000
-        poller = select.poll()
-        for _, ring in self._rings:
-            poller.register(ring.fileno(), select.POLLIN)
-        while True:
-            for index, ring in self._rings:
-                self._consume(index, ring)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not any(ring.pending() for _, ring in self._rings):
-                return
-            poller.poll(max(1, int(min(remaining, self._retire_ms / 1000) * 1000)))
 
 
 class CaptureSession:
     """Capture on many points at once into one pcapng (and/or memory).
 
     keep_frames=True is the tracer's mode: one in-process reader thread, small
-    rings that hand frames over within a few ms, frames() returns them.  Otherwise
-    the rings are split between `workers` forked processes (default: one per
-    point, at most one per CPU); workers=0 reads them in a thread instead.
+    rings that hand frames over within a few ms (RingProfile.TRACE), frames()
+    returns them.  Otherwise the rings are split between `workers` forked processes
+    (default: one per point, at most one per CPU); workers=0 reads them in a thread
+    instead.  `profile` chooses the rings' tuning when keep_frames alone does not;
+    `ring_mb` and `retire_ms` override single values of it.
     """
 
     def __init__(
@@ -248,6 +73,7 @@ class CaptureSession:
         *,
         keep_frames: bool = False,
         workers: int | None = None,
+        profile: RingProfile | None = None,
         ring_mb: float | None = None,
         retire_ms: int | None = None,
     ) -> None:
@@ -262,13 +88,10 @@ class CaptureSession:
         if workers is None:
             workers = 0 if keep_frames else min(len(self.points), os.cpu_count() or 1)
         self.workers = max(0, min(workers, len(self.points)))
-        self.geometry = RingGeometry.for_size(
-            ring_mb if ring_mb is not None else (TRACE_RING_MB if keep_frames else CAPTURE_RING_MB),
-            retire_ms
-            if retire_ms is not None
-            else (TRACE_RETIRE_MS if keep_frames else CAPTURE_RETIRE_MS),
-            TRACE_BLOCK_SIZE if keep_frames else None,
-        )
+        if profile is None:
+            profile = RingProfile.TRACE if keep_frames else RingProfile.BULK
+        self.profile = profile
+        self.geometry = profile.geometry(ring_mb, retire_ms)
         # Compile now: a bad expression fails before anything is opened.
         self._programs = {
             linktype: compile_filter(self.filter_expr, linktype, DEFAULT_SNAPLEN)
@@ -277,7 +100,7 @@ class CaptureSession:
         #: True when run() ended because of Ctrl-C or SIGTERM.
         self.interrupted = False
         self._rings: list[PacketRing] = []
-        self._counters: _SharedCounters | None = None
+        self._counters: SharedCounters | None = None
         self._out_fd: int | None = None
         self._wake: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
@@ -302,7 +125,7 @@ class CaptureSession:
             return
         try:
             self._rings.extend(self._open_rings())
-            self._counters = _SharedCounters(len(self.points))
+            self._counters = SharedCounters(len(self.points))
             if self.output is not None:
                 self._out_fd = self._open_output(self.output)
             self._wake = os.pipe()
@@ -365,12 +188,12 @@ class CaptureSession:
                     mac=_mac_bytes(point.mac),
                 )
             )
-        _write_all(fd, b"".join(header))
+        write_all(fd, b"".join(header))
         return fd
 
-    def _pump(self, indexes: Sequence[int], parent_pid: int | None) -> _Pump:
+    def _pump(self, indexes: Sequence[int], parent_pid: int | None) -> Pump:
         assert self._counters is not None and self._wake is not None
-        return _Pump(
+        return Pump(
             [(i, self._rings[i]) for i in indexes],
             self._counters,
             out_fd=self._out_fd,
@@ -398,11 +221,11 @@ class CaptureSession:
             indexes = list(range(worker, len(self.points), self.workers))
             pump = self._pump(indexes, parent)
             # Hold Ctrl-C and SIGTERM until the worker has its own handlers.
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
             try:
                 pid = os.fork()
                 if pid == 0:  # the worker: never returns
-                    _worker_main(pump, held)
+                    worker_main(pump, held)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
             self._worker_pids[pid] = indexes
@@ -429,8 +252,8 @@ class CaptureSession:
             if counters is not None:
                 for index, ring in enumerate(self._rings):
                     received, dropped = ring.read_stats()
-                    counters.add(index, _RECEIVED, received)
-                    counters.add(index, _DROPPED, dropped)
+                    counters.add(index, RECEIVED, received)
+                    counters.add(index, DROPPED, dropped)
                 if self._out_fd is not None and not counters.write_error:
                     self._write_statistics(counters)
         finally:
@@ -457,30 +280,30 @@ class CaptureSession:
                 )
                 self._notes.append(f"the capture worker for {names} died ({how})")
 
-    def _write_statistics(self, counters: _SharedCounters) -> None:
+    def _write_statistics(self, counters: SharedCounters) -> None:
         now = time.time_ns()
         blocks = []
         for index, point in enumerate(self.points):
-            state = counters.get(index, _STATE)
+            state = counters.get(index, STATE)
             blocks.append(
                 interface_statistics_block(
                     index,
                     now,
-                    counters.get(index, _RECEIVED),
-                    counters.get(index, _DROPPED),
+                    counters.get(index, RECEIVED),
+                    counters.get(index, DROPPED),
                     comment=f"{point.id} went away during the capture"
                     if state == STATE_GONE
                     else None,
                 )
             )
         assert self._out_fd is not None
-        _write_all(self._out_fd, b"".join(blocks))
+        write_all(self._out_fd, b"".join(blocks))
 
-    def _release(self, counters: _SharedCounters | None) -> None:
+    def _release(self, counters: SharedCounters | None) -> None:
         self._write_failure = counters.write_error if counters is not None else 0
         if counters is not None:
             self._final = self._read_counters(counters)
-            self._final_states = [counters.get(i, _STATE) for i in range(len(self.points))]
+            self._final_states = [counters.get(i, STATE) for i in range(len(self.points))]
             counters.close()
             self._counters = None
         # Closing a packet socket waits for an RCU grace period: close them side by side.
@@ -557,13 +380,13 @@ class CaptureSession:
             return list(self._final)
         return [PointStats(point=p.id) for p in self.points]
 
-    def _read_counters(self, counters: _SharedCounters) -> list[PointStats]:
+    def _read_counters(self, counters: SharedCounters) -> list[PointStats]:
         return [
             PointStats(
                 point=point.id,
-                packets=counters.get(i, _CAPTURED),
-                drops=counters.get(i, _DROPPED),
-                bytes=counters.get(i, _BYTES),
+                packets=counters.get(i, CAPTURED),
+                drops=counters.get(i, DROPPED),
+                bytes=counters.get(i, BYTES),
             )
             for i, point in enumerate(self.points)
         ]
@@ -571,7 +394,7 @@ class CaptureSession:
     def gone_points(self) -> list[str]:
         """Ids of the points whose interface was deleted during the capture."""
         if self._counters is not None:
-            states = [self._counters.get(i, _STATE) for i in range(len(self.points))]
+            states = [self._counters.get(i, STATE) for i in range(len(self.points))]
         else:
             states = self._final_states
         return [p.id for p, s in zip(self.points, states, strict=False) if s == STATE_GONE]
@@ -594,22 +417,6 @@ class CaptureSession:
         if not self.keep_frames:
             raise RuntimeError("frames() needs CaptureSession(..., keep_frames=True)")
         return self._frames[since:]
-
-
-def _worker_main(pump: _Pump, signal_mask: set[int | signal.Signals]) -> None:
-    """Body of a forked worker: Ctrl-C is the parent's business, SIGTERM stops cleanly."""
-    code = 1
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda signum, frame: pump.request_stop())
-        signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
-        pump.run()
-        code = 0
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.write(2, traceback.format_exc().encode(errors="replace"))
-    finally:
-        os._exit(code)
 
 
 def _wait_pid(pid: int, deadline: float) -> int | None:

@@ -59,7 +59,42 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUsageCommand(click.Command):
+    """A command whose usage mistakes are one line (`flowtrace: ...`, exit 2) like its errors."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            fail(f"{exc.format_message()} (see {ctx.command_path} --help)", exc.exit_code)
+
+
+class OneLineUsageGroup(click.Group):
+    """A group whose commands and subgroups, and the group itself, say usage mistakes in one
+    line (an unknown command, a bad option value), exit status 2."""
+
+    command_class = OneLineUsageCommand
+    group_class = type  # subgroups are of this class too
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            fail(f"{exc.format_message()} (see {ctx.command_path} --help)", exc.exit_code)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            fail(f"{exc.format_message()} (see {ctx.command_path} --help)", exc.exit_code)
+
+
+@click.group(
+    cls=OneLineUsageGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="flowtrace")
 @click.option("--traceback", is_flag=True, hidden=True, help="Show Python tracebacks (developers).")
 def cli(traceback: bool) -> None:
@@ -68,13 +103,3 @@ def cli(traceback: bool) -> None:
     \b
     Endpoints: a container name or id, `host`, `netns:NAME`, `pid:N`, or an IP address.
     """
-
-
-class OneLineUsageCommand(click.Command):
-    """A command whose usage mistakes are one line (`flowtrace: ...`, exit 2) like its errors."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            fail(f"{exc.format_message()} (see flowtrace {self.name} --help)", exc.exit_code)

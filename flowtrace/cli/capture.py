@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from flowtrace.cli.base import OneLineUsageCommand, cli, command_line, finish, handle_errors
+from flowtrace.cli.base import cli, command_line, finish, handle_errors
 
 
 def _capture_table(
@@ -61,7 +61,7 @@ class _LiveCounters:
         self._live.update(_capture_table(stats, elapsed, rates, title), refresh=True)
 
 
-@cli.command("capture", cls=OneLineUsageCommand)
+@cli.command("capture")
 @click.argument("src", required=False)
 @click.argument("dst", required=False)
 @click.option(
@@ -191,7 +191,7 @@ SHOWN_PACKETS = 10  # packets listed hop by hop by default; the rest are summari
 JSON_BATCH = 64  # packets `analyze --json` writes to stdout at a time
 
 
-@cli.command("analyze", cls=OneLineUsageCommand)
+@cli.command("analyze")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--json",

@@ -24,18 +24,31 @@ def lab_group() -> None:
     """
 
 
-def _scenario_option(action: str) -> Callable[[F], F]:
-    from flowtrace.scenarios import SCENARIO_NAMES
+class ScenarioChoice(click.Choice):
+    """The scenario names, read from the lab's catalog only when a command needs them, so
+    that loading the CLI (every flowtrace command) does not import the lab."""
 
+    def __init__(self) -> None:  # click.Choice's own __init__ would need the names now
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from flowtrace.lab.catalog import SCENARIO_NAMES
+
+        return tuple(SCENARIO_NAMES)
+
+
+def _scenario_option(action: str) -> Callable[[F], F]:
     return click.option(
         "--scenario",
-        type=click.Choice(SCENARIO_NAMES),
+        type=ScenarioChoice(),
         help=f"{action} one situation's containers (README: Situations).",
     )
 
 
 def _show_scenario(state: Any) -> None:
-    from flowtrace import lab, scenarios
+    from flowtrace import lab
+    from flowtrace.lab import scenarios
 
     click.echo(lab.render_state(state.lab))
     click.echo()
@@ -52,7 +65,7 @@ def lab_up(scenario: str | None) -> None:
     from flowtrace import lab
 
     if scenario:
-        from flowtrace import scenarios
+        from flowtrace.lab import scenarios
 
         built = scenarios.up(scenario)
         click.echo(lab.render_changes(built.changes))
@@ -75,7 +88,7 @@ def lab_status(scenario: str | None) -> None:
     from flowtrace import lab
 
     if scenario:
-        from flowtrace import scenarios
+        from flowtrace.lab import scenarios
 
         shown = scenarios.status(scenario)
         _show_scenario(shown)
@@ -96,7 +109,7 @@ def lab_down(scenario: str | None) -> None:
     from flowtrace import lab
 
     if scenario:
-        from flowtrace import scenarios
+        from flowtrace.lab import scenarios
 
         click.echo(scenarios.render_removed(scenario, scenarios.down(scenario)))
         return

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import FlowtraceError, NotRootError
 
 Attributes = Mapping[str, Any]
@@ -210,8 +211,6 @@ def find_entry(
     if number is None:
         return None
     family = socket.AF_INET6 if ":" in src else socket.AF_INET
-    from flowtrace.endpoints.netns import run_in_netns
-
     entries = run_in_netns(netns_path, _dump_flow, family, number, src, dst)
     found = pick_entry(entries, number, src, dst, sport, dport, icmp_id)
     return format_entry(found) if found is not None else None

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import DropReason, Headers, Namespace, Point, Sighting
 from flowtrace.topology import silent_drops
-from flowtrace.topology.kernel import NetnsState, Route
+from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
+from flowtrace.topology.netfilter import find_drop_rule, read_ruleset
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,6 @@ def explain_loss(
     `seen` are its headers there; `final_dst`/`final_port` the destination after any
     DNAT the path predicts (PREROUTING runs before the filter table does).
     """
-    from flowtrace.topology.kernel import read_state, route_get
-    from flowtrace.topology.nat_rules import find_drop_rule, read_ruleset
-
     ingress = vanished_in(points, last_point)
     if ingress is None:
         return None
@@ -163,9 +161,6 @@ def explain_unanswered(
     filter table can still drop it on INPUT (before the stack answers) or drop the
     answer on OUTPUT (before any interface sees it).  `seen` are its headers there.
     """
-    from flowtrace.topology.kernel import read_state, route_get
-    from flowtrace.topology.nat_rules import find_drop_rule, read_ruleset
-
     ingress = arrival(points, destination)
     if ingress is None:
         return None

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from flowtrace.errors import NoPathError
+from flowtrace.endpoints.resolve import all_namespaces, host_namespace, label_namespace
+from flowtrace.errors import NoPathError, NotFoundError
 from flowtrace.model import Namespace, Point
 from flowtrace.topology.kernel import (
     RTN_BLACKHOLE,
@@ -25,6 +26,9 @@ from flowtrace.topology.kernel import (
     Link,
     NetnsState,
     Route,
+    nsid_of,
+    read_state,
+    route_get,
 )
 
 MAX_HOPS = 16
@@ -414,8 +418,6 @@ class LiveView:
 
     def namespaces(self) -> list[Namespace]:
         if self._namespaces is None:
-            from flowtrace.endpoints.resolve import all_namespaces, host_namespace
-
             ordered: dict[int, Namespace] = {}
             for ns in [host_namespace(), *self._known, *all_namespaces(with_docker=False)]:
                 ordered.setdefault(ns.inode, ns)
@@ -427,15 +429,10 @@ class LiveView:
             if known.inode == ns.inode:
                 return known
         if ns.label.startswith("pid:"):
-            from flowtrace.endpoints.resolve import label_namespace
-
             return label_namespace(ns)
         return ns
 
     def state(self, ns: Namespace) -> NetnsState:
-        from flowtrace.errors import NotFoundError
-        from flowtrace.topology.kernel import read_state
-
         key = ns.inode or hash(ns.path)
         if key not in self._states:
             try:
@@ -448,11 +445,7 @@ class LiveView:
         return self._states[key]
 
     def route(self, ns: Namespace, dst: str) -> Route:
-        from flowtrace.topology.kernel import route_get
-
         return route_get(ns.path, dst)
 
     def nsid(self, ns: Namespace, target: Namespace) -> int | None:
-        from flowtrace.topology.kernel import nsid_of
-
         return nsid_of(ns.path, target.path)

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from flowtrace.endpoints.docker import docker_available, running_containers
+from flowtrace.endpoints.resolve import host_namespace
 from flowtrace.endpoints.sockets import owner_of, process_sockets
 from flowtrace.model import Point
-from flowtrace.topology.published import ProxyCommand, listener_for, parse_proxy_cmdline
-
-if TYPE_CHECKING:
-    from flowtrace.topology.path import LiveView, PathPlan
+from flowtrace.topology.path import LiveView, PathPlan, plan_path
+from flowtrace.topology.published import (
+    ProxyCommand,
+    binding_serves,
+    listener_for,
+    output_dnat_applies,
+    parse_proxy_cmdline,
+)
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,6 @@ def find_listener(ip: str, port: int) -> Listener | None:
 
 def bindings(kind: str, port: int) -> list[tuple[Any, int, str, int]]:
     """(container, container port, host ip, host port) of running containers' `port`/kind."""
-    from flowtrace.endpoints.docker import docker_available, running_containers
-
     if not docker_available():
         return []
     found = []
@@ -107,8 +111,6 @@ def bindings(kind: str, port: int) -> list[tuple[Any, int, str, int]]:
 
 def binding_target(kind: str, ip: str, port: int) -> tuple[str, int, str] | None:
     """Docker's bindings for the port that take the address (no rules to read)."""
-    from flowtrace.topology.published import binding_serves, output_dnat_applies
-
     if not output_dnat_applies(ip):
         return None
     for c, cport, host_ip, _ in bindings(kind, port):
@@ -127,8 +129,6 @@ def unserved_binding(kind: str, ip: str, port: int | None) -> str | None:
     """
     if port is None or kind == "icmp":
         return None
-    from flowtrace.topology.published import binding_serves
-
     for c, cport, host_ip, _ in bindings(kind, port):
         if ":" in host_ip and ":" not in ip:
             continue  # an IPv6 binding says nothing about an IPv4 address
@@ -144,9 +144,6 @@ def unserved_binding(kind: str, ip: str, port: int | None) -> str | None:
 
 def proxy_leg(view: LiveView, plan: PathPlan, port: int) -> ProxyLeg | None:
     """When the host's own stack takes the SYN: who listens there (a docker-proxy: leg 2)."""
-    from flowtrace.endpoints.resolve import host_namespace
-    from flowtrace.topology.path import plan_path
-
     host = host_namespace()
     end = next((p for p in plan.points if p.id == plan.destination), None)
     if end is None or end.netns.inode != host.inode:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from flowtrace.endpoints.sockets import TCP_LISTEN, SocketEntry
+from flowtrace.topology.netfilter import PacketView, Rule, walk
 
 if TYPE_CHECKING:
-    from flowtrace.topology.nat_rules import NatRuleset
+    from flowtrace.topology.netfilter import NatRuleset
 
 
 def binding_serves(host_ip: str, dst_ip: str) -> bool:
@@ -121,8 +122,6 @@ def predict_dnat(
     rule included.  Returns (address, port, rule text); a DNAT that keeps the port
     gives dport.  Only rules whose matches certainly fit count.
     """
-    from flowtrace.topology.nat_rules import PacketView, Rule, walk
-
     chain = "PREROUTING" if in_iface is not None else "OUTPUT"
     number = {"tcp": 6, "udp": 17}.get(proto, 0)
     packet = PacketView(number, None, dst, None, dport, in_iface, None, "NEW", local_addresses)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from flowtrace.endpoints.resolve import resolve, split_port
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
 from flowtrace.model import Endpoint, Namespace, ProbeKind
+from flowtrace.topology.kernel import read_state
+from flowtrace.topology.netfilter import read_ruleset
 from flowtrace.topology.path import LiveView, PathPlan, Redirect, plan_path
-from flowtrace.topology.proxy import ProxyLeg
+from flowtrace.topology.proxy import ProxyLeg, binding_target, bindings, proxy_leg, unserved_binding
+from flowtrace.topology.published import predict_dnat
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,6 @@ def docker_redirect(kind: ProbeKind) -> Redirect:
     ) -> tuple[str, int | None, str] | None:
         if port is None or kind == "icmp" or ns.label != "host":
             return None
-        from flowtrace.topology.kernel import read_state
-        from flowtrace.topology.nat_rules import read_ruleset
-        from flowtrace.topology.proxy import binding_target, bindings
-        from flowtrace.topology.published import predict_dnat
-
         try:
             local = frozenset(a.ip for a in read_state(ns.path).addresses)
             predicted = predict_dnat(read_ruleset(ns.path), kind, ip, port, in_iface, local)
@@ -86,8 +85,6 @@ def docker_redirect(kind: ProbeKind) -> Redirect:
 
 def _loopback_destination(src: Endpoint, dst_spec: str) -> Endpoint | None:
     """`127.0.0.1:PORT`: the source's own loopback (every namespace has one)."""
-    from flowtrace.endpoints.resolve import split_port
-
     name, port = split_port(dst_spec.strip())
     try:
         is_loopback = ipaddress.ip_address(name).is_loopback
@@ -100,9 +97,6 @@ def _loopback_destination(src: Endpoint, dst_spec: str) -> Endpoint | None:
 
 def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Route:
     """Resolve both endpoints and walk the kernel state between them."""
-    from flowtrace.endpoints.resolve import resolve
-    from flowtrace.topology.proxy import proxy_leg, unserved_binding
-
     src = resolve(src_spec)
     dst = _loopback_destination(src, dst_spec) or resolve(dst_spec, allow_port=True)
     if kind in ("tcp", "udp") and dst.port is None:

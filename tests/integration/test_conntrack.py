@@ -26,7 +26,7 @@ import pytest
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.model import Address, NatEvent
 from flowtrace.topology.conntrack import find_entry
-from flowtrace.topology.nat_rules import attribute, read_ruleset
+from flowtrace.topology.netfilter import attribute, read_ruleset
 
 pytestmark = pytest.mark.integration
 

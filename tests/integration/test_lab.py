@@ -18,9 +18,11 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from flowtrace import lab as lab_api
+from flowtrace.endpoints.files import hosts_entries, resolv_nameservers
 from flowtrace.endpoints.netns import netns_inode, run_in_netns
 from flowtrace.errors import ExitStatus
 from flowtrace.lab import LabState
+from flowtrace.lab.outside import refuse_host_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -172,9 +174,9 @@ def test_up_makes_the_outside_host(lab: LabState) -> None:
 def test_outside_route_leaves_the_hosts_destinations_alone(lab: LabState) -> None:
     """The lab's route must not swallow the package mirrors or name servers."""
     with open("/etc/hosts") as hosts:
-        destinations = [ip for ip, _ in lab_api.hosts_file_addresses(hosts.read()) if "." in ip]
+        destinations = [ip for ip, _ in hosts_entries(hosts.read()) if "." in ip]
     with open("/etc/resolv.conf") as resolv:
-        destinations += lab_api.resolv_conf_nameservers(resolv.read())
+        destinations += resolv_nameservers(resolv.read())
     with IPRoute() as ipr:
         uplink = ipr.link_lookup(ifname=lab_api.UPLINK)[0]
         for ip in destinations:
@@ -187,8 +189,8 @@ def test_changes_meant_for_the_outside_host_never_hit_the_host(lab: LabState) ->
     """The last guard before ft-outside's eth0 is changed or deleted: not in our namespace."""
     host = netns_inode("/proc/self/ns/net")
     with pytest.raises(lab_api.LabConflictError, match="names this host's own namespace"):
-        lab_api._refuse_host_namespace(host)
-    run_in_netns(lab.outside.netns_path, lab_api._refuse_host_namespace, host)
+        refuse_host_namespace(host)
+    run_in_netns(lab.outside.netns_path, refuse_host_namespace, host)
 
 
 def test_up_twice_changes_nothing(lab: LabState) -> None:

@@ -24,10 +24,13 @@ from test_situations import BuildScenario, assert_one_line_error
 from test_situations import scenario as scenario  # the fixture, for this module
 from test_trace import assert_in_path_order, one, run_cli, tshark_fields
 
-from flowtrace import api, lab_macvlan, scenarios
+from flowtrace import api
 from flowtrace import lab as lab_module
 from flowtrace.errors import ExitStatus
-from flowtrace.scenarios import ScenarioState
+from flowtrace.lab import catalog, scenarios
+from flowtrace.lab import macvlan as lab_macvlan
+from flowtrace.lab.guard import exclusive
+from flowtrace.lab.scenarios import ScenarioState
 
 pytestmark = pytest.mark.integration
 
@@ -240,8 +243,8 @@ def test_a_plain_lab_down_takes_the_parts_after_the_containers(
     shared, so this runs that second step on its own rather than taking the lab down)."""
     for name in ("m2", "m1"):
         client.containers.get(name).remove(force=True)
-    with lab_module._exclusive():
-        removed, kept = scenarios.remove_parts(client)
+    with exclusive():
+        removed, kept = catalog.remove_parts(client)
     assert (removed, kept) == (
         [
             "network ftmacvlan",

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from test_trace import OUTSIDE, host_veth_of, one, run_cli, tshark_fields
 
-from flowtrace import api, scenarios
+from flowtrace import api
 from flowtrace import lab as lab_module
 from flowtrace.errors import ExitStatus
-from flowtrace.lab import LabContainer, LabState
+from flowtrace.lab import LabContainer, LabState, scenarios
+from flowtrace.lab.scenarios import ScenarioState
 from flowtrace.model import Packet, Trace
-from flowtrace.scenarios import ScenarioState
 
 pytestmark = pytest.mark.integration
 

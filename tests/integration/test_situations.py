@@ -18,11 +18,11 @@ import docker
 import pytest
 from test_trace import assert_in_path_order, host_veth_of, one, run_cli
 
-from flowtrace import api, scenarios
+from flowtrace import api
 from flowtrace import lab as lab_module
 from flowtrace.errors import ExitStatus
-from flowtrace.lab import LabState
-from flowtrace.scenarios import ScenarioState
+from flowtrace.lab import LabState, scenarios
+from flowtrace.lab.scenarios import ScenarioState
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from flowtrace.model import Address, Packet, Trace
 from flowtrace.output.frames import SIGHTING_COLUMNS, hops_dataframe, nat_hop_index, to_dataframe
 from flowtrace.output.plot import packet_kind
 from flowtrace.pcap.reader import open_capture
-from flowtrace.topology.nat_rules import attribute, parse_iptables_save
+from flowtrace.topology.netfilter import attribute, parse_iptables_save
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "captures" / "examples"
 PING = EXAMPLES / "ping-c1-c2"

@@ -15,7 +15,7 @@ from flowtrace.topology.drops import (
     vanished_in,
 )
 from flowtrace.topology.kernel import RTN_LOCAL, RTN_UNREACHABLE, Link, NetnsState, Route
-from flowtrace.topology.nat_rules import find_drop_rule, parse_iptables_save
+from flowtrace.topology.netfilter import find_drop_rule, parse_iptables_save
 
 DATA = Path(__file__).parents[2] / "data"
 PUBLISHED = parse_iptables_save((DATA / "iptables-save-docker-published.txt").read_text())

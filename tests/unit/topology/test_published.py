@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flowtrace.endpoints.sockets import SocketEntry, parse_proc_net
-from flowtrace.topology.nat_rules import parse_iptables_save
+from flowtrace.topology.netfilter import parse_iptables_save
 from flowtrace.topology.published import (
     ProxyCommand,
     binding_serves,

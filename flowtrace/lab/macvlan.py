@@ -16,7 +16,8 @@ machine:
 The addresses are a /26 of TEST-NET-2 checked unused on the host first; the capture
 tests' private namespaces use 198.51.100.1 and .2 and never reach the host.  Links
 cannot carry labels, so ft-l2a's ifalias marks the segment as the lab's.  Nothing
-here takes the lab lock: flowtrace.scenarios and flowtrace.lab hold it around calls.
+here takes the lab lock: the scenario and lab verbs hold it around these calls, which
+each get a Docker client (the ScenarioParts protocol of flowtrace.lab.catalog).
 """
 
 from __future__ import annotations
@@ -27,9 +28,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from flowtrace.endpoints.netns import netns_inode, run_in_netns
+from flowtrace.endpoints.netns import HOST_NETNS, netns_inode, run_in_netns
 from flowtrace.errors import FlowtraceError
+from flowtrace.lab.base import LAB_LABEL, LAB_LABEL_VALUE, SCENARIO_LABEL, LabConflictError
+from flowtrace.lab.engine import get_network, is_lab_labelled, owned, running_pid, short
+from flowtrace.lab.links import (
+    add_veth_into,
+    configure_here,
+    disable_ipv6,
+    ensure_netns,
+    link_facts,
+    link_facts_here,
+    names_the_host,
+    netns_usable,
+    thread_is_in,
+)
+from flowtrace.lab.outside import destinations_inside, host_destinations, host_range_conflicts
+from flowtrace.lab.render import table
+from flowtrace.topology.kernel import nsid_of
 
+SCENARIO = "macvlan"
 HOSTB_NETNS = "ft-hostb"
 HOSTB_NETNS_PATH = f"/run/netns/{HOSTB_NETNS}"
 SEGMENT_A = "ft-l2a"
@@ -64,31 +82,11 @@ def _kernel_refusal(what: str) -> Iterator[None]:
 # --- looking --------------------------------------------------------------------------
 
 
-def _facts(ifname: str) -> dict[str, Any] | None:
-    from pyroute2 import IPRoute
-
-    from flowtrace.lab import _link_facts
-
-    with IPRoute() as ipr:
-        return _link_facts(ipr, ifname)
-
-
-def _hostb_usable() -> bool:
-    from flowtrace.lab import _netns_usable
-
-    return os.path.exists(HOSTB_NETNS_PATH) and _netns_usable(HOSTB_NETNS_PATH)
-
-
-def _hostb_is_the_host() -> bool:
-    if not os.path.exists(HOSTB_NETNS_PATH):
-        return False
-    return netns_inode(HOSTB_NETNS_PATH) == netns_inode("/proc/self/ns/net")
-
-
 def _segment() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """ft-l2a's and ft-l2b's facts (None: absent)."""
-    a = _facts(SEGMENT_A)
-    b = run_in_netns(HOSTB_NETNS_PATH, _facts, SEGMENT_B) if _hostb_usable() else None
+    a = link_facts_here(SEGMENT_A)
+    usable = netns_usable(HOSTB_NETNS_PATH)
+    b = run_in_netns(HOSTB_NETNS_PATH, link_facts_here, SEGMENT_B) if usable else None
     return a, b
 
 
@@ -124,8 +122,6 @@ def _macvlans() -> list[dict[str, Any]]:
 
 def _child_of(pid: int, lower_index: int, lower_path: str) -> dict[str, Any] | None:
     """The container's macvlan whose parent is lower_index in lower_path, else None."""
-    from flowtrace.topology.kernel import nsid_of
-
     path = f"/proc/{pid}/ns/net"
     try:
         children = run_in_netns(path, _macvlans)
@@ -138,26 +134,12 @@ def _child_of(pid: int, lower_index: int, lower_path: str) -> dict[str, Any] | N
     return None
 
 
-def _container(client: Any, name: str) -> Any | None:
-    from flowtrace.scenarios import _owned
-
-    return _owned(client, name)
-
-
-def _pid(container: Any | None) -> int:
-    if container is None:
-        return 0
-    state = container.attrs.get("State") or {}
-    return int(state.get("Pid") or 0) if state.get("Running") else 0
-
-
 def survey(client: Any) -> tuple[list[str], list[str]]:
     """The scenario's table of hosts and interfaces, and what is missing, in words."""
-    from flowtrace.lab import _get_network, _is_lab_labelled, _table
-
     a, b = _segment()
+    hostb_usable = netns_usable(HOSTB_NETNS_PATH)
     missing: list[str] = []
-    if not _hostb_usable():
+    if not hostb_usable:
         missing.append(f"namespace {HOSTB_NETNS}")
     if a is None:
         missing.append(f"veth {SEGMENT_A}")
@@ -168,11 +150,11 @@ def survey(client: Any) -> tuple[list[str], list[str]]:
         missing.append(f"address {want_a} on {SEGMENT_A}, up")
     if b is not None and (want_b not in b["addresses"] or not b["up"]):
         missing.append(f"address {want_b} on {HOSTB_NETNS}/{SEGMENT_B}, up")
-    network = _get_network(client, NETWORK)
-    if network is None or not _is_lab_labelled(network.attrs.get("Labels")):
+    network = get_network(client, NETWORK)
+    if network is None or not is_lab_labelled(network.attrs.get("Labels")):
         missing.append(f"network {NETWORK}")
-    m1_pid, m2_pid = _pid(_container(client, M1)), _pid(_container(client, M2))
-    m1 = _child_of(m1_pid, a["index"], "/proc/self/ns/net") if a and m1_pid else None
+    m1_pid, m2_pid = running_pid(owned(client, M1)), running_pid(owned(client, M2))
+    m1 = _child_of(m1_pid, a["index"], HOST_NETNS) if a and m1_pid else None
     m2 = _child_of(m2_pid, b["index"], HOSTB_NETNS_PATH) if b and m2_pid else None
     if m1_pid and m1 is None:
         missing.append(f"{M1}'s macvlan on {SEGMENT_A}")
@@ -187,7 +169,7 @@ def survey(client: Any) -> tuple[list[str], list[str]]:
         ("host A", "host", SEGMENT_A if a else "missing", cidrs(a), f"veth to {SEGMENT_B}"),
         (
             "host B",
-            HOSTB_NETNS_PATH if _hostb_usable() else "missing",
+            HOSTB_NETNS_PATH if hostb_usable else "missing",
             SEGMENT_B if b else "missing",
             cidrs(b),
             f"veth to {SEGMENT_A}",
@@ -207,32 +189,22 @@ def survey(client: Any) -> tuple[list[str], list[str]]:
             f"macvlan on {HOSTB_NETNS}/{SEGMENT_B} (moved in by flowtrace)",
         ),
     ]
-    return _table(("MACVLAN", "NETNS", "INTERFACE", "ADDRESS", "LINK"), rows), missing
+    return table(("MACVLAN", "NETNS", "INTERFACE", "ADDRESS", "LINK"), rows), missing
 
 
 def conflicts(client: Any) -> list[str]:
     """Names and addresses the scenario needs that something else holds."""
-    from flowtrace.lab import (
-        LAB_LABEL,
-        LAB_LABEL_VALUE,
-        _get_network,
-        _host_destinations,
-        _is_lab_labelled,
-        destinations_inside,
-        host_range_conflicts,
-    )
-
     found: list[str] = []
-    if _hostb_is_the_host():
+    if names_the_host(HOSTB_NETNS_PATH):
         found.append(
             f"{HOSTB_NETNS_PATH} names this host's own namespace, not a separate one: "
             f"remove it with `ip netns delete {HOSTB_NETNS}`"
         )
-    a = _facts(SEGMENT_A)
+    a = link_facts_here(SEGMENT_A)
     if a is not None and a["alias"] != SEGMENT_ALIAS:
         found.append(f"a link named {SEGMENT_A} exists and is not the lab's: delete it")
-    network = _get_network(client, NETWORK)
-    if network is not None and not _is_lab_labelled(network.attrs.get("Labels")):
+    network = get_network(client, NETWORK)
+    if network is not None and not is_lab_labelled(network.attrs.get("Labels")):
         found.append(
             f"a Docker network named {NETWORK} exists and is not the lab's "
             f"(no label {LAB_LABEL}={LAB_LABEL_VALUE}): rename or remove it"
@@ -244,7 +216,7 @@ def conflicts(client: Any) -> list[str]:
     found += [
         f"{SUBNET} holds an address this host talks to, {use}: the scenario's segment "
         "would cut it off"
-        for use in destinations_inside(SUBNET, _host_destinations())
+        for use in destinations_inside(SUBNET, host_destinations())
     ]
     return found
 
@@ -255,17 +227,15 @@ def conflicts(client: Any) -> list[str]:
 def _configure_b(host_inode: int) -> list[str]:
     from pyroute2 import IPRoute
 
-    from flowtrace.lab import LabConflictError, _disable_ipv6, _link_facts
-
-    if netns_inode("/proc/thread-self/ns/net") == host_inode:
+    if thread_is_in(host_inode):
         raise LabConflictError(f"{HOSTB_NETNS_PATH} turned out to be this host's namespace")
     made: list[str] = []
     with IPRoute() as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        facts = _link_facts(ipr, SEGMENT_B)
+        facts = link_facts(ipr, SEGMENT_B)
         if facts is None or facts["kind"] != "veth":
             raise FlowtraceError(f"{HOSTB_NETNS} has no veth {SEGMENT_B} after creating it")
-        _disable_ipv6(SEGMENT_B)
+        disable_ipv6(SEGMENT_B)
         cidr = f"{HOST_B_IP}/{PREFIXLEN}"
         if cidr not in facts["addresses"]:
             ipr.addr("add", index=facts["index"], address=HOST_B_IP, prefixlen=PREFIXLEN)
@@ -285,16 +255,9 @@ def _delete_b_link() -> None:
 
 
 def _ensure_segment() -> list[str]:
-    from pyroute2 import IPRoute, netns
+    from pyroute2 import IPRoute
 
-    from flowtrace.lab import _disable_ipv6
-
-    changes: list[str] = []
-    if not _hostb_usable():
-        if os.path.exists(HOSTB_NETNS_PATH):
-            os.unlink(HOSTB_NETNS_PATH)  # a stale file, not a namespace
-        netns.create(HOSTB_NETNS)
-        changes.append(f"created namespace {HOSTB_NETNS} ({HOSTB_NETNS_PATH})")
+    changes = ensure_netns(HOSTB_NETNS, HOSTB_NETNS_PATH)
     a, b = _segment()
     with IPRoute() as ipr:
         if not _paired(a, b):
@@ -302,37 +265,18 @@ def _ensure_segment() -> list[str]:
                 ipr.link("del", index=a["index"])
             if b is not None:
                 run_in_netns(HOSTB_NETNS_PATH, _delete_b_link)
-            ipr.link(
-                "add",
-                ifname=SEGMENT_A,
-                kind="veth",
-                peer={"ifname": SEGMENT_B, "net_ns_fd": HOSTB_NETNS},
-            )
-            changes.append(f"created veth {SEGMENT_A} <-> {HOSTB_NETNS}/{SEGMENT_B}")
-        index = ipr.link_lookup(ifname=SEGMENT_A)[0]
-        ipr.link("set", index=index, ifalias=SEGMENT_ALIAS)
-        _disable_ipv6(SEGMENT_A)
-        facts = _facts(SEGMENT_A)
-        if facts is None:
-            raise FlowtraceError(f"{SEGMENT_A} vanished while scenario macvlan was being built")
-        cidr = f"{HOST_A_IP}/{PREFIXLEN}"
-        if cidr not in facts["addresses"]:
-            ipr.addr("add", index=index, address=HOST_A_IP, prefixlen=PREFIXLEN)
-            changes.append(f"address {cidr} on {SEGMENT_A}")
-        if not facts["up"]:
-            ipr.link("set", index=index, state="up")
-            changes.append(f"{SEGMENT_A} up")
-    changes += run_in_netns(HOSTB_NETNS_PATH, _configure_b, netns_inode("/proc/self/ns/net"))
+            changes += add_veth_into(ipr, SEGMENT_A, HOSTB_NETNS, SEGMENT_B)
+        changes += configure_here(
+            ipr, SEGMENT_A, SEGMENT_ALIAS, HOST_A_IP, PREFIXLEN, "scenario macvlan"
+        )
+    changes += run_in_netns(HOSTB_NETNS_PATH, _configure_b, netns_inode(HOST_NETNS))
     return changes
 
 
 def _ensure_network(client: Any) -> list[str]:
     from docker.types import IPAMConfig, IPAMPool
 
-    from flowtrace.lab import LAB_LABEL, LAB_LABEL_VALUE, _get_network
-    from flowtrace.scenarios import SCENARIO_LABEL
-
-    if _get_network(client, NETWORK) is not None:
+    if get_network(client, NETWORK) is not None:
         return []
     pool = IPAMPool(
         subnet=SUBNET,
@@ -345,7 +289,7 @@ def _ensure_network(client: Any) -> list[str]:
         options={"parent": SEGMENT_A, "macvlan_mode": "bridge"},
         ipam=IPAMConfig(pool_configs=[pool]),
         internal=True,
-        labels={LAB_LABEL: LAB_LABEL_VALUE, SCENARIO_LABEL: "macvlan"},
+        labels={LAB_LABEL: LAB_LABEL_VALUE, SCENARIO_LABEL: SCENARIO},
         check_duplicate=True,
     )
     return [f"created network {NETWORK} (macvlan, parent {SEGMENT_A}, {SUBNET})"]
@@ -377,13 +321,11 @@ def _add_child(pid: int) -> None:
 def _configure_child() -> None:
     from pyroute2 import IPRoute
 
-    from flowtrace.lab import _disable_ipv6, _link_facts
-
     with IPRoute() as ipr:
-        facts = _link_facts(ipr, CHILD_IFNAME)
+        facts = link_facts(ipr, CHILD_IFNAME)
         if facts is None:
             raise FlowtraceError(f"{M2} has no {CHILD_IFNAME} after moving it in")
-        _disable_ipv6(CHILD_IFNAME)
+        disable_ipv6(CHILD_IFNAME)
         if f"{M2_IP}/{PREFIXLEN}" not in facts["addresses"]:
             ipr.addr("add", index=facts["index"], address=M2_IP, prefixlen=PREFIXLEN)
         ipr.link("set", index=facts["index"], state="up")
@@ -400,16 +342,16 @@ def _remove_child() -> None:
 def attach(client: Any) -> list[str]:
     """After the containers: m1's macvlan is there (restart m1 if not), m2 gets its eth0."""
     changes: list[str] = []
-    b = run_in_netns(HOSTB_NETNS_PATH, _facts, SEGMENT_B)
-    a = _facts(SEGMENT_A)
+    b = run_in_netns(HOSTB_NETNS_PATH, link_facts_here, SEGMENT_B)
+    a = link_facts_here(SEGMENT_A)
     if a is None or b is None:
         raise FlowtraceError(f"the segment {SEGMENT_A} <-> {SEGMENT_B} vanished while building")
-    m1 = _container(client, M1)
-    if m1 is not None and _pid(m1) and _child_of(_pid(m1), a["index"], "/proc/self/ns/net") is None:
+    m1 = owned(client, M1)
+    m1_pid = running_pid(m1)
+    if m1 is not None and m1_pid and _child_of(m1_pid, a["index"], HOST_NETNS) is None:
         m1.restart(timeout=0)  # Docker makes its macvlan again, on the new ft-l2a
         changes.append(f"restarted container {M1} (its macvlan on {SEGMENT_A} was gone)")
-    m2 = _container(client, M2)
-    pid = _pid(m2)
+    pid = running_pid(owned(client, M2))
     if not pid:
         return changes
     child = _child_of(pid, b["index"], HOSTB_NETNS_PATH)
@@ -436,23 +378,21 @@ def remove(client: Any) -> tuple[list[str], list[str]]:
     from docker.errors import APIError
     from pyroute2 import IPRoute, netns
 
-    from flowtrace.lab import _get_network, _is_lab_labelled, _short
-
     removed: list[str] = []
     kept: list[str] = []
-    network = _get_network(client, NETWORK)
-    if network is not None and _is_lab_labelled(network.attrs.get("Labels")):
+    network = get_network(client, NETWORK)
+    if network is not None and is_lab_labelled(network.attrs.get("Labels")):
         try:
             network.remove()
             removed.append(f"network {NETWORK}")
         except APIError as exc:
-            kept.append(f"network {NETWORK} ({_short(exc)})")
-    a = _facts(SEGMENT_A)
+            kept.append(f"network {NETWORK} ({short(exc)})")
+    a = link_facts_here(SEGMENT_A)
     if a is not None and a["alias"] == SEGMENT_ALIAS:
         with IPRoute() as ipr, _kernel_refusal(f"delete {SEGMENT_A}"):
             ipr.link("del", index=a["index"])
         removed.append(f"veth {SEGMENT_A} <-> {HOSTB_NETNS}/{SEGMENT_B}")
-    if os.path.exists(HOSTB_NETNS_PATH) and not _hostb_is_the_host():
+    if os.path.exists(HOSTB_NETNS_PATH) and not names_the_host(HOSTB_NETNS_PATH):
         netns.remove(HOSTB_NETNS)
         removed.append(f"namespace {HOSTB_NETNS}")
     return removed, kept

@@ -19,7 +19,7 @@ from flowtrace.model import Trace
 from flowtrace.output.frames import nat_hop_index
 from flowtrace.output.plot import hop_latency, hop_timeline, packet_kind
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "captures" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "captures" / "examples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -32,13 +32,14 @@ from flowtrace.output.frames import hops_dataframe
 from flowtrace.output.plot import (
     NOTHING_TO_PLOT,
     TraceFigure,
-    _spread,
     hop_latency,
     hop_timeline,
     render,
 )
+from flowtrace.output.plot.timeline import _spread
 
-HERE = Path(__file__).parent
+#: tests/unit, where sample_traces.py lives.
+UNIT_TESTS = Path(__file__).parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -299,7 +300,7 @@ def test_render_refuses_bad_requests_without_writing(tmp_path: Path) -> None:
 def test_plotting_never_imports_pyplot() -> None:
     code = (
         "import sys\n"
-        f"sys.path.insert(0, {str(HERE)!r})\n"
+        f"sys.path.insert(0, {str(UNIT_TESTS)!r})\n"
         "import tempfile, pathlib\n"
         "from sample_traces import snat_walk\n"
         "from flowtrace.output.plot import render\n"

@@ -1,26 +1,24 @@
-"""The scenario table: consistent with the base lab, and every scenario buildable."""
+"""The scenario catalog: names apart from the base lab's, owners before sharers, how to
+trace each, the -p syntax, digests, and the macvlan scenario's parts."""
 
 from __future__ import annotations
 
 import pytest
 
-from flowtrace import lab, scenarios
+import flowtrace.lab.catalog as catalog
+import flowtrace.lab.macvlan as macvlan
 from flowtrace.errors import ExitStatus, FlowtraceError
-
-
-def test_network_names_are_the_labs() -> None:
-    assert scenarios.DEFAULT_NETWORK == lab.DEFAULT_NETWORK
-    assert scenarios.LAB_NETWORK == lab.LAB_NETWORK
+from flowtrace.lab.base import CONTAINER_NAMES, UPLINK_IP, WEB_ROOT
 
 
 def test_member_names_are_unique_and_not_the_base_labs() -> None:
-    names = [m.name for s in scenarios.SCENARIOS.values() for m in s.members]
+    names = [m.name for s in catalog.SCENARIOS.values() for m in s.members]
     assert len(names) == len(set(names))
-    assert not set(names) & set(lab.CONTAINER_NAMES)
+    assert not set(names) & set(CONTAINER_NAMES)
 
 
 def test_an_owner_is_made_before_the_container_that_shares_its_namespace() -> None:
-    for scenario in scenarios.SCENARIOS.values():
+    for scenario in catalog.SCENARIOS.values():
         made: list[str] = []
         for member in scenario.members:
             assert member.owner is None or member.owner in made, (scenario.name, member.name)
@@ -28,22 +26,22 @@ def test_an_owner_is_made_before_the_container_that_shares_its_namespace() -> No
 
 
 def test_every_scenario_says_how_to_trace_it() -> None:
-    for scenario in scenarios.SCENARIOS.values():
+    for scenario in catalog.SCENARIOS.values():
         assert scenario.commands and all(
             c.startswith(("flowtrace ", "docker ")) for c in scenario.commands
         )
 
 
 def test_digest_follows_the_settings() -> None:
-    plain = scenarios.Member("x")
-    assert plain.digest("img:1") == scenarios.Member("x").digest("img:1")
-    assert plain.digest("img:1") != scenarios.Member("x", joins=("ftlab",)).digest("img:1")
+    plain = catalog.Member("x")
+    assert plain.digest("img:1") == catalog.Member("x").digest("img:1")
+    assert plain.digest("img:1") != catalog.Member("x", joins=("ftlab",)).digest("img:1")
     assert plain.digest("img:1") != plain.digest("img:2")
 
 
 def test_unknown_scenario_is_a_usage_error() -> None:
     with pytest.raises(FlowtraceError, match="choose one of none, host") as caught:
-        scenarios.get("bogus")
+        catalog.get("bogus")
     assert caught.value.status == ExitStatus.USAGE
 
 
@@ -57,33 +55,32 @@ def test_unknown_scenario_is_a_usage_error() -> None:
     ],
 )
 def test_publish_in_docker_run_syntax(spec: str, expected: tuple[object, object]) -> None:
-    assert scenarios.parse_publish(spec) == expected
+    assert catalog.parse_publish(spec) == expected
 
 
 @pytest.mark.parametrize("spec", ["", "x", "0", "70000:80", "1:2:3:4", "127.0.0.1:x:80"])
 def test_bad_publish_specs_are_refused(spec: str) -> None:
     with pytest.raises(ValueError, match="-p"):
-        scenarios.parse_publish(spec)
+        catalog.parse_publish(spec)
 
 
 def test_port_options_are_the_docker_sdks() -> None:
-    member = scenarios.Member("m", publish=("80", "127.0.0.1::81", "9999:82"))
+    member = catalog.Member("m", publish=("80", "127.0.0.1::81", "9999:82"))
     assert member.port_options() == {
         "ports": {"80/tcp": [None], "81/tcp": [("127.0.0.1", None)], "82/tcp": [9999]}
     }
-    exposed = scenarios.Member("m", expose=(80,), publish_all=True).port_options()
+    exposed = catalog.Member("m", expose=(80,), publish_all=True).port_options()
     assert exposed == {"ports": {"80/tcp": []}, "publish_all_ports": True}
-    assert scenarios.Member("m").port_options() == {}
+    assert catalog.Member("m").port_options() == {}
 
 
 def test_ports_scenario_has_one_container_per_form() -> None:
-    members = {m.name: m for m in scenarios.get("ports").members}
+    members = {m.name: m for m in catalog.get("ports").members}
     assert members["pub-random"].publish == ("80",)
     assert members["pub-loopback"].publish == ("127.0.0.1::80",)
-    assert members["pub-9999"].publish == (f"{lab.UPLINK_IP}:9999:80",)
+    assert members["pub-9999"].publish == (f"{UPLINK_IP}:9999:80",)
     assert members["pub-all"].publish_all and members["pub-all"].expose == (80,)
-    assert scenarios.UPLINK_IP == lab.UPLINK_IP and scenarios.WEB == lab.WEB_CONTAINER
-    assert all(m.command[0] == "httpd" and lab.WEB_ROOT in m.command for m in members.values())
+    assert all(m.command[0] == "httpd" and WEB_ROOT in m.command for m in members.values())
 
 
 def test_older_members_keep_their_digest() -> None:
@@ -92,12 +89,16 @@ def test_older_members_keep_their_digest() -> None:
     import json
 
     text = json.dumps(["img:1", "bridge", "bridge", []])
-    assert scenarios.Member("x").digest("img:1") == hashlib.sha256(text.encode()).hexdigest()[:12]
-    assert scenarios.Member("x", publish=("80",)).digest("img:1") != scenarios.Member("x").digest(
+    assert catalog.Member("x").digest("img:1") == hashlib.sha256(text.encode()).hexdigest()[:12]
+    assert catalog.Member("x", publish=("80",)).digest("img:1") != catalog.Member("x").digest(
         "img:1"
     )
 
 
-def test_bindings_read_as_docker_prints_them() -> None:
-    assert scenarios.split_binding("0.0.0.0:49153->80/tcp") == ("0.0.0.0", 49153, "80/tcp")
-    assert scenarios.split_binding("[::]:8080->80/tcp") == ("::", 8080, "80/tcp")
+def test_the_scenario_names_its_parts_and_m1_is_on_their_network() -> None:
+    scenario = catalog.get("macvlan")
+    assert scenario.parts is macvlan
+    assert catalog.get("none").parts is None
+    m1, m2 = scenario.members
+    assert (m1.name, m1.mode, m1.network) == (macvlan.M1, "bridge", macvlan.NETWORK)
+    assert (m2.name, m2.mode) == (macvlan.M2, "none")

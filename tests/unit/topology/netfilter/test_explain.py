@@ -1,4 +1,4 @@
-"""The iptables-save parser and rule attribution, on rulesets recorded from Docker 20.10 here.
+"""NAT and drop attribution, on rulesets recorded from Docker 20.10 here and handwritten ones.
 
 tests/data/iptables-save-docker-default.txt: `iptables-save` with only the default bridge.
 tests/data/iptables-save-docker-published.txt: plus a user network (br-ad42cc5d303a,
@@ -10,23 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from flowtrace.errors import MissingToolError
 from flowtrace.model import Address, NatEvent
-from flowtrace.topology.nat_rules import (
-    PacketView,
-    RulesetFormatError,
-    attribute,
-    explains,
-    find_drop_rule,
-    parse_iptables_save,
-    parse_rule,
-    read_ruleset,
-    rule_matches,
-)
+from flowtrace.topology.netfilter.explain import attribute, explains, find_drop_rule
+from flowtrace.topology.netfilter.iptables_save import parse_iptables_save
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).resolve().parents[3] / "data"
 DEFAULT = parse_iptables_save((DATA / "iptables-save-docker-default.txt").read_text())
 PUBLISHED = parse_iptables_save((DATA / "iptables-save-docker-published.txt").read_text())
 USER_BRIDGE = "br-ad42cc5d303a"
@@ -44,75 +32,6 @@ def snat(before: Address, after: Address) -> NatEvent:
 
 def dnat(before: Address, after: Address) -> NatEvent:
     return NatEvent("DNAT", ("host/eth0", "host/docker0"), before, after)
-
-
-# --- parsing ------------------------------------------------------------------------------
-
-
-def test_recorded_default_ruleset_tables_chains_and_policies() -> None:
-    assert set(DEFAULT.tables) == {"filter", "nat"}
-    nat = DEFAULT.nat.chains
-    assert list(nat) == ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "DOCKER"]
-    assert nat["PREROUTING"].policy == "ACCEPT" and nat["DOCKER"].policy is None
-    assert DEFAULT.filter.chains["FORWARD"].policy == "DROP"
-    assert [r.text for r in DEFAULT.rules("nat")] == [
-        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
-        "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER",
-        MASQUERADE_DEFAULT,
-        "-A DOCKER -i docker0 -j RETURN",
-    ]
-    assert len(DEFAULT.rules("filter")) == 11
-
-
-def test_matches_and_targets_are_parsed() -> None:
-    masquerade = DEFAULT.nat.chains["POSTROUTING"].rules[0]
-    assert masquerade.target == "MASQUERADE"
-    assert [(c.kind, c.negated, c.text) for c in masquerade.criteria] == [
-        ("source", False, "-s 172.17.0.0/16"),
-        ("out", True, "! -o docker0"),
-    ]
-    publish = PUBLISHED.nat.chains["DOCKER"].rules[2]
-    assert publish.text == PUBLISH_8080
-    assert publish.option("--to-destination") == "172.17.0.2:80"
-    assert [(c.kind, c.negated) for c in publish.criteria] == [
-        ("in", True),
-        ("proto", False),
-        ("dport", False),
-    ]
-    local = DEFAULT.nat.chains["OUTPUT"].rules[0]
-    assert [(c.kind, c.negated, c.names) for c in local.criteria][1] == (
-        "dst-type",
-        False,
-        ("LOCAL",),
-    )
-    established = DEFAULT.filter.chains["FORWARD"].rules[2]
-    assert established.criteria[1].kind == "ctstate"
-    assert established.criteria[1].names == ("RELATED", "ESTABLISHED")
-
-
-def test_comments_counters_multiport_and_unknown_matches() -> None:
-    rule = parse_rule(
-        "[12:3456] -A PREROUTING -i eth0 -p tcp -m multiport --dports 80,443,8000:8100 "
-        '-m mark ! --mark 0x1 -m comment --comment "web: to the lb" -j DNAT '
-        "--to-destination 10.0.0.5-10.0.0.7"
-    )
-    assert rule.chain == "PREROUTING" and rule.comment == "web: to the lb"
-    assert rule.text.startswith("-A PREROUTING -i eth0")
-    kinds = [(c.kind, c.negated) for c in rule.criteria]
-    assert kinds == [("in", False), ("proto", False), ("dport", False), ("unknown", True)]
-    assert rule.criteria[2].ports == ((80, 80), (443, 443), (8000, 8100))
-    assert parse_rule("-A X -p udp --sport 1024: -j RETURN").criteria[1].ports == ((1024, 65535),)
-
-
-def test_malformed_input_is_a_clear_error() -> None:
-    with pytest.raises(RulesetFormatError, match="outside a table"):
-        parse_iptables_save("-A POSTROUTING -j MASQUERADE\n")
-    with pytest.raises(RulesetFormatError, match="cannot read"):
-        parse_iptables_save("*nat\n:POSTROUTING ACCEPT [0:0]\nbogus line\nCOMMIT\n")
-    with pytest.raises(RulesetFormatError):
-        parse_rule('-A X -m comment --comment "unterminated')
-    assert parse_iptables_save("").tables == {}
-    assert parse_iptables_save("").nat.chains == {}
 
 
 # --- NAT attribution ----------------------------------------------------------------------
@@ -270,16 +189,6 @@ def test_explains_compares_kinds_and_values() -> None:
     assert not explains(rule, dnat(good.before, Address("172.17.0.2", 81)))
 
 
-def test_rule_matching_is_three_valued() -> None:
-    rule = parse_rule("-A X -s 10.0.0.0/8 ! -i docker0 -p tcp --dport 80 -m set --match-set a src")
-    assert rule_matches(rule, PacketView(6, "10.1.2.3", None, 1, 80, "eth0")) is None
-    assert rule_matches(rule, PacketView(6, "11.1.2.3", None, 1, 80, "eth0")) is False
-    assert rule_matches(rule, PacketView(6, "10.1.2.3", None, 1, 80, "docker0")) is False
-    wildcard = parse_rule("-A X -i veth+ -j ACCEPT")
-    assert rule_matches(wildcard, PacketView(6, in_iface="veth1a2b")) is True
-    assert rule_matches(wildcard, PacketView(6, in_iface=None)) is False
-
-
 # --- drop attribution ---------------------------------------------------------------------
 
 
@@ -328,11 +237,3 @@ def test_input_and_output_chains_and_reject() -> None:
     assert (
         find_drop_rule(ruleset, "tcp", "203.0.113.2", "198.51.100.1", 1, 23, "eth0", None) is None
     )
-
-
-def test_missing_iptables_save_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without iptables-save
-    with pytest.raises(MissingToolError, match="iptables-save is not installed"):
-        read_ruleset("/proc/self/ns/net")
