@@ -9,7 +9,7 @@ SETUP_LOG=/var/log/flowtrace-setup.log
 DOCKERD_LOG=/var/log/flowtrace-dockerd.log
 DOCKER_SOCKET=/var/run/docker.sock
 DOCKERD_WAIT_S="${FLOWTRACE_DOCKERD_WAIT:-90}"
-PACKAGES=(docker.io busybox-static iproute2 iptables tcpdump tshark libpcap0.8 conntrack procps)
+PACKAGES=(docker.io busybox-static iproute2 iptables nftables tcpdump tshark libpcap0.8 conntrack procps)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() {

@@ -33,7 +33,7 @@ from flowtrace.model import Namespace, Packet, Point, Sighting, Verdict
 from flowtrace.run.loop import Step
 from flowtrace.run.tracefs import DropWatch
 from flowtrace.topology import kernel_report
-from flowtrace.topology.kfree import drops_in_windows
+from flowtrace.topology.kfree import drops_in_windows, flight_windows
 from flowtrace.topology.nftrace import (
     TraceMatch,
     hook_visits,
@@ -316,7 +316,13 @@ class KernelWord:
         found = kernel_report.checks(verdicts, packets, points, traced)
         drops = None
         if self.kfree is not None:
-            drops = drops_in_windows(self.kfree, self.sent_ns, self.closed_ns)
+            last: dict[int, int] = {}
+            for packet in traced:
+                if packet.probe is not None and packet.visits:
+                    end = max(v.time_ns for v in packet.visits)
+                    last[packet.probe] = max(end, last.get(packet.probe, end))
+            windows = flight_windows(self.sent_ns, last, self.closed_ns)
+            drops = drops_in_windows(self.kfree, windows)
         tables = [
             {
                 "netns": t.netns.label,

@@ -8,14 +8,14 @@ namespace it is not said at all: a reason seen while a probe was out is matched 
 time and protocol only, never by the packet's contents.
 
 flowtrace reads them from a tracefs instance of its own (run.tracefs) whose clock is
-CLOCK_MONOTONIC ("mono"), the clock of time.monotonic_ns(), so the probes' send times
-bound each one's window.
+CLOCK_MONOTONIC ("mono"), the clock of time.monotonic_ns(), so a probe's flight is
+bounded by its sending and the last trace event of its packets.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: The instance flowtrace makes for a run is named INSTANCE_PREFIX + its pid.
@@ -82,18 +82,35 @@ class ProbeDrop:
     event: KfreeEvent
 
 
+#: A probe's flight ends this long after the kernel last traced one of its packets: a
+#: drop follows the last hook it met within microseconds; the window is kept short so
+#: that a busy host's other drops stay out of it.
+FLIGHT_SLACK_NS = 20_000_000
+
+
+def flight_windows(
+    sent_ns: Sequence[int], last_traced_ns: Mapping[int, int], end_ns: int
+) -> list[tuple[int, int]]:
+    """Each probe's flight, in CLOCK_MONOTONIC ns: from its sending to FLIGHT_SLACK_NS
+    after the last trace event of its packets (or after its sending, if none was
+    traced), and never past the next probe's sending or `end_ns`."""
+    windows = []
+    for probe, start in enumerate(sent_ns):
+        stop = sent_ns[probe + 1] if probe + 1 < len(sent_ns) else end_ns
+        last = max(start, last_traced_ns.get(probe, start))
+        windows.append((start, min(stop, last + FLIGHT_SLACK_NS)))
+    return windows
+
+
 def drops_in_windows(
-    events: Iterable[KfreeEvent], sent_ns: Sequence[int], end_ns: int
+    events: Iterable[KfreeEvent], windows: Sequence[tuple[int, int]]
 ) -> list[ProbeDrop]:
-    """Each IPv4 drop between a probe's sending and the next probe's (the last probe's
-    window ends at `end_ns`), with the probe it falls to."""
+    """Each IPv4 drop inside a probe's flight window, with the probe it falls to."""
     found = []
     for ev in sorted(events, key=lambda e: e.time_ns):
         if ev.protocol != ETH_P_IP:
             continue
-        for probe in range(len(sent_ns) - 1, -1, -1):
-            start = sent_ns[probe]
-            stop = sent_ns[probe + 1] if probe + 1 < len(sent_ns) else end_ns
+        for probe, (start, stop) in enumerate(windows):
             if start <= ev.time_ns < stop:
                 found.append(ProbeDrop(probe, ev.time_ns - start, ev))
                 break

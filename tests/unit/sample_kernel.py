@@ -10,7 +10,13 @@ from typing import Any
 
 from flowtrace.model import Address, Namespace, NatEvent, Packet, Point, Verdict
 from flowtrace.topology.kernel_report import KernelPacket, ProbeKeys, checks, kernel_packets
-from flowtrace.topology.kfree import KfreeEvent, parse_trace
+from flowtrace.topology.kfree import (
+    KfreeEvent,
+    ProbeDrop,
+    drops_in_windows,
+    flight_windows,
+    parse_trace,
+)
 from flowtrace.topology.nftrace import HookVisit, TraceMatch, hook_visits, parse_event
 from flowtrace.topology.nftrules import RuleBook
 
@@ -37,6 +43,16 @@ class Replay:
 
     def checks(self) -> list[dict[str, Any]]:
         return checks(self.verdicts, self.model_packets, self.points, self.packets)
+
+    def drops(self) -> list[ProbeDrop]:
+        """The drops in each probe's flight, as the run windows them."""
+        last: dict[int, int] = {}
+        for packet in self.packets:
+            if packet.probe is not None and packet.visits:
+                end = max(v.time_ns for v in packet.visits)
+                last[packet.probe] = max(end, last.get(packet.probe, end))
+        windows = flight_windows(self.record["sent_ns"], last, self.record["closed_ns"])
+        return drops_in_windows(self.kfree, windows)
 
 
 def record(name: str) -> dict[str, Any]:

@@ -6,8 +6,10 @@ from sample_kernel import record
 
 from flowtrace.topology.kfree import (
     ETH_P_IP,
+    FLIGHT_SLACK_NS,
     KfreeEvent,
     drops_in_windows,
+    flight_windows,
     parse_kfree,
     parse_trace,
     reason_words,
@@ -36,8 +38,19 @@ def test_drops_fall_to_the_probe_that_was_out() -> None:
     def ev(t: int, protocol: int = ETH_P_IP) -> KfreeEvent:
         return KfreeEvent(t, "NETFILTER_DROP", "x", protocol, "t-1", 0)
 
-    drops = drops_in_windows([ev(5), ev(15), ev(25), ev(12, 0x86DD), ev(1)], [10, 20], 30)
+    drops = drops_in_windows([ev(5), ev(15), ev(25), ev(12, 0x86DD), ev(1)], [(10, 20), (20, 30)])
     assert [(d.probe, d.after_ns) for d in drops] == [(0, 5), (1, 5)]
+
+
+def test_a_flight_ends_soon_after_the_kernel_last_traced_the_probe() -> None:
+    ms = 1_000_000
+    windows = flight_windows([0, 100 * ms, 200 * ms], {0: 3 * ms, 2: 250 * ms}, 10_000 * ms)
+    assert windows == [
+        (0, 3 * ms + FLIGHT_SLACK_NS),
+        (100 * ms, 100 * ms + FLIGHT_SLACK_NS),  # nothing traced: from its sending
+        (200 * ms, 250 * ms + FLIGHT_SLACK_NS),
+    ]
+    assert flight_windows([0, 5 * ms], {0: 50 * ms}, 99 * ms)[0] == (0, 5 * ms)  # next probe
 
 
 def test_every_recorded_run_parses_and_reasons_read_as_words() -> None:
