@@ -186,11 +186,13 @@ def test_without_the_option_nothing_changes_and_with_it_everything_is_put_back(
     assert_nothing_left()
 
 
-def test_a_rule_drop_is_the_kernels_own_and_agrees_with_the_verdict(routed: Routed) -> None:
+def test_a_rule_drop_is_the_kernels_own_and_agrees_with_the_verdict(
+    routed: Routed, tmp_path: Path
+) -> None:
     before = routed.rulesets()
     result = run_cli(
         "udp", f"netns:{routed.s}", f"netns:{routed.d}:{DROPPED_PORT}",
-        "--no-record", "--rules", "kernel", "--timeout", "0.5", "--json",
+        "-o", str(tmp_path / "set"), "--rules", "kernel", "--timeout", "0.5", "--json",
     )  # fmt: skip
     assert result.returncode == ExitStatus.NO_REPLY, result.stderr
     doc = json.loads(result.stdout)
@@ -203,6 +205,7 @@ def test_a_rule_drop_is_the_kernels_own_and_agrees_with_the_verdict(routed: Rout
     (check,) = kernel["checks"]
     assert check["agree"] is True and check["kernel"] == rule
     assert "NETFILTER_DROP" in {d["reason"] for d in kernel["drops"]}
+    assert api.load(tmp_path / "set").meta["kernel"] == kernel  # the manifest keeps it
     assert routed.rulesets() == before
 
 
