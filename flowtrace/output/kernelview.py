@@ -95,8 +95,8 @@ def hook_lines(hook: Mapping[str, Any]) -> list[Line]:
     if skipped:
         names = ", ".join(skipped)
         skipped_line: Line = (
-            f"    {names}: not evaluated (conntrack handles a flow's later packets, "
-            "nat chains see only its first)",
+            f"    {names}: not evaluated (nat chains see a connection's first packet, once; "
+            "conntrack applies their decision to the rest)",
             "dim",
         )
     if not chains:
