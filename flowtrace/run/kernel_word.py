@@ -31,7 +31,7 @@ from typing import Any
 from flowtrace.errors import FlowtraceError, MissingToolError
 from flowtrace.model import Namespace, Packet, Point, Sighting, Verdict
 from flowtrace.run.loop import Step
-from flowtrace.run.tracefs import DropWatch
+from flowtrace.run.tracefs import KEEP_PER_PROBE, DropWatch
 from flowtrace.topology import kernel_report
 from flowtrace.topology.kfree import drops_in_windows, flight_windows
 from flowtrace.topology.nftrace import (
@@ -110,8 +110,8 @@ class KernelWord:
         self.path_netns = list(path_netns)
         self.table = table_name(os.getpid())
         self.tracers: list[_Tracer] = []
-        self.drops = DropWatch()
         self.sent_ns: list[int] = []
+        self.drops = DropWatch(self.sent_ns)
         self.kfree: list[Any] | None = None
         self.closed_ns = 0
         self._held = False
@@ -151,6 +151,8 @@ class KernelWord:
                 self._install(tracer)
             except OSError as exc:
                 tracer.problem = f"cannot enter {ns.label}'s namespace: {exc.strerror or exc}"
+            except subprocess.SubprocessError as exc:
+                tracer.problem = f"nft did not answer in {ns.label}: {exc}"
         deadline = time.monotonic() + READY_TIMEOUT_S
         for tracer in self.tracers:
             if tracer.problem is None:
@@ -177,9 +179,11 @@ class KernelWord:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=tracer.stderr,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             pass_fds=(tracer.fd,),
             env={**os.environ, OWNER_ENV: str(os.getpid())},
+            start_new_session=True,  # a terminal's Ctrl-C is flowtrace's to handle
         )
         assert tracer.process.stdin is not None
         tracer.process.stdin.write("\n".join(commands) + "\n")
@@ -289,7 +293,8 @@ class KernelWord:
         return subprocess.run(
             [str(shutil.which("nsenter")), tracer.ns_arg, program, *argv[1:]],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=30,
             check=False,
             pass_fds=(tracer.fd,) if tracer.fd is not None else (),
@@ -338,6 +343,11 @@ class KernelWord:
             "tracing cannot see their rules"
             for t in self.tracers
             if t.legacy
+        ]
+        notes += [
+            f"{more} more drops were reported while probe {probe + 1} was out than flowtrace "
+            f"keeps ({KEEP_PER_PROBE}, the earliest after its sending)"
+            for probe, more in sorted(self.drops.not_kept.items())
         ]
         tracefs = self.drops.problem or f"instance {self.drops.name} (skb:kfree_skb)"
         subject = "lookup" if self.match.kind == "socket" else "probe"

@@ -4,10 +4,14 @@ An instance (`instances/flowtrace-<pid>`) has its own buffer, clock and enabled 
 so the system's own tracing (the top-level buffer, other instances) is not touched.
 tracefs need not be mounted on the host: a small shell "holder" runs in a private mount
 namespace (`unshare --mount`), mounts tracefs there, makes the instance, says `ready`,
-and waits on its stdin.  When flowtrace writes a line or goes away (the pipe closes,
-however flowtrace ended), the holder prints the instance's trace, disables the event,
-removes the instance and exits; its mount goes with its namespace.  It also removes the
-instances of flowtrace processes that no longer run (a holder killed outright).
+then streams the instance's `trace_pipe` to flowtrace while it waits on its stdin.
+When flowtrace writes a line or goes away (the pipe closes, however flowtrace ended),
+the holder disables the event, removes the instance and exits; its mount goes with its
+namespace.  It also removes the instances of flowtrace processes that no longer run.
+
+The events are read as they come (a buffer read at the end would have lost a probe's
+drop under a busy host's others), and of each probe's flight only the first
+KEEP_PER_PROBE are kept: a probe's own drop comes within microseconds of its sending.
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ import os
 import select
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Sequence
 
-from flowtrace.topology.kfree import ETH_P_IP, INSTANCE_PREFIX, KfreeEvent, parse_trace
+from flowtrace.topology.kfree import ETH_P_IP, INSTANCE_PREFIX, KfreeEvent, parse_kfree
 
 #: How long the holder may take to mount tracefs and make the instance.
 START_TIMEOUT_S = 3.0
-#: Per-CPU buffer of the instance: ~100 bytes an event, thousands of drops.
-BUFFER_KB = 512
+#: Per-CPU buffer of the instance: ~100 bytes an event.
+BUFFER_KB = 1024
+#: Drops kept per probe, the earliest after its sending.
+KEEP_PER_PROBE = 2000
 
 _HOLDER = r"""
 T=/sys/kernel/tracing
@@ -42,26 +50,39 @@ for old in "$T"/instances/PREFIX*; do
 done
 I="$T/instances/$1"
 mkdir "$I" || exit 2
-trap 'echo 0 > "$I/events/skb/kfree_skb/enable" 2>/dev/null; rmdir "$I" 2>/dev/null' EXIT
+reader=
+trap '[ -n "$reader" ] && kill "$reader" 2>/dev/null
+      echo 0 > "$I/events/skb/kfree_skb/enable" 2>/dev/null; rmdir "$I" 2>/dev/null' EXIT
 trap 'exit 1' TERM INT HUP
 echo mono > "$I/trace_clock" && echo BUFFER > "$I/buffer_size_kb" &&
     echo 'protocol == PROTOCOL' > "$I/events/skb/kfree_skb/filter" &&
     echo 1 > "$I/events/skb/kfree_skb/enable" || exit 2
 echo ready
+cat "$I/trace_pipe" &
+reader=$!
 read -r _
 echo 0 > "$I/events/skb/kfree_skb/enable"
-cat "$I/trace"
+sleep 0.05
 """
 
 
 class DropWatch:
-    """The kernel's drop reasons while a run is out; `problem` says why there are none."""
+    """The kernel's drop reasons while a run is out; `problem` says why there are none.
 
-    def __init__(self, pid: int | None = None) -> None:
+    `sent_ns`: the probes' sending times (CLOCK_MONOTONIC), appended to as they go out.
+    """
+
+    def __init__(self, sent_ns: Sequence[int], pid: int | None = None) -> None:
         self.pid = os.getpid() if pid is None else pid
         self.name = f"{INSTANCE_PREFIX}{self.pid}"
+        self.sent_ns = sent_ns
         self.problem: str | None = None
+        self.events: list[KfreeEvent] = []
+        #: Per probe, the drops seen beyond KEEP_PER_PROBE.
+        self.not_kept: dict[int, int] = {}
+        self._kept: dict[int, int] = {}
         self._holder: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
 
     def start(self) -> None:
         """Make the instance and enable the event; on failure set `problem`, raise nothing."""
@@ -77,26 +98,61 @@ class DropWatch:
         argv = [unshare, "--mount", "--propagation", "private"]
         argv += [sh, "-c", script, "flowtrace-tracefs", self.name, str(self.pid)]
         self._holder = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C is flowtrace's to handle
         )
-        line = self._read_line(START_TIMEOUT_S)
-        if line != b"ready\n":
+        if self._read_line(START_TIMEOUT_S) != b"ready\n":
             self.problem = f"tracefs: {self._finish_with_error()}"
+            return
+        self._reader = threading.Thread(target=self._read, name="tracefs", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._holder is not None and self._holder.stdout is not None
+        for raw in self._holder.stdout:
+            ev = parse_kfree(raw.decode(errors="replace"))
+            if ev is not None:
+                self._keep(ev)
+
+    def _keep(self, ev: KfreeEvent) -> None:
+        """Keep the earliest drops of each probe's flight; before the first, none."""
+        probe = next((p for p in range(len(self.sent_ns) - 1, -1, -1)
+                      if self.sent_ns[p] <= ev.time_ns), None)  # fmt: skip
+        if probe is None:
+            return
+        if self._kept.get(probe, 0) >= KEEP_PER_PROBE:
+            self.not_kept[probe] = self.not_kept.get(probe, 0) + 1
+            return
+        self._kept[probe] = self._kept.get(probe, 0) + 1
+        self.events.append(ev)
 
     def stop(self) -> list[KfreeEvent] | None:
-        """The instance's events (None when it could not be read), the instance removed."""
+        """The drops seen (None when they could not be read), the instance removed."""
         holder, self._holder = self._holder, None
         if holder is None or self.problem is not None:
             return None
+        assert holder.stdin is not None and holder.stderr is not None
+        try:  # the reader thread has the holder's stdout: no communicate() here
+            holder.stdin.write(b"\n")
+            holder.stdin.close()
+        except BrokenPipeError:
+            pass
         try:
-            out, err = holder.communicate(b"\n", timeout=10)
+            holder.wait(timeout=10)
         except subprocess.TimeoutExpired:
             holder.kill()
-            out, err = holder.communicate()
+            holder.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        err = holder.stderr.read()
+        holder.stderr.close()
         if holder.returncode != 0:
             self.problem = f"tracefs: {_last_line(err) or f'holder exited {holder.returncode}'}"
             return None
-        return parse_trace(out.decode(errors="replace"))
+        return list(self.events)
 
     def _read_line(self, timeout: float) -> bytes:
         assert self._holder is not None and self._holder.stdout is not None
