@@ -1,15 +1,16 @@
 """`--rules kernel`: the kernel's own trace of the probes, for the run's duration.
 
-In each namespace on the path flowtrace starts one `nft -a -i` (the host's nft, entering
-only the namespace's network, so a container needs no nft of its own) and feeds it the
-commands that make the tracing table (topology.nftrace) and then `monitor trace`: the
-same process owns the table (`flags owner`) and prints the trace events.  The run's
-barrier waits until every one of them is subscribed to the trace group, so no event of
-a probe can be missed.  When the run ends, however it ends, the process is stopped and
-the kernel deletes the table with the netlink socket that owned it; flowtrace checks the
-table is gone and deletes it itself if not.  A namespace flowtrace traces is held open
-(a file descriptor) until then, so a container dying mid-run cannot take the table
-where flowtrace cannot reach it.  skb:kfree_skb comes from run.tracefs.
+In each namespace on the path flowtrace starts a small shell "holder" that has entered
+only the namespace's network (nsenter --net; it runs the host's nft, so a container
+needs no nft of its own).  The holder removes the tables of flowtrace runs that no
+longer exist, makes the tracing table (topology.nftrace), starts `nft -a monitor trace`
+(which prints the trace events to flowtrace) and waits on its stdin.  The run's barrier
+waits until every monitor is subscribed to the trace group, so no event of a probe can
+be missed.  When the run ends, however it ends, flowtrace writes a line to the holders
+or goes away (their stdin closes): each stops its monitor and deletes its table, and
+flowtrace checks the table is gone and deletes it itself if not.  A namespace flowtrace
+traces is held open (a file descriptor) until then, so a container dying mid-run cannot
+take the table where flowtrace cannot reach it.  skb:kfree_skb comes from run.tracefs.
 
 Without `--rules kernel` none of this runs and nothing on the system changes.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -35,6 +37,7 @@ from flowtrace.run.tracefs import KEEP_PER_PROBE, DropWatch
 from flowtrace.topology import kernel_report
 from flowtrace.topology.kfree import drops_in_windows, flight_windows
 from flowtrace.topology.nftrace import (
+    TABLE_PREFIX,
     TraceMatch,
     hook_visits,
     is_flowtraces,
@@ -59,13 +62,38 @@ OWNER_ENV = "FLOWTRACE_NFTRACE_OWNER"
 _ONE_AT_A_TIME = threading.Lock()
 
 
+#: The holder each traced namespace runs: $1 nft, $2 the table, $3 flowtrace's pid,
+#: $4 the table's nft script.  Its first line out is "monitor PID", then the events.
+_HOLDER = r"""
+NFT=$1 TABLE=$2 OWNER=$3
+"$NFT" list tables 2>/dev/null | while read -r _ family name; do
+    case $name in PREFIX*) ;; *) continue ;; esac
+    pid=${name#PREFIX}
+    case $pid in *[!0-9]*|'') continue ;; esac
+    [ "$pid" != "$OWNER" ] && kill -0 "$pid" 2>/dev/null && continue
+    "$NFT" delete table "$family" "$name" 2>/dev/null
+done
+monitor= made=
+trap '[ -n "$monitor" ] && { kill "$monitor" 2>/dev/null; wait "$monitor" 2>/dev/null; }
+      [ -n "$made" ] && "$NFT" delete table inet "$TABLE"' EXIT
+trap 'exit 1' TERM INT HUP
+printf '%s\n' "$4" | "$NFT" -f /dev/stdin || exit 2
+made=1
+"$NFT" -a monitor trace &
+monitor=$!
+echo "monitor $monitor"
+read -r _
+"""
+
+
 class _Tracer:
-    """The tracing nft of one namespace: the table's owner and the events' reader."""
+    """The holder of one namespace: the tracing table's keeper and the events' reader."""
 
     def __init__(self, netns: Namespace) -> None:
         self.netns = netns
         self.fd: int | None = None
-        self.process: subprocess.Popen[str] | None = None
+        self.holder: subprocess.Popen[str] | None = None
+        self.monitor_pid: int | None = None
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
         self.lines: list[tuple[int, str]] = []
         self.reader: threading.Thread | None = None
@@ -78,9 +106,25 @@ class _Tracer:
         return f"--net=/proc/self/fd/{self.fd}"
 
     def read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
+        assert self.holder is not None and self.holder.stdout is not None
+        for line in self.holder.stdout:
             self.lines.append((time.monotonic_ns(), line))
+
+    def first_line(self, timeout: float) -> str:
+        """The holder's first line ("monitor PID"), or "" when none came in time."""
+        assert self.holder is not None and self.holder.stdout is not None
+        fd = self.holder.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        data = b""
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            chunk = os.read(fd, 1)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode(errors="replace").strip()
 
     def error_text(self) -> str:
         self.stderr.seek(0)
@@ -165,17 +209,12 @@ class KernelWord:
             lowest = lowest_priorities(json.loads(chains.stdout or "{}"))
         except json.JSONDecodeError:
             lowest = {}
-        commands = [*table_commands(self.table, self.match, lowest), "monitor trace"]
-        argv = [
-            *_pdeathsig(),
-            str(shutil.which("nsenter")),
-            tracer.ns_arg,
-            str(shutil.which("nft")),
-            "-a",
-            "-i",
-        ]
-        tracer.process = subprocess.Popen(
-            argv,
+        script = "\n".join(table_commands(self.table, self.match, lowest))
+        holder = _HOLDER.replace("PREFIX", TABLE_PREFIX)
+        argv = [str(shutil.which("nsenter")), tracer.ns_arg, "sh", "-c", holder]
+        argv += ["flowtrace-nftrace", str(shutil.which("nft")), self.table, str(os.getpid())]
+        tracer.holder = subprocess.Popen(
+            [*argv, script],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=tracer.stderr,
@@ -185,19 +224,18 @@ class KernelWord:
             env={**os.environ, OWNER_ENV: str(os.getpid())},
             start_new_session=True,  # a terminal's Ctrl-C is flowtrace's to handle
         )
-        assert tracer.process.stdin is not None
-        tracer.process.stdin.write("\n".join(commands) + "\n")
-        tracer.process.stdin.close()
-        tracer.reader = threading.Thread(
-            target=tracer.read, name=f"nftrace:{tracer.netns.label}", daemon=True
-        )
-        tracer.reader.start()
 
     def _wait_ready(self, tracer: _Tracer, deadline: float) -> None:
-        """Until the nft of `tracer` listens to the trace group with the table in place."""
-        assert tracer.process is not None
-        while not _subscribed(tracer.process.pid):
-            if tracer.process.poll() is not None or time.monotonic() > deadline:
+        """Until the monitor of `tracer` listens to the trace group, the table in place."""
+        assert tracer.holder is not None
+        first = tracer.first_line(max(0.0, deadline - time.monotonic()))
+        words = first.split()
+        if len(words) != 2 or words[0] != "monitor" or not words[1].isdigit():
+            tracer.problem = f"nft could not trace in {tracer.netns.label}: {tracer.error_text()}"
+            return
+        tracer.monitor_pid = int(words[1])
+        while not _subscribed(tracer.monitor_pid):
+            if tracer.holder.poll() is not None or time.monotonic() > deadline:
                 tracer.problem = f"nft could not trace in {tracer.netns.label}: "
                 tracer.problem += tracer.error_text()
                 return
@@ -207,6 +245,10 @@ class KernelWord:
         if listed.returncode != 0 or listed.stdout.count("meta nftrace set 1") != wanted:
             tracer.problem = f"the tracing table in {tracer.netns.label} is not whole: "
             tracer.problem += tracer.error_text()
+        tracer.reader = threading.Thread(
+            target=tracer.read, name=f"nftrace:{tracer.netns.label}", daemon=True
+        )
+        tracer.reader.start()
 
     def watch(self, step: Step) -> Step:
         """The step, its sending time noted (a probe's window for the drop reasons)."""
@@ -229,7 +271,7 @@ class KernelWord:
                 self.kfree = self.drops.stop()
         finally:
             for tracer in self.tracers:
-                _stop(tracer.process)
+                _release(tracer.holder)
                 tracer.stderr.close()
                 if tracer.fd is not None:
                     os.close(tracer.fd)
@@ -263,7 +305,7 @@ class KernelWord:
         except (OSError, subprocess.SubprocessError) as exc:
             if tracer.problem is None:
                 tracer.problem = f"could not read the rules of {tracer.netns.label}: {exc}"
-        _stop(tracer.process)
+        _release(tracer.holder)
         if tracer.reader is not None:
             tracer.reader.join(timeout=5)
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -379,15 +421,6 @@ class _Watched:
 _LEGACY_NAMES = ["cat", "/proc/self/net/ip_tables_names"]
 
 
-def _pdeathsig() -> list[str]:
-    """`setpriv --pdeathsig KILL`: the tracing nft dies with flowtrace even when killed
-    outright.  Only from the main thread: the signal follows the thread that forked."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or threading.current_thread() is not threading.main_thread():
-        return []
-    return [setpriv, "--pdeathsig", "KILL"]
-
-
 def _subscribed(pid: int) -> bool:
     """Process `pid` has a NETLINK_NETFILTER socket in the NFNLGRP_NFTRACE group."""
     try:
@@ -405,20 +438,28 @@ def _subscribed(pid: int) -> bool:
     return False
 
 
-def _stop(process: subprocess.Popen[str] | None) -> None:
-    if process is None or process.poll() is not None:
+def _release(holder: subprocess.Popen[str] | None) -> None:
+    """Let a holder go: it stops its monitor and deletes its table, then exits."""
+    if holder is None or holder.poll() is not None:
         return
-    process.terminate()
+    assert holder.stdin is not None
+    with contextlib.suppress(BrokenPipeError, ValueError):
+        holder.stdin.write("\n")
+        holder.stdin.close()
     try:
-        process.wait(timeout=5)
+        holder.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        holder.terminate()  # its EXIT trap still runs
+        try:
+            holder.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
 
 
 def _stop_stale_owners() -> None:
-    """Tracing nft processes of flowtrace runs that no longer exist (killed outright from
-    a thread, where no parent-death signal could be set): their tables go with them."""
+    """Tracing processes of flowtrace runs that no longer exist (a holder killed outright
+    leaves its monitor): the holders remove such runs' tables."""
     mine = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

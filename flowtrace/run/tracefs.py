@@ -51,7 +51,7 @@ done
 I="$T/instances/$1"
 mkdir "$I" || exit 2
 reader=
-trap '[ -n "$reader" ] && kill "$reader" 2>/dev/null
+trap '[ -n "$reader" ] && { kill "$reader" 2>/dev/null; wait "$reader" 2>/dev/null; }
       echo 0 > "$I/events/skb/kfree_skb/enable" 2>/dev/null; rmdir "$I" 2>/dev/null' EXIT
 trap 'exit 1' TERM INT HUP
 echo mono > "$I/trace_clock" && echo BUFFER > "$I/buffer_size_kb" &&

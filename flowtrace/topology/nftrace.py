@@ -115,13 +115,15 @@ def lowest_priorities(chains_json: Mapping[str, object]) -> dict[str, int]:
 
 
 def table_commands(name: str, match: TraceMatch, lowest: Mapping[str, int]) -> list[str]:
-    """The `nft -i` commands that make the tracing table.
+    """The nft commands that make the tracing table.
 
-    `flags owner`: the kernel deletes the table when the nft process that made it exits,
-    whatever ends flowtrace.  Each chain's priority is below every other base chain on
-    its hook (`lowest`, from lowest_priorities), and at most DEFAULT_PRIORITY.
+    Each chain's priority is below every other base chain on its hook (`lowest`, from
+    lowest_priorities), and at most DEFAULT_PRIORITY.  No `flags owner` (the kernel
+    would delete the table with its nft): nft 1.0.6 prints a table's single flag as
+    garbage in JSON, which would spoil `nft -j list ruleset` for every other program
+    while the table exists.
     """
-    commands = [f"add table inet {name} {{ flags owner; }}"]
+    commands = [f"add table inet {name}"]
     for hook in HOOKS:
         prio = min(DEFAULT_PRIORITY, lowest[hook] - 10) if hook in lowest else DEFAULT_PRIORITY
         commands.append(

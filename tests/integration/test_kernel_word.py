@@ -175,7 +175,7 @@ def test_without_the_option_nothing_changes_and_with_it_everything_is_put_back(
     events = _stopped(watching[0])
     assert shown.returncode == 0, shown.stderr
     assert f"add table inet {TABLE_PREFIX}" in events  # the positive control
-    # (the kernel deletes an owner table without telling: the ruleset says it is gone)
+    assert f"delete table inet {TABLE_PREFIX}" in events
     lines = shown.stdout.splitlines()
     assert f"the kernel's word (nftables trace in {routed.s}, {routed.r}, {routed.d}; " in (
         shown.stdout
