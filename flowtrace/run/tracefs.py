@@ -29,9 +29,25 @@ from flowtrace.topology.kfree import ETH_P_IP, INSTANCE_PREFIX, KfreeEvent, pars
 #: How long the holder may take to mount tracefs and make the instance.
 START_TIMEOUT_S = 3.0
 #: Per-CPU buffer of the instance: ~100 bytes an event.
-BUFFER_KB = 1024
+BUFFER_KB = 2048
 #: Drops kept per probe, the earliest after its sending.
 KEEP_PER_PROBE = 2000
+#: Reasons left out in the kernel's own filter: drops at a socket of data already
+#: delivered (a full receive buffer, a closing socket, TCP's handling of a connection's
+#: data), never the fate of a probe on its way, and the bulk of a busy host's drops.
+LEFT_OUT = (
+    "SOCKET_RCVBUFF",
+    "SOCKET_CLOSE",
+    "SOCKET_BACKLOG",
+    "QUEUE_PURGE",
+    "PROTO_MEM",
+    "TCP_OLD_DATA",
+    "TCP_OVERWINDOW",
+    "TCP_OFOMERGE",
+    "TCP_OFO_QUEUE_PRUNE",
+    "TCP_OFO_DROP",
+    "TCP_ZEROWINDOW",
+)
 
 _HOLDER = r"""
 T=/sys/kernel/tracing
@@ -54,8 +70,13 @@ reader=
 trap '[ -n "$reader" ] && { kill "$reader" 2>/dev/null; wait "$reader" 2>/dev/null; }
       echo 0 > "$I/events/skb/kfree_skb/enable" 2>/dev/null; rmdir "$I" 2>/dev/null' EXIT
 trap 'exit 1' TERM INT HUP
+F="$T/events/skb/kfree_skb/format" filter='protocol == PROTOCOL'
+for reason in LEFT_OUT; do
+    n=$(sed -n "s/.*{ \([0-9]*\), \"$reason\" }.*/\1/p" "$F")
+    [ -n "$n" ] && filter="$filter && reason != $n"
+done
 echo mono > "$I/trace_clock" && echo BUFFER > "$I/buffer_size_kb" &&
-    echo 'protocol == PROTOCOL' > "$I/events/skb/kfree_skb/filter" &&
+    echo "$filter" > "$I/events/skb/kfree_skb/filter" &&
     echo 1 > "$I/events/skb/kfree_skb/enable" || exit 2
 echo ready
 cat "$I/trace_pipe" &
@@ -94,6 +115,7 @@ class DropWatch:
             _HOLDER.replace("PREFIX", INSTANCE_PREFIX)
             .replace("BUFFER", str(BUFFER_KB))
             .replace("PROTOCOL", str(ETH_P_IP))
+            .replace("LEFT_OUT", " ".join(LEFT_OUT))
         )
         argv = [unshare, "--mount", "--propagation", "private"]
         argv += [sh, "-c", script, "flowtrace-tracefs", self.name, str(self.pid)]

@@ -14,6 +14,7 @@ tables (other sessions' containers change the host's Docker rules at any moment)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -142,40 +143,45 @@ def routed(root: None) -> Iterator[Routed]:
             subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
-def _monitor(netns_path: str) -> subprocess.Popen[str]:
-    """`nft monitor` in a namespace: every table, chain and rule added or deleted there."""
-    monitor = subprocess.Popen(
-        ["nsenter", f"--net={netns_path}", "nft", "monitor"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    time.sleep(0.3)  # until it listens
-    return monitor
-
-
-def _stopped(monitor: subprocess.Popen[str]) -> str:
-    monitor.terminate()
-    return monitor.communicate(timeout=10)[0]
+@contextlib.contextmanager
+def monitoring(paths: list[str]) -> Iterator[list[str]]:
+    """`nft monitor` in each namespace while the block runs: every table, chain and rule
+    added or deleted there (the list is filled with each one's output when it ends)."""
+    monitors = [
+        subprocess.Popen(
+            ["nsenter", f"--net={path}", "nft", "monitor"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for path in paths
+    ]
+    seen: list[str] = []
+    try:
+        time.sleep(0.3)  # until they listen
+        yield seen
+    finally:
+        for monitor in monitors:
+            monitor.terminate()
+            seen.append(monitor.communicate(timeout=10)[0])
 
 
 def test_without_the_option_nothing_changes_and_with_it_everything_is_put_back(
     routed: Routed,
 ) -> None:
     before = routed.rulesets()
-    watching = [_monitor(p) for p in routed.paths]
-    plain = run_cli("ping", f"netns:{routed.s}", f"netns:{routed.d}", "--no-record")
+    with monitoring(routed.paths) as seen:
+        plain = run_cli("ping", f"netns:{routed.s}", f"netns:{routed.d}", "--no-record")
     assert plain.returncode == 0, plain.stderr
-    assert [_stopped(m) for m in watching] == ["", "", ""]  # not one change, anywhere
+    assert seen == ["", "", ""]  # not one change, anywhere
 
-    watching = [_monitor(routed.path(routed.r))]
-    shown = run_cli(
-        "ping", f"netns:{routed.s}", f"netns:{routed.d}", "--no-record", "--rules", "kernel"
-    )
-    events = _stopped(watching[0])
+    with monitoring([routed.path(routed.r)]) as seen:
+        shown = run_cli(
+            "ping", f"netns:{routed.s}", f"netns:{routed.d}", "--no-record", "--rules", "kernel"
+        )
     assert shown.returncode == 0, shown.stderr
-    assert f"add table inet {TABLE_PREFIX}" in events  # the positive control
-    assert f"delete table inet {TABLE_PREFIX}" in events
+    assert f"add table inet {TABLE_PREFIX}" in seen[0]  # the positive control
+    assert f"delete table inet {TABLE_PREFIX}" in seen[0]
     lines = shown.stdout.splitlines()
     assert f"the kernel's word (nftables trace in {routed.s}, {routed.r}, {routed.d}; " in (
         shown.stdout
