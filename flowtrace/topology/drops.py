@@ -43,12 +43,22 @@ def vanished_in(points: Sequence[Point], last_point: str) -> Point | None:
     """The first point, along the path, of the namespace where the packet vanished.
 
     None when the packet was lost between namespaces, past the last point, or in the
-    source namespace (where it was seen leaving: its OUTPUT chain had let it go).
+    source namespace (where it was seen leaving: its OUTPUT chain had let it go).  A
+    path that ends where a packet came in (the walk found no way on: a blackhole route)
+    ends in the namespace it came into.
     """
     ids = [p.id for p in points]
     if last_point not in ids:
         return None
     last = ids.index(last_point)
+    ends_short = (
+        last + 1 == len(points)
+        and points[last].role != "destination"
+        and last > 0
+        and points[last - 1].netns.inode != points[last].netns.inode
+    )
+    if ends_short:
+        return points[last]
     if last + 1 >= len(points) or points[last + 1].netns.inode != points[last].netns.inode:
         return None
     first = last

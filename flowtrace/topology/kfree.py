@@ -160,6 +160,8 @@ EXPECTED = {
     "namespace's stack too, which drops the ones not addressed to it",
     ("IP_INADDRERRORS", "ip_error"): "the input route lookup failed: no route for its "
     "destination, or forwarding is off on the interface it came in by",
+    ("NOT_SPECIFIED", "ip_error"): "the input route lookup refused it and the kernel names "
+    "no reason: a blackhole route (or a prohibit one, answered with ICMP)",
     ("NO_SOCKET", "__udp4_lib_rcv"): "a UDP datagram no socket wanted: nothing listens on "
     "its port (the kernel answers ICMP port unreachable)",
 }

@@ -10,6 +10,12 @@ the ruleset afterwards must equal the ruleset before byte for byte:
 The lab's tests (Docker 20.10's isolation drop, a replied ping, a container killed
 mid-run, Docker's embedded DNS) compare the containers' rulesets exactly and the host's
 tables (other sessions' containers change the host's Docker rules at any moment).
+
+What the tests make carries the pytest process's pid (namespaces `ftkw-PID-...`, the
+victim container's label): a session killed outright (SIGKILL: its finally blocks never
+run) leaves them, and the next session removes those whose pid is gone. SIGTERM (a
+`timeout`) becomes a KeyboardInterrupt while this module runs, so its fixtures' teardown
+runs.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -34,9 +42,15 @@ from flowtrace import lab as lab_module
 from flowtrace.errors import ExitStatus
 from flowtrace.lab import LabState
 from flowtrace.run.kernel_word import OWNER_ENV
+from flowtrace.topology.kfree import INSTANCE_PREFIX
 from flowtrace.topology.nftrace import TABLE_PREFIX
 
 pytestmark = pytest.mark.integration
+
+#: What this module makes is named or labelled with this session's pid.
+MINE = f"ftkw-{os.getpid()}"
+_MADE_BY = re.compile(r"^ftkw-(\d+)-")
+VICTIM_LABEL = "flowtrace.test.ftkw"
 
 S_IP, R_IN, R_OUT, D_IP = "203.0.113.98", "203.0.113.97", "203.0.113.105", "203.0.113.106"
 DROPPED_PORT = 9
@@ -83,13 +97,72 @@ def instances() -> list[str]:
     return [name for name in listed.split() if name.startswith("flowtrace-")]
 
 
+def tracefs_holders() -> list[tuple[int, int]]:
+    """(pid, owner's pid) of the shells that keep flowtrace's tracefs instances."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"flowtrace-tracefs" in argv and argv[-2].isdigit():
+                found.append((int(entry), int(argv[-2])))
+    return found
+
+
 def assert_nothing_left(pid: int | None = None) -> None:
     assert owners() == [], "a tracing nft of flowtrace's is still running"
+    for holder, owner in tracefs_holders():
+        assert owner != pid and os.path.exists(f"/proc/{owner}"), f"tracefs holder {holder} left"
     left = instances()
     if pid is not None:
-        assert f"flowtrace-{pid}" not in left
+        assert f"{INSTANCE_PREFIX}{pid}" not in left
     for name in left:  # another session's run may be under way: only a dead one's is stale
         assert os.path.exists(f"/proc/{name.split('-')[1]}"), f"stale tracefs instance {name}"
+
+
+def _gone(pid: int) -> bool:
+    """No pytest of that pid runs (a pid reused by another program is gone too)."""
+    try:
+        return b"pytest" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+def reap_stale() -> None:
+    """Namespaces and containers of earlier sessions of this module that were killed."""
+    for line in sh("ip netns list").splitlines():
+        name = line.split()[0] if line.split() else ""
+        made = _MADE_BY.match(name)
+        if made and int(made.group(1)) != os.getpid() and _gone(int(made.group(1))):
+            subprocess.run(["ip", "netns", "del", name], check=False)
+    if shutil.which("docker") is None:
+        return
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"label={VICTIM_LABEL}",
+         "--format", f'{{{{.ID}}}} {{{{.Label "{VICTIM_LABEL}"}}}}'],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    for line in listed.stdout.splitlines():
+        cid, _, owner = line.partition(" ")
+        if not owner.isdigit() or (int(owner) != os.getpid() and _gone(int(owner))):
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _teardown_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a `timeout` around pytest) ends the session the way Ctrl-C does: the
+    fixtures' finally blocks run and remove the namespaces and the container."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -113,8 +186,9 @@ class Routed:
 def routed(root: None) -> Iterator[Routed]:
     if "203.0.113.96" in sh("ip -4 route") or "203.0.113.104" in sh("ip -4 route"):
         pytest.skip("203.0.113.96/28 is routed on this host")
+    reap_stale()
     tag = uuid.uuid4().hex[:5]
-    t = Routed(f"ftkw-{tag}-s", f"ftkw-{tag}-r", f"ftkw-{tag}-d")
+    t = Routed(f"{MINE}-{tag}-s", f"{MINE}-{tag}-r", f"{MINE}-{tag}-d")
     made: list[str] = []
     try:
         for ns in (t.s, t.r, t.d):
@@ -270,6 +344,86 @@ def test_a_drop_no_rule_makes_is_told_from_the_kernels_state(routed: Routed) -> 
         sh(f"ip -n {routed.r} route del {S_IP}/32")
 
 
+def test_forwarding_off_is_the_kernels_own_drop(routed: Routed) -> None:
+    sh(f"ip netns exec {routed.r} sysctl -qw net.ipv4.ip_forward=0")
+    try:
+        shown = run_cli("ping", f"netns:{routed.s}", f"netns:{routed.d}", "--no-record",
+                        "--timeout", "0.5", "--rules", "kernel")  # fmt: skip
+    finally:
+        sh(f"ip netns exec {routed.r} sysctl -qw net.ipv4.ip_forward=1")
+    assert shown.returncode == ExitStatus.NO_REPLY, shown.stderr
+    assert (
+        f"probe 1: lost after {routed.r}/r0 (dropped in {routed.r}, by no rule: forwarding is "
+        "off on r0 (net.ipv4.conf.r0.forwarding = 0)" in shown.stdout
+    )
+    assert (
+        f"the kernel's trace of the request ends at {routed.r} prerouting, where no rule or "
+        "policy dropped it: the kernel did, by itself" in shown.stdout
+    )
+    assert "    IP_INADDRERRORS at ip_error+" in shown.stdout
+    assert_nothing_left()
+
+
+def test_a_blackhole_route_is_not_taken_for_the_reverse_path_filter(routed: Routed) -> None:
+    """The input lookup refuses a blackhole with EINVAL, as it refuses rp_filter (on)."""
+    sh(f"ip -n {routed.r} route add blackhole {D_IP}/32")
+    sh(f"ip netns exec {routed.r} sysctl -qw net.ipv4.conf.r0.rp_filter=1")
+    try:
+        shown = run_cli("ping", f"netns:{routed.s}", f"netns:{routed.d}", "--no-record",
+                        "--timeout", "0.5", "--rules", "kernel")  # fmt: skip
+    finally:
+        sh(f"ip netns exec {routed.r} sysctl -qw net.ipv4.conf.r0.rp_filter=0")
+        sh(f"ip -n {routed.r} route del blackhole {D_IP}/32")
+    assert shown.returncode == ExitStatus.NO_REPLY, shown.stderr
+    assert (
+        f"probe 1: lost after {routed.r}/r0 (dropped in {routed.r}, by no rule: its route to "
+        f"{D_IP} is a blackhole route, which drops silently)" in shown.stdout
+    )
+    assert "    NOT_SPECIFIED at ip_error+" in shown.stdout and "a blackhole route" in shown.stdout
+    assert_nothing_left()
+
+
+def test_a_next_hop_that_does_not_answer_arp(routed: Routed) -> None:
+    sh(f"ip -n {routed.d} link set d0 arp off")
+    sh(f"ip -n {routed.r} neigh flush dev r1")  # an entry from earlier tests: ask again
+    try:
+        plain = run_cli("ping", f"netns:{routed.s}", f"netns:{routed.d}", "--no-record",
+                        "--timeout", "0.5")  # fmt: skip
+    finally:
+        sh(f"ip -n {routed.d} link set d0 arp on")
+        sh(f"ip -n {routed.r} neigh flush dev r1")
+    assert plain.returncode == ExitStatus.NO_REPLY, plain.stderr
+    assert (
+        f"probe 1: lost after {routed.r}/r0 (not sent on in {routed.r}, by no rule: the next "
+        f"hop {D_IP} on r1 does not answer ARP (its neighbour entry is INCOMPLETE)" in plain.stdout
+    )
+
+
+def test_flowtrace_killed_outright_leaves_nothing(routed: Routed) -> None:
+    """SIGKILL: no handler, no finally; the holders see their stdin close and clean up."""
+    before = routed.rulesets()
+    command = [
+        str(Path(__file__).parents[2] / ".venv/bin/flowtrace"),
+        "ping", f"netns:{routed.s}", f"netns:{routed.d}",
+        "-c", "50", "-i", "0.1", "--no-record", "--rules", "kernel",
+    ]  # fmt: skip
+    running = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not owners() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert owners(), "flowtrace did not start tracing"
+    time.sleep(0.5)
+    running.kill()
+    running.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while (owners() or any(o == running.pid for _, o in tracefs_holders())) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert routed.rulesets() == before
+    assert_nothing_left(running.pid)
+
+
 def test_without_nft_the_option_is_one_line_and_changes_nothing(routed: Routed) -> None:
     before = routed.rulesets()
     result = run_cli(
@@ -333,11 +487,12 @@ def test_a_replied_ping_shows_the_accepts_in_a_container_without_nft(lab_now: La
 
 
 def test_a_container_killed_mid_run_leaves_nothing(lab_now: LabState) -> None:
+    reap_stale()
     client = docker.from_env()
-    name = f"ftkw-victim-{uuid.uuid4().hex[:5]}"
+    name = f"{MINE}-victim-{uuid.uuid4().hex[:5]}"
     victim = client.containers.run(
         lab_module.IMAGE, ["sleep", "infinity"], name=name, detach=True,
-        labels={"flowtrace.test": "ftkw"},
+        labels={"flowtrace.test": "ftkw", VICTIM_LABEL: str(os.getpid())},
     )  # fmt: skip
     try:
         before = _lab_state(lab_now)

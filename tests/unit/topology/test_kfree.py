@@ -60,3 +60,4 @@ def test_every_recorded_run_parses_and_reasons_read_as_words() -> None:
     assert "raw socket" in reason_words("NO_SOCKET", "ping_rcv+0xb3/0xe0")
     assert reason_words("NO_SOCKET") == "no socket wanted it (nothing listens)"
     assert reason_words("SOMETHING_NEW") == ""
+    assert "blackhole route" in reason_words("NOT_SPECIFIED", "ip_error+0x94/0x220")
