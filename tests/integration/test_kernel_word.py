@@ -8,8 +8,9 @@ the ruleset afterwards must equal the ruleset before byte for byte:
                                     └ r1 .105 ── ns d: d0 203.0.113.106/29
 
 The lab's tests (Docker 20.10's isolation drop, a replied ping, a container killed
-mid-run, Docker's embedded DNS) compare the containers' rulesets exactly and the host's
-tables (other sessions' containers change the host's Docker rules at any moment).
+mid-run, Docker's embedded DNS) compare the containers' rulesets exactly and look for
+tracing tables on the host (other sessions' engines change the host's rules and tables
+at any moment).
 
 What the tests make carries the pytest process's pid (namespaces `ftkw-PID-...`, the
 victim container's label): a session killed outright (SIGKILL: its finally blocks never
@@ -441,10 +442,13 @@ def test_without_nft_the_option_is_one_line_and_changes_nothing(routed: Routed) 
 
 
 def _lab_state(lab: LabState) -> tuple[dict[str, str], list[str]]:
+    """The containers' rulesets, and the host's tables of flowtrace's tracing (other
+    sessions' engines add and remove the host's other tables at any moment: netavark's
+    `inet netavark` comes and goes with a Podman lab)."""
     containers = {
         name: ruleset(lab.container(name).netns or "") for name in ("c1", "c2", "c3", "c4")
     }
-    return containers, tables("/proc/self/ns/net")
+    return containers, [t for t in tables("/proc/self/ns/net") if TABLE_PREFIX in t]
 
 
 def test_the_kernel_names_dockers_isolation_drop(lab_now: LabState) -> None:
