@@ -115,13 +115,19 @@ def hook_lines(hook: Mapping[str, Any]) -> list[Line]:
             continue
         lines.append((f"{name}:", ""))
         for rule in rules:
-            lines.append(rule_line(rule))
+            lines.append(rule_line(rule, chain["chain"]))
     return lines
 
 
-def rule_line(rule: Mapping[str, Any]) -> Line:
+def rule_line(rule: Mapping[str, Any], base: str | None = None) -> Line:
+    """One rule met, under its base chain `base`: an iptables-nft rule as iptables-save
+    prints it, a native one as `handle N: text` (`chain C handle N: text` when a jump
+    took the packet to another chain)."""
     verdict = rule["verdict"]
     text = rule["rule"] if rule["handle"] is not None else rule["nft"]
+    if rule["handle"] is not None and not rule.get("iptables"):
+        where = "" if rule["chain"] == base else f"chain {rule['chain']} "
+        text = f"{where}handle {rule['handle']}: {rule['nft'] or rule['rule']}"
     if rule["handle"] is None:
         suffix = ""  # "policy drop" says it
     elif rule.get("iptables") and verdict.split()[0] not in _FINAL:

@@ -7,6 +7,7 @@ what it read; the result is the JSON-ready `kernel` section of a trace or a look
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,10 +133,25 @@ def kernel_packets(
 
 
 def _same_rule(model: str, rule: RuleMet) -> bool:
+    """Whether flowtrace's rule is the one the kernel met: a native nftables rule by its
+    table, chain and handle (nft's text of it differs between listing and trace: counters),
+    else by its text."""
+    named = _NFT_NAMED.match(model)
+    if named is not None:
+        family, table, chain, handle = named.groups()
+        key = (family, table, chain, int(handle) if handle else None)
+        if handle is None and model.split(": ", 1)[-1] != rule.text:
+            return False  # a chain's policy: the same chain, the same policy
+        return key == (rule.family, rule.table, rule.chain, rule.handle)
     said = " ".join(model.split())
     return any(
         said == " ".join(text.split()) for text in (rule.iptables, rule.text, rule.shown) if text
     )
+
+
+#: A native nftables rule as flowtrace names it: `table F T chain C handle N: text`, or a
+#: chain's policy `table F T chain C: policy drop`.
+_NFT_NAMED = re.compile(r"^table (\S+) (\S+) chain (\S+)(?: handle (\d+))?: ")
 
 
 def _where(visit: HookVisit) -> str:

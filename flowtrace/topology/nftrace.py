@@ -246,14 +246,15 @@ class RuleMet:
 
     @property
     def shown(self) -> str:
-        """The rule as the system prints it: its iptables-save line, else nft's text."""
+        """The rule as the system prints it, as flowtrace's reading of the rules names it
+        too: its iptables-save line, else nft's table, chain, handle and rule text
+        (`table ip docker-bridges chain raw-PREROUTING handle 40: ip daddr ... drop`)."""
         if self.iptables:
             return self.iptables
+        chain = f"table {self.family} {self.table} chain {self.chain}"
         if self.is_policy:
-            return f"{self.text} (chain {self.family} {self.table} {self.chain})"
-        handle = f", handle {self.handle}" if self.handle is not None else ""
-        text = self.text or "(a rule nft could not print)"
-        return f"nft: {text} ({self.family} {self.table} {self.chain}{handle})"
+            return f"{chain}: {self.text}"
+        return f"{chain} handle {self.handle}: {self.text or '(a rule nft could not print)'}"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ class RuleBook:
     policies: Mapping[tuple[str, str], str] = field(default_factory=dict)
     #: Chains whose rules changed between two reads: their handles are not trusted.
     unsettled: frozenset[ChainKey] = frozenset()
+    #: Base chains' priorities (a drop at a lower one means a later chain was never reached).
+    priorities: Mapping[ChainKey, int] = field(default_factory=dict)
 
     @classmethod
     def read(
@@ -47,12 +49,13 @@ class RuleBook:
         `tables_again`, the tables read again after iptables-nft-save, tells which chains
         changed meanwhile."""
         handles, hooks = _chains(tables_json)
+        priorities = _priorities(tables_json)
         unsettled: set[ChainKey] = set()
         if tables_again is not None:
             again, _ = _chains(tables_again)
             unsettled = {k for k in set(handles) | set(again) if handles.get(k) != again.get(k)}
         saved, policies = parse_iptables_save(iptables_save)
-        return cls(handles, hooks, saved, policies, frozenset(unsettled))
+        return cls(handles, hooks, saved, policies, frozenset(unsettled), priorities)
 
     def iptables_line(self, rule: RuleMet) -> str | None:
         """The iptables-save line of a rule of an iptables-nft table (a policy: `-P ...`)."""
@@ -81,10 +84,20 @@ class RuleBook:
             for c in visit.chains
         )
         met = {(c.family, c.table, c.chain) for c in visit.chains}
+        dropped = next((c for c in visit.chains if c.verdict == "drop"), None)
+        drop_at = (
+            self.priorities.get((dropped.family, dropped.table, dropped.chain))
+            if dropped is not None
+            else None
+        )
         skipped = tuple(
             f"{key[0]} {key[1]} {key[2]}"
             for key, (hook, kind) in self.hooks.items()
-            if hook == visit.hook and kind == "nat" and key not in met
+            if hook == visit.hook
+            and kind == "nat"
+            and key not in met
+            # a chain after the one that dropped the packet was never reached: no skip
+            and not (drop_at is not None and self.priorities.get(key, drop_at + 1) > drop_at)
         )
         return replace(visit, chains=chains, skipped=skipped)
 
@@ -121,6 +134,16 @@ def _chains(
             handles.setdefault(key, []).append(rule["handle"])
     frozen = {k: tuple(v) for k, v in handles.items() if not is_flowtraces(k[1])}
     return frozen, {k: v for k, v in hooks.items() if not is_flowtraces(k[1])}
+
+
+def _priorities(docs: Sequence[str]) -> dict[ChainKey, int]:
+    found: dict[ChainKey, int] = {}
+    for item in _items(docs):
+        chain = item.get("chain") if isinstance(item, dict) else None
+        if isinstance(chain, dict) and isinstance(chain.get("prio"), int):
+            key = (str(chain.get("family")), str(chain.get("table")), str(chain.get("name")))
+            found[key] = chain["prio"]
+    return found
 
 
 def parse_iptables_save(

@@ -61,3 +61,17 @@ def test_what_could_not_be_traced_is_said() -> None:
     lines = _text(kernel)
     assert "note: nft could not trace in ftkw-s: Error: x" in lines
     assert lines[-1] == "drop reasons: not read (tracefs: tracefs is not available)"
+
+
+def test_a_native_rule_under_its_base_chain_by_handle() -> None:
+    from flowtrace.output.kernelview import rule_line
+
+    rule = {"table": "ip docker-bridges", "chain": "nat-prerouting-and-output", "handle": 37,
+            "rule": "table ip docker-bridges chain nat-prerouting-and-output handle 37: dnat",
+            "nft": 'tcp dport 8080 dnat to 10.247.0.2:80 comment "DNAT"', "iptables": None,
+            "verdict": "accept"}  # fmt: skip
+    assert rule_line(rule, "nat-PREROUTING")[0] == (
+        "      chain nat-prerouting-and-output handle 37: tcp dport 8080 dnat to 10.247.0.2:80 "
+        'comment "DNAT"   => accept'
+    )
+    assert rule_line(rule, "nat-prerouting-and-output")[0].startswith("      handle 37: tcp")

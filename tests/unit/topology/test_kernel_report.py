@@ -139,3 +139,23 @@ def test_which_probe_a_traced_packet_belongs_to() -> None:
     dns = ProbeKeys(TraceMatch.for_socket(5000), {}, [100])
     answer = HookVisit("n", "input", 150, {"udp sport": "53", "udp dport": "5000"})
     assert dns.probe_and_direction(answer) == (0, "reply")
+
+
+def test_a_native_nftables_rule_is_the_same_by_table_chain_and_handle() -> None:
+    """flowtrace names it `table F T chain C handle N: text` (from `nft -a -s list
+    ruleset`); the kernel's trace prints the same rule with `counter packets ...`."""
+    from flowtrace.topology.kernel_report import _same_rule
+    from flowtrace.topology.nftrace import RuleMet
+
+    text = 'ip daddr 10.247.1.2 iifname != "ftfw-b1" counter drop comment "DROP DIRECT ACCESS"'
+    met = RuleMet("ip", "docker-bridges", "raw-PREROUTING", 40, text, "drop")
+    model = (
+        "table ip docker-bridges chain raw-PREROUTING handle 40: ip daddr 10.247.1.2 iifname "
+        '!= "ftfw-b1" counter drop comment "DROP DIRECT ACCESS"'
+    )
+    assert met.shown == model
+    assert _same_rule(model, met)
+    assert not _same_rule(model.replace("handle 40", "handle 41"), met)
+    policy = RuleMet("inet", "netavark", "FORWARD", None, "policy drop", "drop")
+    assert _same_rule("table inet netavark chain FORWARD: policy drop", policy)
+    assert not _same_rule("table inet netavark chain FORWARD: policy accept", policy)

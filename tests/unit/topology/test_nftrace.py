@@ -136,7 +136,7 @@ def test_a_base_chain_without_flowtraces_own_before_it_gets_a_hook_of_its_own() 
     ]
     (visit,) = hook_visits("c2", [ev for line in lines if (ev := parse_event(line))])
     assert visit.hook == "input" and visit.dropped_by is not None
-    assert visit.dropped_by.shown == "policy drop (chain ip filter INPUT)"
+    assert visit.dropped_by.shown == "table ip filter chain INPUT: policy drop"
 
 
 def test_what_a_traced_packet_is() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sample_kernel import record
 
-from flowtrace.topology.nftrace import HookVisit, RuleMet
+from flowtrace.topology.nftrace import ChainPass, HookVisit, RuleMet
 from flowtrace.topology.nftrules import RuleBook, legacy_tables, parse_iptables_save
 
 
@@ -44,6 +44,22 @@ def test_nothing_is_guessed_where_the_listings_do_not_line_up() -> None:
 def test_a_nat_chain_that_did_not_see_a_packet_is_named() -> None:
     book = _host_book()
     visit = book.resolve(HookVisit("host", "prerouting", 0, {}))
+    assert visit.skipped == ("ip nat PREROUTING",)
+    assert book.priorities[("ip", "nat", "PREROUTING")] == -100
+
+
+def test_a_nat_chain_after_the_drop_was_not_skipped_but_never_reached() -> None:
+    """Docker 28's raw drop (priority -300) comes before nat PREROUTING (-100)."""
+    book = _host_book()
+    raw = ChainPass("ip", "raw", "PREROUTING", (RuleMet("ip", "raw", "PREROUTING", 7, "", "drop"),))
+    early = RuleBook(
+        book.handles, book.hooks, priorities={**book.priorities, ("ip", "raw", "PREROUTING"): -300}
+    )
+    assert early.resolve(HookVisit("host", "prerouting", 0, {}, (raw,))).skipped == ()
+    late = RuleBook(
+        book.handles, book.hooks, priorities={**book.priorities, ("ip", "raw", "PREROUTING"): 0}
+    )
+    visit = late.resolve(HookVisit("host", "prerouting", 0, {}, (raw,)))
     assert visit.skipped == ("ip nat PREROUTING",)
 
 
