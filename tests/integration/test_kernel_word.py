@@ -530,3 +530,48 @@ def test_dockers_embedded_dns_rewrite_is_the_kernels_too(lab_now: LabState) -> N
     assert check["about"] == "DNAT" and check["agree"] is True and check["where"] == "c3 output"
     assert [p["direction"] for p in kernel["packets"]] == ["request", "reply"]
     assert_nothing_left()
+
+
+# --- the replicas: Docker 29's rules, nftables and iptables backends --------------------
+
+
+@pytest.fixture(params=["docker-29.7-nftables", "docker-29.7-iptables"])
+def docker29(request: pytest.FixtureRequest, root: None) -> Iterator[str]:
+    from flowtrace.lab import replica
+
+    with replica.locked():
+        try:
+            replica.build(request.param)
+            yield request.param
+        finally:
+            replica.remove()
+            assert replica.present() == [], "a replica namespace was left behind"
+
+
+def test_docker_29s_direct_access_drop_is_the_kernels_own(docker29: str) -> None:
+    """A cross-bridge ping: the model names Docker 28's raw drop, the kernel agrees, in
+    nftables' terms (table, chain, handle) or iptables-save's; every namespace's ruleset
+    is the same afterwards."""
+    paths = [f"/run/netns/{ns}" for ns in ("ftfw-h", "ftfw-c1", "ftfw-c3")]
+    before = {p: ruleset(p) for p in paths}
+    shown = run_cli("ping", "netns:ftfw-c1", "netns:ftfw-c3", "--no-record", "--timeout", "0.5",
+                    "--rules", "kernel")  # fmt: skip
+    assert shown.returncode == ExitStatus.NO_REPLY, shown.stderr
+    lines = shown.stdout.splitlines()
+    if docker29.endswith("nftables"):  # a handle is the kernel's to give
+        text = 'ip daddr 10.247.1.2 iifname != "ftfw-b1" counter drop comment "DROP DIRECT ACCESS"'
+        chain = "table ip docker-bridges chain raw-PREROUTING"
+        named = re.search(rf"by `({chain} handle (\d+): [^`]*)`", shown.stdout)
+        assert named is not None and named.group(1).endswith(text), shown.stdout
+        rule, handle = named.group(1), named.group(2)
+        met = f"      handle {handle}: {text}   => drop"
+    else:
+        rule = "-A PREROUTING -d 10.247.1.2/32 ! -i ftfw-b1 -j DROP"
+        met = f"      {rule}   => drop"
+    assert f"probe 1: lost after ftfw-h/vethc1 (dropped in ftfw-h by `{rule}`" in shown.stdout
+    assert "  ftfw-h prerouting (in ftfw-d0):" in lines
+    assert met in lines
+    assert f"  the kernel agrees: dropped in ftfw-h prerouting by `{rule}`" in lines
+    assert not any("not evaluated" in line for line in lines)  # nat comes after raw's drop
+    assert {p: ruleset(p) for p in paths} == before
+    assert_nothing_left()
