@@ -111,6 +111,7 @@ class CaptureSession:
         self._final_states: list[int] = []
         self._write_failure = 0
         self._notes: list[str] = []
+        self._closers: list[threading.Thread] = []
         self._started = False
         self._stopped = False
 
@@ -306,12 +307,17 @@ class CaptureSession:
             self._final_states = [counters.get(i, STATE) for i in range(len(self.points))]
             counters.close()
             self._counters = None
-        # Closing a packet socket waits for an RCU grace period: close them side by side.
-        closers = [threading.Thread(target=ring.close) for ring in self._rings]
-        for closer in closers:
+        # Closing a packet socket waits for two RCU grace periods (20-40 ms here): the
+        # bridges get their promiscuity back now, and the sockets close side by side in
+        # the background while the caller correlates and records (wait_closed() joins).
+        for ring in self._rings:
+            ring.drop_promisc()
+        self._closers = [
+            threading.Thread(target=ring.close, name="flowtrace-close", daemon=True)
+            for ring in self._rings
+        ]
+        for closer in self._closers:
             closer.start()
-        for closer in closers:
-            closer.join()
         if self._out_fd is not None:
             os.close(self._out_fd)
             self._out_fd = None
@@ -319,6 +325,11 @@ class CaptureSession:
             for fd in self._wake:
                 os.close(fd)
             self._wake = None
+
+    def wait_closed(self) -> None:
+        """Wait until every ring's socket is closed (stop() leaves that to threads)."""
+        for closer in self._closers:
+            closer.join()
 
     def __enter__(self) -> CaptureSession:
         self.start()

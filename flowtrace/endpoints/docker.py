@@ -1,7 +1,10 @@
-"""Container facts from the Docker engine (Docker SDK), turned into namespaces.
+"""Container facts from the Docker engine, turned into namespaces.
 
 Docker is only asked when the user names a container (or when flowtrace wants names
 for namespaces it found), so netns:/pid:/host endpoints work with no engine at all.
+The reads go through `engine_api()`: the engine's socket with the standard library
+(endpoints.engine_http) when DOCKER_HOST is a plain unix:// or tcp:// one, else the
+Docker SDK's client; the lab's work (images, containers) uses `docker_client()`.
 """
 
 from __future__ import annotations
@@ -65,9 +68,52 @@ def _short(exc: Exception) -> str:
     return text[:160]
 
 
+@cache
+def engine_api(timeout: float = 10) -> Any:
+    """What reads containers: an EngineAPI on the engine's socket, or the SDK's APIClient.
+
+    Both have `inspect_container(spec)` and `containers()`; checked with a ping once.
+    """
+    from flowtrace.endpoints.engine_http import EngineAPI, EngineError, plain_endpoint
+
+    host = plain_endpoint()
+    if host is None:
+        return docker_client(timeout).api
+    api = EngineAPI(host, timeout)
+    try:
+        api.ping()
+    except EngineError as exc:
+        raise DockerUnavailableError(
+            f"the Docker engine does not answer ({_short(exc)}): start dockerd, "
+            "e.g. with `bash scripts/setup.sh`"
+        ) from None
+    return api
+
+
+def _engine_call(call: Any, *args: str) -> Any:
+    """Call an engine read; the SDK's errors and EngineError as (status, message) errors."""
+    from flowtrace.endpoints.engine_http import EngineError
+
+    try:
+        return call(*args)
+    except EngineError as exc:
+        raise _EngineRefused(exc.status, _short(exc)) from None
+    except Exception as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if type(exc).__module__.startswith("docker") and status is not None:
+            raise _EngineRefused(int(status), _short(exc)) from None
+        raise
+
+
+class _EngineRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def docker_available() -> bool:
     try:
-        docker_client()
+        engine_api()
     except DockerUnavailableError:
         return False
     return True
@@ -98,25 +144,33 @@ def _from_attrs(attrs: dict[str, Any]) -> ContainerNet:
 
 def inspect_container(spec: str) -> ContainerNet:
     """Find a container by name or id; NotFoundError when there is none."""
-    from docker.errors import APIError, NotFound
-
-    client = docker_client()
+    api = engine_api()
     try:
-        attrs = client.api.inspect_container(spec)
-    except NotFound:
-        raise NotFoundError(
-            f"no container named {spec!r} (an endpoint is a container, host, netns:NAME, "
-            "pid:N or an IP address)"
-        ) from None
-    except APIError as exc:
-        raise DockerUnavailableError(f"Docker refused to inspect {spec!r}: {_short(exc)}") from None
+        attrs = _engine_call(api.inspect_container, spec)
+    except _EngineRefused as exc:
+        if exc.status == 404:
+            raise NotFoundError(
+                f"no container named {spec!r} (an endpoint is a container, host, netns:NAME, "
+                "pid:N or an IP address)"
+            ) from None
+        raise DockerUnavailableError(f"Docker refused to inspect {spec!r}: {exc}") from None
     return _from_attrs(attrs)
 
 
 def running_containers() -> list[ContainerNet]:
     """Every running container, for naming the namespaces flowtrace finds."""
-    client = docker_client()
-    return [_from_attrs(client.api.inspect_container(c["Id"])) for c in client.api.containers()]
+    api = engine_api()
+    found = []
+    try:
+        for listed in _engine_call(api.containers):
+            try:
+                found.append(_from_attrs(_engine_call(api.inspect_container, listed["Id"])))
+            except _EngineRefused as exc:
+                if exc.status != 404:  # one that went away since the list is left out
+                    raise
+    except _EngineRefused as exc:
+        raise DockerUnavailableError(f"Docker refused to list containers: {exc}") from None
+    return found
 
 
 def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:

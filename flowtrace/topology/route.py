@@ -97,15 +97,18 @@ def _loopback_destination(src: Endpoint, dst_spec: str) -> Endpoint | None:
 
 def resolve_route(src_spec: str, dst_spec: str, kind: ProbeKind = "icmp") -> Route:
     """Resolve both endpoints and walk the kernel state between them."""
-    src = resolve(src_spec)
-    dst = _loopback_destination(src, dst_spec) or resolve(dst_spec, allow_port=True)
+    view = LiveView()
+    src = resolve(src_spec, read_state=view.state)
+    dst = _loopback_destination(src, dst_spec) or resolve(
+        dst_spec, allow_port=True, read_state=view.state
+    )
     if kind in ("tcp", "udp") and dst.port is None:
         raise FlowtraceError(f"{kind} needs a destination port: {dst_spec}:PORT", ExitStatus.USAGE)
     if kind == "icmp" and dst.port is not None:
         raise FlowtraceError(
             f"ping takes no port ({dst_spec}): use flowtrace tcp for ports", ExitStatus.USAGE
         )
-    view = LiveView([src.netns, dst.netns])
+    view.know([src.netns, dst.netns])
     dst_ip = choose_destination_ip(view, src.netns, dst)
     plan = plan_path(view, src.netns, dst_ip, dst.port, docker_redirect(kind))
     if plan.src_ip is None:
