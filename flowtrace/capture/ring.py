@@ -24,6 +24,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from enum import Enum
+from types import ModuleType
 
 from flowtrace.capture.bpf import DROP_ALL, attach_filter
 from flowtrace.endpoints.netns import run_in_netns
@@ -278,6 +279,24 @@ class PacketRing:
         _STATUS.pack_into(ring, base + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
         self._next_block = (self._next_block + 1) % self.geometry.block_count
         return frames
+
+    def drain_to(self, writer: ModuleType, interface_id: int, fd: int) -> tuple[int, int, int]:
+        """Every retired block as pcapng EPBs appended to fd, in C (capture.native).
+
+        What read_block() and pcapng.enhanced_packet_block() do frame by frame, with
+        no Python per frame; fd < 0 gives the blocks back unwritten.  Returns (frames,
+        bytes on the wire, errno of a failed write or 0).
+        """
+        geometry = self.geometry
+        self._next_block, _, frames, wire_bytes, error = writer.drain(
+            self._map,
+            geometry.block_size,
+            geometry.block_count,
+            self._next_block,
+            interface_id,
+            fd,
+        )
+        return frames, wire_bytes, error
 
     def pending(self) -> bool:
         """True while the kernel holds frames we have not read (ready or still filling)."""

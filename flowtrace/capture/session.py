@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 from flowtrace._version import __version__
+from flowtrace.capture import native
 from flowtrace.capture.bpf import DEFAULT_SNAPLEN, compile_filter
 from flowtrace.capture.pump import (
     BYTES,
@@ -131,6 +132,8 @@ class CaptureSession:
                 self._out_fd = self._open_output(self.output)
             self._wake = os.pipe()
             self._started = True
+            if self.output is not None and not self.keep_frames:
+                native.say_once_if_python()
             if self.workers == 0:
                 self._start_thread()
             else:
