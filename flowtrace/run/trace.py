@@ -43,6 +43,9 @@ class ProbeStep:
         self.seq = seq
         self.sender = sender
         self.timeout_s = trace.options.timeout
+        #: An echo reply ends its exchange: nothing follows it to wait for (a TCP answer
+        #: is followed by the source's RST, which the loop's default linger waits for).
+        self.linger_s: float | None = 0.0 if trace.options.kind == "icmp" else None
 
     def send(self) -> None:
         t = self.trace
