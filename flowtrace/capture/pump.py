@@ -16,7 +16,6 @@ import os
 import select
 import signal
 import time
-import traceback
 from collections.abc import Sequence
 from operator import itemgetter
 from types import ModuleType
@@ -237,6 +236,8 @@ def worker_main(pump: Pump, signal_mask: set[int | signal.Signals]) -> None:
         code = 0
     except BaseException:
         with contextlib.suppress(OSError):
+            import traceback  # only a worker that failed prints one
+
             os.write(2, traceback.format_exc().encode(errors="replace"))
     finally:
         os._exit(code)

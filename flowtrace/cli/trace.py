@@ -36,7 +36,7 @@ def path_cmd(src: str, dst: str, as_json: bool) -> None:
 
     from flowtrace.output.terminal import render_path
 
-    render_path(points, notes, Console(highlight=False, soft_wrap=True))
+    render_path(points, notes, Console(highlight=False, soft_wrap=True, emoji=False))
 
 
 def _trace_options(func: F) -> F:
@@ -212,5 +212,5 @@ def dns_cmd(
 
         from flowtrace.output.dnsview import render
 
-        render(result, Console(highlight=False, soft_wrap=True))
+        render(result, Console(highlight=False, soft_wrap=True, emoji=False))
     finish(result)

@@ -6,7 +6,6 @@ Pure: it reads text (the recorded output of `iptables-save`, or `read.read_rules
 from __future__ import annotations
 
 import ipaddress
-import shlex
 
 from flowtrace.topology.netfilter.rules import (
     Chain,
@@ -57,6 +56,8 @@ def parse_rule(line: str, table: str = "nat") -> Rule:
     text = line.strip()
     if text.startswith("["):  # iptables-save -c
         text = text.split("]", 1)[1].strip()
+    import shlex  # here, not above: only a trace that reads rules pays for it
+
     try:
         tokens = shlex.split(text)
     except ValueError as exc:

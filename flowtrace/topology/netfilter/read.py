@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+from typing import TYPE_CHECKING
 
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import FlowtraceError, MissingToolError, NotRootError
 from flowtrace.topology.netfilter.iptables_save import parse_iptables_save
 from flowtrace.topology.netfilter.rules import NatRuleset
 
+if TYPE_CHECKING:
+    import subprocess
+
 
 def read_ruleset(netns_path: str, ipv6: bool = False) -> NatRuleset:
     """The iptables rules of the namespace at `netns_path` (iptables-save run inside it)."""
+    import shutil
+    import subprocess  # here, not above: a ping that reads no rules does not pay for them
+
     program = "ip6tables-save" if ipv6 else "iptables-save"
     path = shutil.which(program)
     if path is None:
