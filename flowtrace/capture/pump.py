@@ -1,7 +1,8 @@
 """The reader of a capture's rings: one loop per thread or forked worker, and its counters.
 
-A pump reads its rings block by block and appends whole pcapng blocks, one os.write
-per ring block, to the session's file (opened with O_APPEND, so several workers can
+A pump reads its rings block by block and appends whole pcapng blocks, one write
+per ring block (in C when capture.native has the writer and nothing is kept in
+memory), to the session's file (opened with O_APPEND, so several workers can
 append side by side and the file is a valid pcapng at every moment), and keeps the
 frames in memory when the tracer asks.  Counters live in anonymous shared memory:
 each ring has exactly one reader, which is the only writer of that ring's counters,
