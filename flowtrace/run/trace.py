@@ -14,7 +14,7 @@ import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
@@ -23,11 +23,13 @@ from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, open_sender, send_probe
-from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
 from flowtrace.topology.route import Route, resolve_route
+
+if TYPE_CHECKING:
+    from flowtrace.run.legs import Legs
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
 SETTLE_S = 0.03
@@ -104,6 +106,8 @@ class ProbeTrace:
         #: With a docker-proxy: the real connection's two legs.
         self.legs: Legs | None = None
         if route.proxy is not None:
+            from flowtrace.run.legs import Legs  # a docker-proxy's legs: tcp to a published port
+
             self.legs = Legs(
                 route.proxy,
                 route.src.netns.path,

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import DropReason, Headers, Namespace, Point, Sighting
 from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
-from flowtrace.topology.netfilter import find_drop_rule, read_ruleset
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,9 @@ def explain_loss(
     ingress = vanished_in(points, last_point)
     if ingress is None:
         return None
+    # Imported here: the rule model is read only when a probe was lost (8-10 ms a trace).
+    from flowtrace.topology.netfilter import find_drop_rule, read_ruleset
+
     path = ingress.netns.path
     state = read_state(path)
     dst, dport = seen.dst, seen.dport
@@ -151,6 +153,8 @@ def explain_unanswered(
     ingress = arrival(points, destination)
     if ingress is None:
         return None
+    from flowtrace.topology.netfilter import find_drop_rule, read_ruleset
+
     path = ingress.netns.path
     state = read_state(path)
     ruleset = read_ruleset(path)

@@ -19,7 +19,6 @@ from flowtrace.errors import FlowtraceError
 from flowtrace.model import Address, NatEvent, Packet, Point
 from flowtrace.topology.conntrack import find_entry
 from flowtrace.topology.kernel import read_state
-from flowtrace.topology.netfilter import attribute, read_ruleset
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,9 @@ def explain_rewrite(
     `peer`: the packet's other end before the rewrite, for rules that match on it.
     What cannot be read is said in the field instead ("(rules not readable: ...)").
     """
+    # Imported here: only a trace that saw a rewrite reads rules (the model costs 8-10 ms).
+    from flowtrace.topology.netfilter import attribute, read_ruleset
+
     try:
         addresses = (
             list(local) if local is not None else [a.ip for a in read_state(netns_path).addresses]

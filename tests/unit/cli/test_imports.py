@@ -93,3 +93,23 @@ def test_the_modules_of_a_trace_import_nothing_heavy() -> None:
     netlink.netlink_error()
     """
     assert imported_after(code) == []
+
+
+def test_a_ping_leaves_ports_proxies_and_rules_unloaded() -> None:
+    # Published ports, docker-proxy's legs and the firewall's rule model are read only
+    # when a destination port, a rewrite or a lost probe asks for them (15 ms of imports).
+    code = """
+    import sys, json
+    import flowtrace.api, flowtrace.run.trace, flowtrace.output.terminal
+    own = ("flowtrace.topology.netfilter", "flowtrace.topology.proxy",
+           "flowtrace.topology.published", "flowtrace.run.legs")
+    print(json.dumps(sorted(m for m in sys.modules if m.startswith(own))))
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(done.stdout) == []
