@@ -519,6 +519,9 @@ def flowtrace_child(spec_text: str) -> None:
     print(f"ready {usage.ru_utime + usage.ru_stime:.3f}", flush=True)
     stats = session.run()
     print(json.dumps({"packets": [s.packets for s in stats], "drops": [s.drops for s in stats]}))
+    # As `flowtrace capture` ends (cli.main): flushed, then no interpreter teardown.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main() -> None:

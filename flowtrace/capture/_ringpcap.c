@@ -180,36 +180,37 @@ static PyObject *drain(PyObject *self, PyObject *args)
         uint32_t status = __atomic_load_n(&h1->block_status, __ATOMIC_ACQUIRE);
         if (!(status & TP_STATUS_USER))
             break;
-        uint32_t count = h1->num_pkts;
+        uint32_t count = h1->num_pkts, i;
         size_t block_end = (size_t)next_block * (size_t)block_size + (size_t)block_size;
         size_t pos = (size_t)next_block * (size_t)block_size + h1->offset_to_first_pkt;
-        size_t need = 0, first = pos;
         struct frame_view f;
-        uint32_t step = 0, i;
-        for (i = 0; i < count; i++) {
-            if (frame_at(ring, block_end, pos, &f, &step) != 0)
-                break;
-            need += epb_size(&f);
-            pos += step;
-        }
-        count = i; /* a malformed tail (never seen) is left out, not read past */
+        uint32_t step = 0;
+        /* Each frame's EPB is smaller than its slot in the block (a slot holds a 48-byte
+         * tpacket3_hdr and a sockaddr_ll before the frame; an EPB adds 44 bytes and a
+         * 4-byte tag at most), so one block's EPBs fit in block_size bytes. */
         unsigned char *out = NULL;
         if (fd >= 0 && write_errno == 0 && count > 0) {
-            out = scratch_for(need);
+            out = scratch_for((size_t)block_size);
             if (out == NULL)
                 write_errno = ENOMEM;
         }
-        unsigned char *at = out;
+        unsigned char *at = out, *limit = out != NULL ? out + block_size : NULL;
         uint64_t block_bytes = 0;
-        pos = first;
         for (i = 0; i < count; i++) {
-            frame_at(ring, block_end, pos, &f, &step);
+            if (frame_at(ring, block_end, pos, &f, &step) != 0)
+                break; /* a malformed tail (never seen) is left out, not read past */
+            if (at != NULL && (size_t)(limit - at) < epb_size(&f)) {
+                /* cannot happen (see above); should it, what is ready goes first */
+                write_errno = write_all(fd, out, (size_t)(at - out));
+                at = write_errno ? NULL : out;
+            }
             if (at != NULL)
                 at = write_epb(at, interface_id, &f, &block_bytes);
             else
                 block_bytes += f.wirelen + (f.vlan ? 4u : 0u);
             pos += step;
         }
+        count = i;
         __atomic_store_n(&h1->block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
         if (at != NULL && at > out)
             write_errno = write_all(fd, out, (size_t)(at - out));
