@@ -1,19 +1,22 @@
-"""Container facts from the Docker engine, turned into namespaces.
+"""Container facts from the chosen engine, turned into namespaces.
 
-Docker is only asked when the user names a container (or when flowtrace wants names
-for namespaces it found), so netns:/pid:/host endpoints work with no engine at all.
-The reads go through `engine_api()`: the engine's socket with the standard library
-(endpoints.engine_http) when DOCKER_HOST is a plain unix:// or tcp:// one, else the
-Docker SDK's client; the lab's work (images, containers) uses `docker_client()`.
+The engine is Docker or Podman's Docker-compatible API, whichever
+flowtrace.endpoints.engines chose; Podman's own facts (pods, infra containers) come
+from flowtrace.endpoints.podman.  The engine is only asked when the user names a
+container (or when flowtrace wants names for namespaces it found), so
+netns:/pid:/host endpoints work with no engine at all.  The reads go through
+`engines.api()`: the engine's socket with the standard library (endpoints.engine_http)
+when it is a unix socket or TCP without TLS, else the Docker SDK's APIClient.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
+from flowtrace.endpoints import engines
+from flowtrace.endpoints.podman import PodFacts, pod_of
 from flowtrace.errors import (
     DockerUnavailableError,
     NoPathError,
@@ -24,7 +27,7 @@ from flowtrace.errors import (
 
 @dataclass(frozen=True)
 class ContainerNet:
-    """What Docker says about one container's networking."""
+    """What the engine says about one container's networking."""
 
     name: str
     id: str
@@ -36,58 +39,16 @@ class ContainerNet:
     addresses: dict[str, str]
     #: "80/tcp" -> [(host ip, host port)]
     ports: dict[str, list[tuple[str, int]]]
-    #: The files Docker bind-mounts as the container's /etc/resolv.conf and /etc/hosts.
+    #: The files the engine bind-mounts as the container's /etc/resolv.conf and /etc/hosts.
     resolv_conf: str = ""
     hosts_file: str = ""
-
-
-@cache
-def docker_client(timeout: float = 10) -> Any:
-    """The one Docker SDK client (per timeout), made once and checked with a ping.
-
-    Tracing asks for quick answers; the lab, which imports images, for a longer timeout.
-    """
-    try:
-        import docker
-        from docker.errors import DockerException
-    except ImportError as exc:  # pragma: no cover - a dependency
-        raise DockerUnavailableError(f"the docker Python package is missing ({exc})") from None
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except DockerException as exc:
-        raise DockerUnavailableError(
-            f"the Docker engine does not answer ({_short(exc)}): start dockerd, "
-            "e.g. with `bash scripts/setup.sh`"
-        ) from None
-    return client
+    #: "docker" or "podman": the engine that runs it.
+    engine: str = "docker"
 
 
 def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:160]
-
-
-@cache
-def engine_api(timeout: float = 10) -> Any:
-    """What reads containers: an EngineAPI on the engine's socket, or the SDK's APIClient.
-
-    Both have `inspect_container(spec)` and `containers()`; checked with a ping once.
-    """
-    from flowtrace.endpoints.engine_http import EngineAPI, EngineError, plain_endpoint
-
-    host = plain_endpoint()
-    if host is None:
-        return docker_client(timeout).api
-    api = EngineAPI(host, timeout)
-    try:
-        api.ping()
-    except EngineError as exc:
-        raise DockerUnavailableError(
-            f"the Docker engine does not answer ({_short(exc)}): start dockerd, "
-            "e.g. with `bash scripts/setup.sh`"
-        ) from None
-    return api
 
 
 def _engine_call(call: Any, *args: str) -> Any:
@@ -112,14 +73,11 @@ class _EngineRefused(Exception):
 
 
 def docker_available() -> bool:
-    try:
-        engine_api()
-    except DockerUnavailableError:
-        return False
-    return True
+    """Whether the chosen engine (Docker or Podman) answers."""
+    return engines.available()
 
 
-def _from_attrs(attrs: dict[str, Any]) -> ContainerNet:
+def _from_attrs(attrs: dict[str, Any], engine: str = "docker") -> ContainerNet:
     state = attrs.get("State", {})
     host_config = attrs.get("HostConfig", {})
     networks = attrs.get("NetworkSettings", {}).get("Networks") or {}
@@ -139,43 +97,59 @@ def _from_attrs(attrs: dict[str, Any]) -> ContainerNet:
         ports=ports,
         resolv_conf=str(attrs.get("ResolvConfPath") or ""),
         hosts_file=str(attrs.get("HostsPath") or ""),
+        engine=engine,
     )
 
 
 def inspect_container(spec: str) -> ContainerNet:
     """Find a container by name or id; NotFoundError when there is none."""
-    api = engine_api()
+    found = engines.connect()
     try:
-        attrs = _engine_call(api.inspect_container, spec)
+        attrs = _engine_call(found.api.inspect_container, spec)
     except _EngineRefused as exc:
         if exc.status == 404:
             raise NotFoundError(
-                f"no container named {spec!r} (an endpoint is a container, host, netns:NAME, "
-                "pid:N or an IP address)"
+                f"no container named {spec!r} on {found.info.name} (an endpoint is a "
+                "container, host, netns:NAME, pid:N or an IP address)"
+                f"{engines.elsewhere_hint(spec)}"
             ) from None
-        raise DockerUnavailableError(f"Docker refused to inspect {spec!r}: {exc}") from None
-    return _from_attrs(attrs)
+        raise DockerUnavailableError(
+            f"{found.info.name} refused to inspect {spec!r}: {exc}"
+        ) from None
+    return _from_attrs(attrs, found.info.name)
 
 
 def running_containers() -> list[ContainerNet]:
     """Every running container, for naming the namespaces flowtrace finds."""
-    api = engine_api()
-    found = []
+    found = engines.connect()
+    api = found.api
+    containers = []
     try:
         for listed in _engine_call(api.containers):
             try:
-                found.append(_from_attrs(_engine_call(api.inspect_container, listed["Id"])))
+                attrs = _engine_call(api.inspect_container, listed["Id"])
             except _EngineRefused as exc:
                 if exc.status != 404:  # one that went away since the list is left out
                     raise
+                continue
+            containers.append(_from_attrs(attrs, found.info.name))
     except _EngineRefused as exc:
-        raise DockerUnavailableError(f"Docker refused to list containers: {exc}") from None
-    return found
+        raise DockerUnavailableError(
+            f"{found.info.name} refused to list containers: {exc}"
+        ) from None
+    return containers
 
 
 def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
     """The namespace path of a running container, and plain notes about its network mode."""
     info = inspect_container(spec)
+    engine = engines.used()
+    if engine is not None and not engines.is_local(engine.host):
+        # its pids are another machine's: /proc/PID here is some other process
+        raise NoPathError(
+            f"{info.name} runs on the engine at {engine.host} ({engine.selected_by}), on "
+            "another machine: flowtrace enters the namespaces of this one"
+        )
     notes: list[str] = []
     mode = info.network_mode
     if mode.startswith("container:"):
@@ -183,23 +157,27 @@ def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
     if not info.running:
         raise NotRunningError(
             f"container {info.name} is {info.status}, not running: start it with "
-            f"`docker start {info.name}`"
+            f"`{info.engine} start {info.name}`"
         )
     if mode == "none":
         added = _interfaces_besides_lo(f"/proc/{info.pid}/ns/net")
         if not added:
             raise NoPathError(
-                f"container {info.name} has network mode none: Docker gave its namespace no "
-                "interface but lo, so no packet can leave it or reach it from another namespace"
+                f"container {info.name} has network mode none: {_engine_word(info)} gave its "
+                "namespace no interface but lo, so no packet can leave it or reach it from "
+                "another namespace"
             )
         notes.append(
-            f"{info.name} has network mode none: Docker gave it only lo, and "
-            f"{', '.join(added)} was put into its namespace by something other than Docker"
+            f"{info.name} has network mode none: {_engine_word(info)} gave it only lo, and "
+            f"{', '.join(added)} was put into its namespace by something other than "
+            f"{_engine_word(info)}"
         )
+    if engine is not None and engine.rootless:
+        notes.append(rootless_note(info.name, engine.name))
     if mode == "host":
         notes.append(
-            f"{info.name} uses network mode host: it shares the Docker host's network "
-            "namespace, so the host's interfaces are its own and it has no veth of its own"
+            f"{info.name} uses network mode host: it shares the {_engine_word(info)} host's "
+            "network namespace, so the host's interfaces are its own and it has no veth of its own"
         )
     return info, f"/proc/{info.pid}/ns/net", notes
 
@@ -247,7 +225,29 @@ def _shared_namespace_note(info: ContainerNet) -> str:
             f"{info.name}'s network belonged to container {owner.name}, which has restarted "
             f"with a new namespace since: {lost} (restart {info.name} to join {owner.name} again)"
         )
+    if info.engine == "podman":  # a pod's member: the owner is the pod's infra container
+        pod = _pod_of(info)
+        if pod is not None and pod.infra_id == owner.id:
+            return pod.owner_note(info.name)
     return (
         f"{info.name} uses network mode container:{owner.name}: it shares {owner.name}'s "
         "network namespace (interfaces, addresses, routes)"
+    )
+
+
+def _engine_word(info: ContainerNet) -> str:
+    return "Podman" if info.engine == "podman" else "Docker"
+
+
+def _pod_of(info: ContainerNet) -> PodFacts | None:
+    return pod_of(engines.api(), info.id)
+
+
+def rootless_note(container: str, engine: str) -> str:
+    """What can be traced of a rootless engine's container, in one line."""
+    return (
+        f"{container} runs on rootless {engine.capitalize()}: flowtrace traces inside its "
+        "namespace, and between containers on a rootless network inside the engine's "
+        "rootless namespace; not past slirp4netns or pasta, the userspace processes that "
+        "carry its traffic to and from the host, where there is no veth or bridge to watch"
     )

@@ -1,21 +1,23 @@
 """The engine's HTTP API on its own socket, for the few reads a trace makes (stdlib only).
 
-A trace asks the engine three things: is it there, what is this container, which
-containers run.  The Docker SDK answers them too, but importing it brings requests,
-urllib3, ssl and http.cookiejar: 0.11-0.15 s of a 0.6 s ping on the 2-core VM, more
-than the trace's own work; even http.client brings email's parser and ssl (10-20 ms).
-So these reads are one HTTP/1.0 GET each on a plain socket to what DOCKER_HOST names,
-unix:// or tcp:// without TLS, on the engine's unversioned API (its newest): the
-engine answers and closes, so the answer is read to the end and split at its blank
-line (a chunked body, which an HTTP/1.0 answer never has, is decoded all the same).
-What this costs: the 40 lines below; TLS and ssh:// engines go through the SDK as
-before (`docker_client`), and the lab, which builds images and containers, keeps it.
+A trace asks the engine three things: is it there (and which engine it is), what is
+this container, which containers run; on Podman also its pods and networks (libpod's
+own endpoints on the same socket).  The Docker SDK answers them too, but importing it
+brings requests, urllib3, ssl and http.cookiejar: 0.11-0.15 s of a 0.6 s ping on the
+2-core VM, more than the trace's own work; even http.client brings email's parser and
+ssl (10-20 ms).  So these reads are one HTTP/1.0 GET each on a plain socket to the
+engine flowtrace.endpoints.engines chose (Docker's or Podman's socket, DOCKER_HOST,
+CONTAINER_HOST, a context's host), unix:// or tcp:// without TLS, on the engine's
+unversioned API (its newest): the engine answers and closes, so the answer is read to
+the end and split at its blank line (a chunked body, which an HTTP/1.0 answer never
+has, is decoded all the same).  What this costs: the 60 lines below; TLS and ssh://
+engines go through the SDK as before, and the lab, which builds images and containers,
+keeps it (`engines.client()`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 from typing import Any
 from urllib.parse import quote
@@ -32,19 +34,20 @@ class EngineError(Exception):
         self.status = status
 
 
-def plain_endpoint(env: dict[str, str] | None = None) -> str | None:
-    """DOCKER_HOST when this module can speak to it (unix://, tcp:// without TLS), else None."""
-    env = dict(os.environ) if env is None else env
-    host = env.get("DOCKER_HOST") or DEFAULT_HOST
-    if env.get("DOCKER_TLS_VERIFY") or env.get("DOCKER_CERT_PATH"):
-        return None
-    if host.startswith(("unix://", "tcp://", "http://")):
-        return host
-    return None
+def speaks(host: str, tls: Any = None) -> bool:
+    """Whether EngineAPI speaks to the engine at `host` (an SDK base_url): a unix socket or
+    TCP without TLS (ssh:// and TLS go through the SDK)."""
+    return tls is None and host.startswith(("unix://", "tcp://", "http://"))
 
 
 def split_response(raw: bytes) -> tuple[int, str, bytes]:
     """An HTTP answer read to its end: (status, content type, body)."""
+    status, headers, body = split_answer(raw)
+    return status, headers.get("content-type", "").split(";")[0].strip(), body
+
+
+def split_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """An HTTP answer read to its end: (status, headers by lower-case name, body)."""
     head, sep, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status_line = lines[0].split(" ", 2)
@@ -58,8 +61,7 @@ def split_response(raw: bytes) -> tuple[int, str, bytes]:
         body = _unchunk(body)
     elif "content-length" in headers:
         body = body[: int(headers["content-length"])]
-    content_type = headers.get("content-type", "").split(";")[0].strip()
-    return int(status_line[1]), content_type, body
+    return int(status_line[1]), headers, body
 
 
 def _unchunk(body: bytes) -> bytes:
@@ -100,8 +102,9 @@ class EngineAPI:
             raise
         return sock
 
-    def get(self, path: str) -> Any:
-        """GET `path`; its JSON, or EngineError (status 0: the engine did not answer)."""
+    def request(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        """GET `path`: (status, headers by lower-case name, body); EngineError(0) when the
+        engine does not answer."""
         request = f"GET {path} HTTP/1.0\r\nHost: docker\r\nUser-Agent: flowtrace\r\n\r\n"
         try:
             with self._connect() as sock:
@@ -109,21 +112,33 @@ class EngineAPI:
                 chunks = []
                 while chunk := sock.recv(_RECV_BYTES):
                     chunks.append(chunk)
-            status, content_type, body = split_response(b"".join(chunks))
+            return split_answer(b"".join(chunks))
         except (OSError, ValueError) as exc:
             raise EngineError(0, f"{self.host}: {exc}") from None
+
+    def get(self, path: str) -> Any:
+        """GET `path`; its JSON, or EngineError (status 0: the engine did not answer)."""
+        status, headers, body = self.request(path)
         if status >= 400:
             try:
                 message = str(json.loads(body).get("message", ""))
             except (ValueError, AttributeError):
                 message = body.decode(errors="replace").strip()
             raise EngineError(status, message or f"status {status}")
-        if content_type != "application/json":
+        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return body.decode(errors="replace")
         return json.loads(body)
 
     def ping(self) -> bool:
         return self.get("/_ping") == "OK"
+
+    def version(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.get("/version")
+        return answer
+
+    def info(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.get("/info")
+        return answer
 
     def inspect_container(self, spec: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.get(f"/containers/{quote(spec, safe='')}/json")
@@ -132,3 +147,6 @@ class EngineAPI:
     def containers(self) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = self.get("/containers/json")
         return answer
+
+    def close(self) -> None:
+        """Nothing to close: each request had its own connection (the SDK's has this too)."""

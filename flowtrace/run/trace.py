@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
+from flowtrace.endpoints import engines
 from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
 from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
@@ -117,6 +118,8 @@ class ProbeTrace:
                 [p.id for p in route.plan.points],
             )
         self.explainer = KernelExplainer(self.points, route.plan.dst_ip, route.plan.dst_port)
+        #: The engine's own parts the path and its rules met (netavark's bridges and chains).
+        self.engine_notes: list[str] = []
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -187,11 +190,16 @@ class ProbeTrace:
                 first_leg_packet = live.next_packet_id
                 live.step(self.legs)
         verdicts = self._verdicts(live)
+        rules = [ev.rule for p in live.packets for ev in p.nat] + [v.rule for v in verdicts]
+        from flowtrace.run.engine_notes import trace_notes
+
+        self.engine_notes = trace_notes(self.points, rules)
         proxy = None
         if self.legs is not None:
             proxy = self.legs.summary([p for p in live.packets if p.packet_id >= first_leg_packet])
         if live.recorder is not None:
             extra: dict[str, Any] = {
+                "notes": self._notes(),
                 "verdicts": [verdict_record(v) for v in verdicts],
                 "interrupted": live.interrupted,
                 # the rule and conntrack entry of each rewrite: the pcapng cannot hold them
@@ -224,6 +232,7 @@ class ProbeTrace:
                 "port": route.dst_port,
             },
             "count": self.options.count,
+            "engine": engines.used_meta(),
             "capture_filter": self.capture_filter(),
             "notes": self._notes(),
         }
@@ -283,7 +292,7 @@ class ProbeTrace:
                 "flowtrace sends a bare SYN: the source's kernel, which opened no "
                 "connection, answers a SYN-ACK with a RST"
             )
-        return notes
+        return notes + self.engine_notes
 
     def _trace(
         self, live: LiveRun, verdicts: list[Verdict], proxy: dict[str, object] | None
@@ -300,6 +309,7 @@ class ProbeTrace:
             "dst_port": route.dst_port,
             "kind": self.options.kind,
             "interrupted": live.interrupted,
+            "engine": engines.used_meta(),
         }
         if live.recorder is not None:
             meta["pcap"] = str(live.recorder.path)

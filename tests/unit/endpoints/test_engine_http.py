@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from flowtrace.endpoints.engine_http import DEFAULT_HOST, plain_endpoint
-
-
-def test_no_docker_host_is_the_default_socket() -> None:
-    assert plain_endpoint({}) == DEFAULT_HOST == "unix:///var/run/docker.sock"
+from flowtrace.endpoints.engine_http import DEFAULT_HOST, speaks, split_answer
 
 
 def test_unix_and_plain_tcp_hosts_are_spoken_to_directly() -> None:
-    assert plain_endpoint({"DOCKER_HOST": "unix:///run/podman/podman.sock"}) == (
-        "unix:///run/podman/podman.sock"
-    )
-    assert plain_endpoint({"DOCKER_HOST": "tcp://10.0.0.5:2375"}) == "tcp://10.0.0.5:2375"
+    assert speaks(DEFAULT_HOST) and DEFAULT_HOST == "unix:///var/run/docker.sock"
+    assert speaks("unix:///run/podman/podman.sock")
+    assert speaks("tcp://10.0.0.5:2375")
 
 
 def test_tls_and_ssh_engines_go_through_the_sdk() -> None:
-    assert plain_endpoint({"DOCKER_HOST": "ssh://admin@box"}) is None
-    assert plain_endpoint({"DOCKER_HOST": "tcp://10.0.0.5:2376", "DOCKER_TLS_VERIFY": "1"}) is None
-    assert plain_endpoint({"DOCKER_CERT_PATH": "/certs"}) is None
+    assert not speaks("ssh://admin@box")
+    assert not speaks("tcp://10.0.0.5:2376", tls=object())
+    assert not speaks("https://10.0.0.5:2376")
+
+
+def test_headers_are_kept_by_lower_case_name() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nApi-Version: 4.0.0\r\nLibpod-Api-Version: 4.3.1\r\n"
+        b"Content-Length: 2\r\n\r\nOK"
+    )
+    status, headers, body = split_answer(raw)
+    assert (status, body) == (200, b"OK")
+    assert headers["libpod-api-version"] == "4.3.1" and headers["api-version"] == "4.0.0"
 
 
 def test_an_answer_is_split_at_its_blank_line() -> None:
