@@ -37,7 +37,7 @@ class EngineError(Exception):
 def speaks(host: str, tls: Any = None) -> bool:
     """Whether EngineAPI speaks to the engine at `host` (an SDK base_url): a unix socket or
     TCP without TLS (ssh:// and TLS go through the SDK)."""
-    return tls is None and host.startswith(("unix://", "tcp://", "http://"))
+    return tls is None and host.startswith(("unix://", "http+unix://", "tcp://", "http://"))
 
 
 def split_response(raw: bytes) -> tuple[int, str, bytes]:
@@ -87,9 +87,9 @@ class EngineAPI:
         self.timeout = timeout
 
     def _connect(self) -> socket.socket:
-        if self.host.startswith("unix://"):
+        if self.host.startswith(("unix://", "http+unix://")):  # the SDK writes http+unix://
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: Any = self.host.removeprefix("unix://")
+            address: Any = self.host.split("://", 1)[1]
         else:
             name, _, port = self.host.split("://", 1)[1].rstrip("/").rpartition(":")
             sock = socket.socket(socket.AF_INET6 if ":" in name else socket.AF_INET)

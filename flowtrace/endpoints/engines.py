@@ -412,7 +412,12 @@ def _docker_context(name: str) -> tuple[str, Any] | None:
     as docker.context.Context reads it; one with TLS material through the SDK."""
     if name == "default":
         return DOCKER_SOCKET, None
-    contexts = os.path.join(os.path.dirname(docker_config_file() or ""), "contexts")
+    # the docker CLI's contexts dir (the SDK looks beside config.json, so not at all
+    # when there is no config.json; the CLI makes contexts without one)
+    contexts = os.path.join(
+        os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker"),
+        "contexts",
+    )
     key = hashlib.sha256(name.encode()).hexdigest()
     if os.path.isdir(os.path.join(contexts, "tls", key)):
         return _sdk_context(name)
@@ -609,8 +614,9 @@ def _engine_facts(reader: Any, name: str, host: str) -> tuple[str | None, bool]:
     when its socket is not root's (a rootless dockerd's or Podman's is its user's); a
     remote Docker says so in /info (8-14 ms, which a local trace does not spend); Podman's
     network backend is what it recorded in its storage on first use."""
-    path = host.removeprefix("unix://")
-    local_socket = host.startswith("unix://") and os.path.exists(path)
+    unix = host.startswith(("unix://", "http+unix://"))  # http+unix://: a context the SDK made
+    path = host.split("://", 1)[1] if unix else ""
+    local_socket = unix and os.path.exists(path)
     if name != "podman":
         if local_socket:
             return None, os.stat(path).st_uid != 0

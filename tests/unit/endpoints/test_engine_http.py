@@ -8,6 +8,7 @@ from flowtrace.endpoints.engine_http import DEFAULT_HOST, speaks, split_answer
 def test_unix_and_plain_tcp_hosts_are_spoken_to_directly() -> None:
     assert speaks(DEFAULT_HOST) and DEFAULT_HOST == "unix:///var/run/docker.sock"
     assert speaks("unix:///run/podman/podman.sock")
+    assert speaks("http+unix:///run/podman/podman.sock")  # a context the SDK made
     assert speaks("tcp://10.0.0.5:2375")
 
 
