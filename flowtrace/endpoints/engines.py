@@ -15,17 +15,15 @@ The selection is process-wide (a trace, a lookup, the lab: one engine each), set
 What a trace reads (ping, version, the containers, Podman's pods and networks) goes over
 the engine's socket with the standard library (flowtrace.endpoints.engine_http) when it
 is a unix socket or TCP without TLS: the Docker SDK with requests and urllib3 is 0.11-0.15 s
-of imports, more than a ping's own work.  The docker CLI's config and contexts are read
-here too (their JSON files; a context with TLS material through the SDK).  TLS and ssh://
+of imports, more than a ping's own work.  TLS and ssh://
 engines, and the lab, which builds images and containers, use the SDK's client
-(`client()`, made on first use).
+(`client()`, made on first use).  The docker CLI's config and contexts are read by
+flowtrace.endpoints.docker_config.
 """
 
 from __future__ import annotations
 
 import atexit
-import hashlib
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -34,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flowtrace.endpoints.docker_config import DOCKER_SOCKET, current_context_name, docker_context
 from flowtrace.errors import DockerUnavailableError, ExitStatus, FlowtraceError
 
 if TYPE_CHECKING:
     from flowtrace.endpoints.podman_service import PodmanService
 
 ENGINE_NAMES = ("docker", "podman")
-DOCKER_SOCKET = "unix:///var/run/docker.sock"
 #: Podman's rootful API socket (podman.socket under systemd).
 PODMAN_SOCKET = "unix:///run/podman/podman.sock"
 #: Where scripts/setup.sh and the tests start Podman's API when nothing else serves it.
@@ -99,13 +97,6 @@ class EngineInfo:
     service_pid: int | None = None
     #: The TLS settings it was reached with (a context's, DOCKER_TLS_VERIFY's).
     tls: Any = field(default=None, compare=False, repr=False)
-
-    @property
-    def plain(self) -> bool:
-        """Read with the standard library (engine_http), not the SDK."""
-        from flowtrace.endpoints.engine_http import speaks
-
-        return speaks(self.host, self.tls)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -320,9 +311,9 @@ def _client(info: EngineInfo, timeout: float) -> Any:
 
 def _reconnect(first: Connection, timeout: float) -> Connection:
     """The engine `first` reached, read with another timeout."""
-    if first.info.plain:
-        from flowtrace.endpoints.engine_http import EngineAPI
+    from flowtrace.endpoints.engine_http import EngineAPI, speaks
 
+    if speaks(first.info.host, first.info.tls):
         return Connection(first.info, EngineAPI(first.info.host, timeout), first.tried, timeout)
     made = _client(first.info, timeout)
     return Connection(first.info, made.api, first.tried, timeout, made)
@@ -380,79 +371,12 @@ def is_local(host: str) -> bool:
     return False
 
 
-def docker_config_file(environ: Mapping[str, str] | None = None) -> str | None:
-    """The docker CLI's config file, where the Docker SDK looks for it: $DOCKER_CONFIG/
-    config.json, ~/.docker/config.json, ~/.dockercfg (None when there is none)."""
-    environ = os.environ if environ is None else environ
-    home = os.path.expanduser("~")
-    named = environ.get("DOCKER_CONFIG")
-    paths = [
-        os.path.join(named, "config.json") if named else "",
-        os.path.join(home, ".docker", "config.json"),
-        os.path.join(home, ".dockercfg"),
-    ]
-    return next((path for path in paths if path and os.path.exists(path)), None)
-
-
-def _current_context_name() -> str | None:
-    """The config's currentContext, as docker.context.config reads it ("default" when the
-    file is missing or unreadable)."""
-    path = docker_config_file()
-    if path is None:
-        return "default"
-    try:
-        with open(path) as f:
-            return str(json.load(f).get("currentContext", "default"))
-    except Exception:
-        return "default"
-
-
-def _docker_context(name: str) -> tuple[str, Any] | None:
-    """A context's (host, TLS settings), None when there is none: its meta.json read here,
-    as docker.context.Context reads it; one with TLS material through the SDK."""
-    if name == "default":
-        return DOCKER_SOCKET, None
-    # the docker CLI's contexts dir (the SDK looks beside config.json, so not at all
-    # when there is no config.json; the CLI makes contexts without one)
-    contexts = os.path.join(
-        os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker"),
-        "contexts",
-    )
-    key = hashlib.sha256(name.encode()).hexdigest()
-    if os.path.isdir(os.path.join(contexts, "tls", key)):
-        return _sdk_context(name)
-    try:
-        with open(os.path.join(contexts, "meta", key, "meta.json")) as f:
-            meta = json.load(f)
-        endpoints = meta.get("Endpoints") or {}
-        orchestrator = (meta.get("Metadata") or {}).get("StackOrchestrator")
-        endpoint = endpoints.get("docker" if orchestrator in (None, "", "swarm") else orchestrator)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, AttributeError):
-        return _sdk_context(name)  # the SDK's error says what is wrong with it
-    if not isinstance(endpoint, Mapping):
-        return "", None
-    if endpoint.get("SkipTLSVerify"):
-        return _sdk_context(name)
-    return str(endpoint.get("Host") or ""), None
-
-
-def _sdk_context(name: str) -> tuple[str, Any] | None:
-    from docker.context import ContextAPI
-
-    ctx = ContextAPI.get_context(name)
-    if ctx is None:
-        return None
-    return ctx.Host or "", ctx.TLSConfig
-
-
 def _open(choice: EngineChoice, timeout: float) -> Connection:
     plan = candidates(
         choice,
         os.environ,
-        _current_context_name(),
-        _docker_context,
+        current_context_name(),
+        docker_context,
         shutil.which("podman") is not None,
     )
     tried: list[str] = []

@@ -11,7 +11,7 @@ import pytest
 from docker.context import ContextAPI
 from docker.context.config import get_current_context_name
 
-from flowtrace.endpoints import engines
+from flowtrace.endpoints import docker_config as engines
 
 
 def write_context(config: Path, name: str, host: str, **docker: object) -> Path:
@@ -39,13 +39,13 @@ def sdk_context(name: str) -> tuple[str, object] | None:
 
 
 def test_the_current_context_as_the_sdk_reads_it(config: Path) -> None:
-    assert engines._current_context_name() == get_current_context_name() == "default"
+    assert engines.current_context_name() == get_current_context_name() == "default"
     (config / "config.json").write_text(json.dumps({"currentContext": "podman"}))
-    assert engines._current_context_name() == get_current_context_name() == "podman"
+    assert engines.current_context_name() == get_current_context_name() == "podman"
     (config / "config.json").write_text("{not json")
-    assert engines._current_context_name() == get_current_context_name() == "default"
+    assert engines.current_context_name() == get_current_context_name() == "default"
     (config / "config.json").write_text(json.dumps({"auths": {}}))
-    assert engines._current_context_name() == get_current_context_name() == "default"
+    assert engines.current_context_name() == get_current_context_name() == "default"
 
 
 def test_a_contexts_host_as_the_sdk_reads_it(config: Path) -> None:
@@ -53,17 +53,17 @@ def test_a_contexts_host_as_the_sdk_reads_it(config: Path) -> None:
     write_context(config, "podman", "unix:///run/podman/podman.sock")
     write_context(config, "far", "tcp://198.51.100.7:2375")
     for name in ("podman", "far", "nosuch"):
-        assert engines._docker_context(name) == sdk_context(name), name
-    assert engines._docker_context("podman") == ("unix:///run/podman/podman.sock", None)
-    assert engines._docker_context("nosuch") is None
-    assert engines._docker_context("default") == (engines.DOCKER_SOCKET, None)
+        assert engines.docker_context(name) == sdk_context(name), name
+    assert engines.docker_context("podman") == ("unix:///run/podman/podman.sock", None)
+    assert engines.docker_context("nosuch") is None
+    assert engines.docker_context("default") == (engines.DOCKER_SOCKET, None)
 
 
 def test_contexts_are_found_with_no_config_file_as_the_docker_cli_finds_them(
     config: Path,
 ) -> None:
     write_context(config, "podman", "unix:///run/podman/podman.sock")
-    assert engines._docker_context("podman") == ("unix:///run/podman/podman.sock", None)
+    assert engines.docker_context("podman") == ("unix:///run/podman/podman.sock", None)
 
 
 def test_a_context_with_tls_material_is_read_by_the_sdk(config: Path) -> None:
@@ -72,6 +72,6 @@ def test_a_context_with_tls_material_is_read_by_the_sdk(config: Path) -> None:
     (tls / "docker").mkdir(parents=True)
     for part in ("ca.pem", "cert.pem", "key.pem"):
         (tls / "docker" / part).write_text("")
-    found = engines._docker_context("secure")
+    found = engines.docker_context("secure")
     assert found is not None and found[0] == "tcp://198.51.100.7:2376"
     assert found[1] is not None  # the SDK's TLSConfig: the engine is then asked through it
