@@ -345,8 +345,7 @@ def test_vlan_tag_taken_off_by_the_kernel_is_put_back(topo: Topology) -> None:
 CHILD = textwrap.dedent(
     """
     import json, sys
-    from flowtrace.capture import native
-from flowtrace.capture.session import CaptureSession
+    from flowtrace.capture.session import CaptureSession
     from flowtrace.model import Namespace, Point, PointStats
 
     spec = json.loads(sys.argv[1])
