@@ -499,6 +499,9 @@ def flowtrace_child(spec_text: str) -> None:
     from flowtrace.capture.session import CaptureSession
     from flowtrace.model import Namespace, Point
 
+    # SIGINT stops it, as it stops `flowtrace capture` (cli/capture.py sets the same
+    # handler): started from a script's background job, it would inherit SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = json.loads(spec_text)
     points = [
         Point(
