@@ -344,10 +344,13 @@ def test_vlan_tag_taken_off_by_the_kernel_is_put_back(topo: Topology) -> None:
 
 CHILD = textwrap.dedent(
     """
-    import json, sys
+    import json, signal, sys
     from flowtrace.capture.session import CaptureSession
     from flowtrace.model import Namespace, Point, PointStats
 
+    # As `flowtrace capture` does: Ctrl-C stops it even when pytest runs in a script's
+    # background job (whose children start with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = json.loads(sys.argv[1])
     points = [
         Point(id=p["id"], netns=Namespace(path=p["path"], label=p["id"]), ifname=p["ifname"],
