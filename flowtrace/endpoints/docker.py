@@ -59,11 +59,11 @@ def _engine_call(call: Any, *args: str) -> Any:
         return call(*args)
     except EngineError as exc:
         raise _EngineRefused(exc.status, _short(exc)) from None
-    except Exception as exc:
+    except Exception as exc:  # the SDK's (docker, requests, urllib3): status 0, no answer
+        if not type(exc).__module__.startswith(("docker", "requests", "urllib3")):
+            raise
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        if type(exc).__module__.startswith("docker") and status is not None:
-            raise _EngineRefused(int(status), _short(exc)) from None
-        raise
+        raise _EngineRefused(int(status or 0), _short(exc)) from None
 
 
 class _EngineRefused(Exception):
@@ -120,7 +120,11 @@ def inspect_container(spec: str) -> ContainerNet:
 
 
 def running_containers() -> list[ContainerNet]:
-    """Every running container, for naming the namespaces flowtrace finds."""
+    """Every running container, for naming the namespaces flowtrace finds.
+
+    The connection is made once; an engine restarted since answers nothing for a
+    moment, which is DockerUnavailableError like an engine that never answered.
+    """
     found = engines.connect()
     api = found.api
     containers = []
@@ -134,6 +138,10 @@ def running_containers() -> list[ContainerNet]:
                 continue
             containers.append(_from_attrs(attrs, found.info.name))
     except _EngineRefused as exc:
+        if exc.status == 0:
+            raise DockerUnavailableError(
+                f"the {found.info.name} engine stopped answering ({exc})"
+            ) from None
         raise DockerUnavailableError(
             f"{found.info.name} refused to list containers: {exc}"
         ) from None
