@@ -14,7 +14,7 @@ import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
@@ -24,15 +24,14 @@ from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, open_sender, send_probe
-from flowtrace.run.engine_notes import trace_notes
-from flowtrace.run.kernel_word import kernel_word
-from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
-from flowtrace.topology.netfilter.watch import RulesWatch
-from flowtrace.topology.nftrace import TraceMatch
 from flowtrace.topology.route import Route, resolve_route
+
+if TYPE_CHECKING:
+    from flowtrace.run.legs import Legs
+    from flowtrace.topology.nftrace import TraceMatch
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
 SETTLE_S = 0.03
@@ -48,6 +47,9 @@ class ProbeStep:
         self.seq = seq
         self.sender = sender
         self.timeout_s = trace.options.timeout
+        #: An echo reply ends its exchange: nothing follows it to wait for (a TCP answer
+        #: is followed by the source's RST, which the loop's default linger waits for).
+        self.linger_s: float | None = 0.0 if trace.options.kind == "icmp" else None
 
     def send(self) -> None:
         t = self.trace
@@ -108,6 +110,8 @@ class ProbeTrace:
         #: With a docker-proxy: the real connection's two legs.
         self.legs: Legs | None = None
         if route.proxy is not None:
+            from flowtrace.run.legs import Legs  # a docker-proxy's legs: tcp to a published port
+
             self.legs = Legs(
                 route.proxy,
                 route.src.netns.path,
@@ -169,6 +173,9 @@ class ProbeTrace:
         )
         live = LiveRun(self.points, self.capture_filter(), hooks)
         first_leg_packet = 0
+        from flowtrace.run.kernel_word import kernel_word
+        from flowtrace.topology.netfilter.watch import RulesWatch  # subprocess: 7 ms
+
         netns = [p.netns for p in self.points]
         watch = RulesWatch.start(netns)  # before the tracing tables come, after they went
         word = kernel_word(opts.rules, netns, self._trace_match(), [ns.label for ns in netns])
@@ -195,6 +202,8 @@ class ProbeTrace:
         kernel = word.report(verdicts, live.packets, self.points, self.numbers.ip_ids)
         self.rule_notes = watch.changes()
         rules = [ev.rule for p in live.packets for ev in p.nat] + [v.rule for v in verdicts]
+        from flowtrace.run.engine_notes import trace_notes
+
         self.engine_notes = trace_notes(self.points, rules)
         proxy = None
         if self.legs is not None:
@@ -223,6 +232,8 @@ class ProbeTrace:
 
     def _trace_match(self) -> TraceMatch:
         """The probes' packets, as the kernel's trace (`--rules kernel`) picks them."""
+        from flowtrace.topology.nftrace import TraceMatch
+
         isns = [self.probe.seq_mark(seq) for seq in range(self.options.count)]
         return TraceMatch.for_probes(self.options.kind, self.probe.mark, isns)
 

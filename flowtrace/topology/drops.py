@@ -17,21 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Address, DropReason, Headers, Namespace, NatEvent, Point, Sighting
-from flowtrace.topology import silent_drops
 from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
-from flowtrace.topology.netfilter import (
-    DropFinding,
-    Firewall,
-    PacketView,
-    attribute,
-    find_drop,
-    read_firewall,
-)
-from flowtrace.topology.netfilter.engines import drop_words
-from flowtrace.topology.netfilter.owners import forward_conflict
+
+# The rule model is imported where a drop is explained: a trace whose probes all came
+# back never loads it (8-10 ms of imports).
+if TYPE_CHECKING:
+    from flowtrace.topology.netfilter import DropFinding, Firewall, PacketView
 
 
 @dataclass(frozen=True)
@@ -108,6 +103,8 @@ def describe_drop(rule: str | DropFinding, site: DropSite, why: str | None = Non
     found = rule
     maybe = "" if found.certain else "maybe "
     text = f"{maybe}dropped in {site.netns.label} by `{found.rule}`, {where(found)} {way}"
+    from flowtrace.topology.netfilter.engines import drop_words
+
     words = why or drop_words(found.source, found.base, found.packet or _no_packet())
     if words:
         text += f": {words}"
@@ -127,6 +124,8 @@ def where(found: DropFinding) -> str:
 
 
 def _no_packet() -> PacketView:
+    from flowtrace.topology.netfilter import PacketView
+
     return PacketView(0)
 
 
@@ -149,6 +148,9 @@ def explain_loss(
     site = drop_site(ingress, state, route_get(path, dst))
     if site is None:
         return without_rule(ingress, state, seen, dst)
+    from flowtrace.topology.netfilter import attribute, find_drop, read_firewall
+    from flowtrace.topology.netfilter.owners import forward_conflict
+
     firewall = read_firewall(path)
     local = [a.ip for a in state.addresses]
     found = find_drop(
@@ -181,6 +183,8 @@ def explain_loss(
 
 def without_rule(ingress: Point, state: NetnsState, seen: Headers, dst: str) -> DropReason | None:
     """No rule dropped it: what the kernel's route lookup and neighbours say there."""
+    from flowtrace.topology import silent_drops
+
     link = state.link(ingress.ifindex)
     if link is None:
         return None
@@ -214,6 +218,8 @@ def describe_answer_drop(rule: str | DropFinding, netns_label: str, out_iface: s
     )
     words = None
     if not isinstance(rule, str):
+        from flowtrace.topology.netfilter.engines import drop_words
+
         words = drop_words(rule.source, rule.base, rule.packet or _no_packet())
     elif text_rule.startswith("-P "):
         words = "no rule accepted it, so the chain's policy dropped it"
@@ -236,6 +242,8 @@ def explain_unanswered(
     ingress = arrival(points, destination)
     if ingress is None:
         return None
+    from flowtrace.topology.netfilter import find_drop, read_firewall
+
     path = ingress.netns.path
     state = read_state(path)
     firewall = read_firewall(path)
@@ -269,6 +277,8 @@ def found_answer_drop(
     firewall: Firewall, seen: Headers, out_iface: str, local: list[str]
 ) -> DropFinding | None:
     """The output-side drop of the destination's answer to `seen` (ESTABLISHED, reversed)."""
+    from flowtrace.topology.netfilter import find_drop
+
     reply_type = {8: 0, 13: 14, 15: 16, 17: 18}.get(seen.icmp_type or -1)
     return find_drop(
         firewall, seen.proto, seen.dst, seen.src, seen.dport, seen.sport,

@@ -13,6 +13,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -94,18 +95,20 @@ class RulesWatch:
     @classmethod
     def start(cls, namespaces: Iterable[Namespace]) -> RulesWatch:
         watch = cls()
-        for ns in namespaces:
-            if ns.path not in watch.before:
-                watch.before[ns.path] = (ns, _read(ns))
+        unique = {ns.path: ns for ns in namespaces}
+        for path, found in _read_all(list(unique.values())).items():
+            watch.before[path] = (unique[path], found)
         return watch
 
     def changes(self) -> list[str]:
         """A note for each namespace whose rules differ now from before the probes."""
         notes = []
+        asked = [ns for ns, first in self.before.values() if first is not None]
+        again = _read_all(asked)
         for ns, first in self.before.values():
             if first is None:
                 continue
-            now = _read(ns)
+            now = again[ns.path]
             if now is not None and now != first:
                 notes.append(
                     f"the firewall rules of {ns.label} changed while the probes were out: the "
@@ -113,6 +116,30 @@ class RulesWatch:
                     "probes met"
                 )
         return notes
+
+
+def _read_all(namespaces: list[Namespace]) -> dict[str, str | None]:
+    """Each namespace's fingerprint, read side by side (one reader process each, 7-10 ms
+    on the 2-core VM: one after the other they were 40 ms of a one-probe trace)."""
+    found: dict[str, str | None] = {}
+    failed: list[BaseException] = []
+
+    def one(ns: Namespace) -> None:
+        try:
+            found[ns.path] = _read(ns)
+        except BaseException as exc:  # raised in the caller, as one after the other did
+            failed.append(exc)
+
+    threads = [threading.Thread(target=one, args=(ns,), daemon=True) for ns in namespaces[1:]]
+    for thread in threads:
+        thread.start()
+    if namespaces:
+        one(namespaces[0])
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
+    return found
 
 
 def _read(ns: Namespace) -> str | None:
