@@ -174,12 +174,15 @@ class ProbeTrace:
         first_leg_packet = 0
         from flowtrace.topology.netfilter.watch import RulesWatch  # subprocess: 7 ms
 
-        watch = RulesWatch.start(p.netns for p in self.points)
+        # The rules' fingerprints are read while the capture starts, and are in before the
+        # first probe goes out.
+        watch = RulesWatch.begin(p.netns for p in self.points)
         with live:
             if opts.record:
                 live.recorder = self._open_recorder()
             sender = open_sender(self.route.src.netns.path)
             try:
+                watch.ready()
                 for seq in range(opts.count):
                     started = time.monotonic()
                     live.step(ProbeStep(self, seq, sender))
