@@ -177,13 +177,16 @@ class ProbeTrace:
         from flowtrace.topology.netfilter.watch import RulesWatch  # subprocess: 7 ms
 
         netns = [p.netns for p in self.points]
-        watch = RulesWatch.start(netns)  # before the tracing tables come, after they went
+        # The rules' fingerprints are read while the capture starts (and the tracing tables
+        # of --rules kernel come, which they leave out), and are in before the first probe.
+        watch = RulesWatch.begin(netns)
         word = kernel_word(opts.rules, netns, self._trace_match(), [ns.label for ns in netns])
         with word, live:
             if opts.record:
                 live.recorder = self._open_recorder()
             sender = open_sender(self.route.src.netns.path)
             try:
+                watch.ready()
                 for seq in range(opts.count):
                     started = time.monotonic()
                     live.step(word.watch(ProbeStep(self, seq, sender)))

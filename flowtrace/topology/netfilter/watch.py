@@ -91,17 +91,45 @@ class RulesWatch:
     """Fingerprints of the namespaces on a path, taken before the probes."""
 
     before: dict[str, tuple[Namespace, str | None]] = field(default_factory=dict)
+    _reading: threading.Thread | None = field(default=None, repr=False)
+    _failed: list[BaseException] = field(default_factory=list, repr=False)
 
     @classmethod
     def start(cls, namespaces: Iterable[Namespace]) -> RulesWatch:
+        """The fingerprints, read now."""
+        watch = cls.begin(namespaces)
+        watch.ready()
+        return watch
+
+    @classmethod
+    def begin(cls, namespaces: Iterable[Namespace]) -> RulesWatch:
+        """Start reading the fingerprints in the background (while the capture starts);
+        `ready()` waits for them, and must come before the first probe."""
         watch = cls()
         unique = {ns.path: ns for ns in namespaces}
-        for path, found in _read_all(list(unique.values())).items():
-            watch.before[path] = (unique[path], found)
+
+        def read() -> None:
+            try:
+                for path, found in _read_all(list(unique.values())).items():
+                    watch.before[path] = (unique[path], found)
+            except BaseException as exc:  # raised by ready(), in the caller
+                watch._failed.append(exc)
+
+        watch._reading = threading.Thread(target=read, name="rules-watch", daemon=True)
+        watch._reading.start()
         return watch
+
+    def ready(self) -> None:
+        """Wait for the fingerprints `begin()` started reading."""
+        if self._reading is not None:
+            self._reading.join()
+            self._reading = None
+        if self._failed:
+            raise self._failed[0]
 
     def changes(self) -> list[str]:
         """A note for each namespace whose rules differ now from before the probes."""
+        self.ready()
         notes = []
         asked = [ns for ns, first in self.before.values() if first is not None]
         again = _read_all(asked)

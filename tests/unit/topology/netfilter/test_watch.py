@@ -50,3 +50,19 @@ def test_a_reader_that_fails_fails_the_watch(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(watch, "_read", read)
     with pytest.raises(RuntimeError, match="boom"):
         watch.RulesWatch.start([Namespace(path="/a", label="a"), Namespace(path="/b", label="b")])
+
+
+def test_begin_reads_in_the_background_until_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+
+    def read(ns: Namespace) -> str | None:
+        gate.wait(5)
+        return "rules"
+
+    monkeypatch.setattr(watch, "_read", read)
+    seen = watch.RulesWatch.begin([Namespace(path="/a", label="a")])
+    assert seen.before == {}  # still reading: the caller goes on (the capture starts)
+    gate.set()
+    seen.ready()
+    assert seen.before["/a"][1] == "rules"
+    assert seen.changes() == []
