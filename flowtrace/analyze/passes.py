@@ -228,6 +228,8 @@ def _analyze(
         for key in ("hosts", "tunnels"):  # a trace across hosts: their clocks, its overlays
             if manifest.get(key):
                 meta[key] = manifest[key]
+        if isinstance(manifest.get("kernel"), dict):  # --rules kernel: as a live trace has it
+            meta["kernel"] = manifest["kernel"]
         if probes is not None:
             verdicts = verdicts_from(manifest, probes)
     # Path order as the manifest lists it (the file may describe interfaces otherwise).

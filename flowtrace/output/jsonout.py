@@ -6,10 +6,10 @@ Field names are part of the interface: add fields, never rename or remove them.
 from __future__ import annotations
 
 import json
-import statistics
 from typing import Any
 
 from flowtrace._version import __version__
+from flowtrace.correlate.stats import median
 from flowtrace.model import DnsLookup, NatEvent, Packet, Point, Sighting, Trace
 from flowtrace.output.hostview import clock_errors, hop_error, outer_dict
 
@@ -88,7 +88,7 @@ def hop_summary(trace: Trace) -> list[dict[str, Any]]:
             "to": b,
             "count": len(v),
             "min_ns": min(v),
-            "median_ns": int(statistics.median(v)),
+            "median_ns": int(median(v)),
             "max_ns": max(v),
             "error_ns": hop_error(points, errors, a, b),
         }
@@ -157,6 +157,8 @@ def lookup_dict(result: DnsLookup, with_packets: bool = True) -> dict[str, Any]:
         "notes": list(result.notes),
         "engine": result.meta.get("engine"),
     }
+    if "kernel" in result.meta:  # --rules kernel
+        data["kernel"] = result.meta["kernel"]
     if with_packets:
         data["points"] = [point_dict(p) for p in result.points]
         data["packets"] = [packet_dict(p) for p in result.packets]

@@ -6,7 +6,6 @@ shape, so the output pipes into less or a file cleanly.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flowtrace.correlate.stats import median
 from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, Verdict
 from flowtrace.output.hostview import (
     clock_errors,
@@ -23,6 +23,7 @@ from flowtrace.output.hostview import (
     outer_text,
     tunnel_names,
 )
+from flowtrace.output.kernelview import kernel_lines
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
 FLOWS_SHOWN = 20  # flows and NAT rewrites listed by `flowtrace analyze`; the rest counted
@@ -168,7 +169,7 @@ def print_hop_stats(trace: Trace, console: Console) -> None:
                 f"  {a} -> {b}",
                 str(len(values)),
                 _us(min(values)),
-                _us(int(statistics.median(values))),
+                _us(int(median(values))),
                 _us(max(values)),
                 *([f"±{_us(bound)}" if bound else ""] if across else []),
             )
@@ -208,7 +209,7 @@ def engine_line(meta: Mapping[str, Any]) -> str | None:
 
 
 def render_trace(trace: Trace, console: Console | None = None) -> None:
-    console = console or Console(highlight=False, soft_wrap=True)
+    console = console or Console(highlight=False, soft_wrap=True, emoji=False)
     points = {p.id: p for p in trace.points}
     header = trace.meta.get("title")
     if header:
@@ -259,6 +260,11 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         console.print()
         for line in proxy_lines(proxy, trace.packets):
             console.print(line)
+    kernel = trace.meta.get("kernel")
+    if isinstance(kernel, dict):  # --rules kernel
+        console.print()
+        for text, style in kernel_lines(kernel):
+            console.print(text, style=style or None)
     if len(trace.verdicts) > 1:
         print_hop_stats(trace, console)
     if trace.verdicts:
@@ -269,7 +275,7 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         rtt = ""
         if rtts:
             rtt = (
-                f", rtt min/median/max {_us(min(rtts))}/{_us(int(statistics.median(rtts)))}"
+                f", rtt min/median/max {_us(min(rtts))}/{_us(int(median(rtts)))}"
                 f"/{_us(max(rtts))} µs"
             )
         console.print()

@@ -14,18 +14,16 @@ import ipaddress
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
 from flowtrace.endpoints import engines
-from flowtrace.endpoints.hosts import HostSet, HostSpec, RemoteHost
 from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
 from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, open_sender, send_probe
-from flowtrace.run.engine_notes import trace_notes
 from flowtrace.run.hosts import (
     hosts_notes,
     hosts_record,
@@ -33,13 +31,15 @@ from flowtrace.run.hosts import (
     point_descriptions,
     tunnels_record,
 )
-from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
-from flowtrace.topology.hostroute import resolve_host_route
-from flowtrace.topology.netfilter.watch import RulesWatch
 from flowtrace.topology.route import Route, resolve_route
+
+if TYPE_CHECKING:
+    from flowtrace.endpoints.hosts import HostSpec, RemoteHost
+    from flowtrace.run.legs import Legs
+    from flowtrace.topology.nftrace import TraceMatch
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
 SETTLE_S = 0.03
@@ -55,6 +55,9 @@ class ProbeStep:
         self.seq = seq
         self.sender = sender
         self.timeout_s = trace.options.timeout
+        #: An echo reply ends its exchange: nothing follows it to wait for (a TCP answer
+        #: is followed by the source's RST, which the loop's default linger waits for).
+        self.linger_s: float | None = 0.0 if trace.options.kind == "icmp" else None
 
     def send(self) -> None:
         t = self.trace
@@ -121,6 +124,8 @@ class ProbeTrace:
         #: With a docker-proxy: the real connection's two legs.
         self.legs: Legs | None = None
         if route.proxy is not None:
+            from flowtrace.run.legs import Legs  # a docker-proxy's legs: tcp to a published port
+
             self.legs = Legs(
                 route.proxy,
                 route.src.netns.path,
@@ -182,15 +187,23 @@ class ProbeTrace:
         )
         live = LiveRun(self.points, self.capture_filter(), hooks, hosts=self.hosts)
         first_leg_packet = 0
-        watch = RulesWatch.start(p.netns for p in self.points)
-        with live:
+        from flowtrace.run.kernel_word import kernel_word
+        from flowtrace.topology.netfilter.watch import RulesWatch  # subprocess: 7 ms
+
+        netns = [p.netns for p in self.points]
+        # The rules' fingerprints are read while the capture starts (and the tracing tables
+        # of --rules kernel come, which they leave out), and are in before the first probe.
+        watch = RulesWatch.begin(netns)
+        word = kernel_word(opts.rules, netns, self._trace_match(), [ns.label for ns in netns])
+        with word, live:
             if opts.record:
                 live.recorder = self._open_recorder()
             sender = open_sender(self.route.src.netns.path)
             try:
+                watch.ready()
                 for seq in range(opts.count):
                     started = time.monotonic()
-                    live.step(ProbeStep(self, seq, sender))
+                    live.step(word.watch(ProbeStep(self, seq, sender)))
                     if on_probe:
                         on_probe(seq)
                     if seq + 1 < opts.count:
@@ -203,8 +216,11 @@ class ProbeTrace:
                 first_leg_packet = live.next_packet_id
                 live.step(self.legs)
         verdicts = self._verdicts(live)
+        kernel = word.report(verdicts, live.packets, self.points, self.numbers.ip_ids)
         self.rule_notes = watch.changes()
         rules = [ev.rule for p in live.packets for ev in p.nat] + [v.rule for v in verdicts]
+        from flowtrace.run.engine_notes import trace_notes
+
         self.engine_notes = trace_notes(self.points, rules)
         proxy = None
         if self.legs is not None:
@@ -223,8 +239,20 @@ class ProbeTrace:
             }
             if self.legs is not None:
                 extra["proxy"] = proxy
+            if kernel is not None:
+                extra["kernel"] = kernel
             live.recorder.close(live.stats, **extra)
-        return self._trace(live, verdicts, proxy)
+        trace = self._trace(live, verdicts, proxy)
+        if kernel is not None:
+            trace.meta["kernel"] = kernel
+        return trace
+
+    def _trace_match(self) -> TraceMatch:
+        """The probes' packets, as the kernel's trace (`--rules kernel`) picks them."""
+        from flowtrace.topology.nftrace import TraceMatch
+
+        isns = [self.probe.seq_mark(seq) for seq in range(self.options.count)]
+        return TraceMatch.for_probes(self.options.kind, self.probe.mark, isns)
 
     def _open_recorder(self) -> TraceRecorder:
         route = self.route
@@ -362,6 +390,9 @@ def run_trace(
     options.check()
     if not names_hosts((src, dst), hosts):
         return ProbeTrace(resolve_route(src, dst, options.kind), options).run(on_probe)
+    from flowtrace.endpoints.hosts import HostSet
+    from flowtrace.topology.hostroute import resolve_host_route
+
     with HostSet(hosts) as connected:
         route = resolve_host_route(src, dst, options.kind, connected)
         return ProbeTrace(route, options, connected.hosts).run(on_probe)

@@ -17,20 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Address, DropReason, Headers, Namespace, NatEvent, Point, Sighting
 from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
-from flowtrace.topology.netfilter import (
-    DropFinding,
-    Firewall,
-    PacketView,
-    attribute,
-    find_drop,
-    read_firewall,
-)
-from flowtrace.topology.netfilter.engines import drop_words
-from flowtrace.topology.netfilter.owners import forward_conflict
+
+# The rule model is imported where a drop is explained: a trace whose probes all came
+# back never loads it (8-10 ms of imports).
+if TYPE_CHECKING:
+    from flowtrace.topology.netfilter import DropFinding, Firewall, PacketView
 
 
 @dataclass(frozen=True)
@@ -51,12 +47,22 @@ def vanished_in(points: Sequence[Point], last_point: str) -> Point | None:
     """The first point, along the path, of the namespace where the packet vanished.
 
     None when the packet was lost between namespaces, past the last point, or in the
-    source namespace (where it was seen leaving: its OUTPUT chain had let it go).
+    source namespace (where it was seen leaving: its OUTPUT chain had let it go).  A
+    path that ends where a packet came in (the walk found no way on: a blackhole route)
+    ends in the namespace it came into.
     """
     ids = [p.id for p in points]
     if last_point not in ids:
         return None
     last = ids.index(last_point)
+    ends_short = (
+        last + 1 == len(points)
+        and points[last].role != "destination"
+        and last > 0
+        and points[last - 1].netns.key != points[last].netns.key
+    )
+    if ends_short:
+        return points[last]
     if last + 1 >= len(points) or points[last + 1].netns.key != points[last].netns.key:
         return None
     first = last
@@ -97,6 +103,8 @@ def describe_drop(rule: str | DropFinding, site: DropSite, why: str | None = Non
     found = rule
     maybe = "" if found.certain else "maybe "
     text = f"{maybe}dropped in {site.netns.label} by `{found.rule}`, {where(found)} {way}"
+    from flowtrace.topology.netfilter.engines import drop_words
+
     words = why or drop_words(found.source, found.base, found.packet or _no_packet())
     if words:
         text += f": {words}"
@@ -116,6 +124,8 @@ def where(found: DropFinding) -> str:
 
 
 def _no_packet() -> PacketView:
+    from flowtrace.topology.netfilter import PacketView
+
     return PacketView(0)
 
 
@@ -137,7 +147,10 @@ def explain_loss(
         dst = final_dst  # routed after the DNAT the walk will find in prerouting
     site = drop_site(ingress, state, route_get(path, dst))
     if site is None:
-        return None
+        return without_rule(ingress, state, seen, dst)
+    from flowtrace.topology.netfilter import attribute, find_drop, read_firewall
+    from flowtrace.topology.netfilter.owners import forward_conflict
+
     firewall = read_firewall(path)
     local = [a.ip for a in state.addresses]
     found = find_drop(
@@ -153,7 +166,7 @@ def explain_loss(
         icmp_type=seen.icmp_type,
     )
     if found is None:
-        return None
+        return without_rule(ingress, state, seen, dst)
     why = forward_conflict(found.rule, firewall, site.out_iface) if found.certain else None
     text = describe_drop(found, site, why)
     seen_by = found.packet
@@ -166,6 +179,18 @@ def explain_loss(
         if dnat is not None:
             text = f"rewritten to {after} by `{dnat}`, then {text}"
     return DropReason(found.rule, text)
+
+
+def without_rule(ingress: Point, state: NetnsState, seen: Headers, dst: str) -> DropReason | None:
+    """No rule dropped it: what the kernel's route lookup and neighbours say there."""
+    from flowtrace.topology import silent_drops
+
+    link = state.link(ingress.ifindex)
+    if link is None:
+        return None
+    master = state.link(link.master) if link.master is not None else None
+    l3 = master if master is not None and master.kind == "bridge" else link
+    return silent_drops.explain(ingress, l3.name, l3.index, seen, dst)
 
 
 def arrival(points: Sequence[Point], destination: str) -> Point | None:
@@ -193,6 +218,8 @@ def describe_answer_drop(rule: str | DropFinding, netns_label: str, out_iface: s
     )
     words = None
     if not isinstance(rule, str):
+        from flowtrace.topology.netfilter.engines import drop_words
+
         words = drop_words(rule.source, rule.base, rule.packet or _no_packet())
     elif text_rule.startswith("-P "):
         words = "no rule accepted it, so the chain's policy dropped it"
@@ -215,6 +242,8 @@ def explain_unanswered(
     ingress = arrival(points, destination)
     if ingress is None:
         return None
+    from flowtrace.topology.netfilter import find_drop, read_firewall
+
     path = ingress.netns.path
     state = read_state(path)
     firewall = read_firewall(path)
@@ -230,10 +259,17 @@ def explain_unanswered(
     back = route_get(path, seen.src)
     out = state.link(back.oif) if back.oif is not None else None
     if out is None:
-        return None
+        found_silent = without_rule(ingress, state, seen, seen.dst)
+        if found_silent is not None:
+            return found_silent
+        return DropReason(
+            None,
+            f"the answer cannot leave {ingress.netns.label}: no route back to {seen.src} "
+            "there, and no rule is involved",
+        )
     answer = found_answer_drop(firewall, seen, out.name, local)
     if answer is None:
-        return None
+        return without_rule(ingress, state, seen, seen.dst)
     return DropReason(answer.rule, describe_answer_drop(answer, ingress.netns.label, out.name))
 
 
@@ -241,6 +277,8 @@ def found_answer_drop(
     firewall: Firewall, seen: Headers, out_iface: str, local: list[str]
 ) -> DropFinding | None:
     """The output-side drop of the destination's answer to `seen` (ESTABLISHED, reversed)."""
+    from flowtrace.topology.netfilter import find_drop
+
     reply_type = {8: 0, 13: 14, 15: 16, 17: 18}.get(seen.icmp_type or -1)
     return find_drop(
         firewall, seen.proto, seen.dst, seen.src, seen.dport, seen.sport,

@@ -55,12 +55,11 @@ def _embedded_dns_ports(client: Any, name: str) -> dict[str, int]:
 
 
 def _dockerd_pid() -> int:
-    """The machine's own dockerd: the one in this namespace (other engineers' tests and the
-    hosts scenario run more dockerds, each in a namespace of its own)."""
+    """The host's dockerd: the one in this network namespace (the hosts scenario runs more)."""
     out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=True)
-    here = os.stat("/proc/self/ns/net").st_ino
+    ours = os.readlink("/proc/self/ns/net")
     pids = [int(pid) for pid in out.stdout.split()]
-    return next(pid for pid in pids if os.stat(f"/proc/{pid}/ns/net").st_ino == here)
+    return next(pid for pid in pids if os.readlink(f"/proc/{pid}/ns/net") == ours)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:

@@ -154,3 +154,14 @@ def test_a_hop_between_two_clocks_may_be_negative_and_keeps_its_order() -> None:
     assert -252 <= (stats.quantile(0.3) or 0) <= -248
     assert stats.quantile(0.5) == 0
     assert stats.quantile(0.6) == 30
+
+
+def test_median_is_statistics_median() -> None:
+    import statistics
+
+    from flowtrace.correlate.stats import median
+
+    for values in ([5], [3, 1], [9, 2, 7], [4, 4, 1, 8], [2.5, 1.0, 7.25, 3.0, 3.0]):
+        assert median(values) == statistics.median(values)
+    with pytest.raises(ValueError):
+        median([])
