@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
 from flowtrace.endpoints import engines
+from flowtrace.errors import ExitStatus, FlowtraceError
 from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
 from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
@@ -390,6 +391,12 @@ def run_trace(
     options.check()
     if not names_hosts((src, dst), hosts):
         return ProbeTrace(resolve_route(src, dst, options.kind), options).run(on_probe)
+    if options.rules == "kernel":
+        raise FlowtraceError(
+            "--rules kernel traces the probes with this host's nft and tracefs, so only on "
+            "this host: across hosts, leave it out (the rules are read on each host)",
+            ExitStatus.USAGE,
+        )
     from flowtrace.endpoints.hosts import HostSet
     from flowtrace.topology.hostroute import resolve_host_route
 

@@ -42,3 +42,16 @@ def test_tunnels_are_recorded_with_their_network_and_both_hosts() -> None:
             "points": ["a/vxlan0", "a/eth0", "b/eth0", "b/vxlan0"],
         },
     ]
+
+
+def test_rules_kernel_is_refused_across_hosts_before_any_host_is_reached() -> None:
+    import pytest
+
+    from flowtrace.errors import ExitStatus, FlowtraceError
+    from flowtrace.model import TraceOptions
+    from flowtrace.run.trace import run_trace
+
+    with pytest.raises(FlowtraceError) as caught:
+        run_trace("o1@nosuchhost", "o2@nosuchhost", TraceOptions(rules="kernel"))
+    assert caught.value.status == ExitStatus.USAGE
+    assert "only on this host" in caught.value.message
