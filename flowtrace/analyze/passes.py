@@ -113,10 +113,13 @@ def _analyze(
         if not Path(p).exists():
             raise NotFoundError(f"{p}: no such file or folder")
     manifest = None
-    if len(paths) == 1 and Path(paths[0]).is_dir():
-        manifest = read_manifest(Path(paths[0]) / MANIFEST_NAME)
-    reader = open_capture(paths if len(paths) > 1 else paths[0])
     analysis = Analysis(trace=Trace((), ()))
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        try:
+            manifest = read_manifest(Path(paths[0]) / MANIFEST_NAME)
+        except CaptureFormatError as err:  # the capture itself may still be fine
+            analysis.notes.append(f"{err.message}; the manifest is ignored")
+    reader = open_capture(paths if len(paths) > 1 else paths[0])
     kept: list[Packet] = []
     # The set's own packet ids by frame, held only until the frame's packet comes out.
     recorded_ids: dict[int, int] = {}
@@ -135,6 +138,7 @@ def _analyze(
         order = [p.id for p in points]
         if manifest and manifest.get("points") and point_names is None:
             order = [e["id"] for e in manifest["points"]]
+            order += [point_id for point_id in (p.id for p in points) if point_id not in order]
         one_point = len(points) == 1
         early = rewrites_off_the_path(manifest, [p.id for p in points])
         recent: deque[Any] = deque(maxlen=_REPEAT_LOOKBACK)
@@ -208,6 +212,12 @@ def _analyze(
             packet_done(pkt)
         analysis.frames, analysis.undecoded = frames, undecoded
         analysis.truncated = bool(reader.truncated)
+        analysis.notes.extend(reader.problems)
+        missing = [point for point in order if point not in {p.id for p in points}]
+        if missing and manifest:
+            analysis.notes.append(
+                f"the manifest lists points the capture has no interface for: {', '.join(missing)}"
+            )
         if one_point and repeats and len(points) == 1:
             analysis.notes.append(_merged_note(points[0].id, repeats))
         analysis.sources = list(reader.sources)

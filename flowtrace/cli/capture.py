@@ -226,35 +226,24 @@ def analyze_cmd(
     target = paths[0] if len(paths) == 1 else list(paths)
     names = parse_point_names(point_names) if point_names is not None else None
     if as_json:
-        import json
+        from flowtrace.errors import error_status
+        from flowtrace.output.jsonstream import JsonDocument
 
-        from flowtrace.output.jsonstream import packet_json
-
-        out = sys.stdout
-        out.write('{"packets": [')
-        # Packets are written JSON_BATCH at a time: one write per packet cost a tenth of
-        # the pass.  pending[0] is the separator the next batch starts with.
-        pending = ["\n"]
-
-        def on_packet(pkt: Any) -> None:
-            pending.append(packet_json(pkt))
-            if len(pending) > JSON_BATCH:
-                out.write(pending[0] + ",\n".join(pending[1:]))
-                pending[:] = [",\n"]
-
-        analysis = analyze(
-            target,
-            keep_packets=False,
-            on_packet=on_packet if show_packets is not False else None,
-            point_names=names,
-        )
-        if len(pending) > 1:
-            out.write(pending[0] + ",\n".join(pending[1:]))
+        document = JsonDocument(sys.stdout, JSON_BATCH)
+        try:
+            analysis = analyze(
+                target,
+                keep_packets=False,
+                on_packet=document.packet if show_packets is not False else None,
+                point_names=names,
+            )
+        except (Exception, KeyboardInterrupt) as exc:
+            known = error_status(exc)
+            document.fail(*(known or (1, f"{type(exc).__name__}: {exc}")))
+            raise
         summary = summary_dict(analysis)
         summary["packet_count"] = summary.pop("packets")
-        out.write("],\n")
-        out.write(json.dumps(summary, indent=1)[1:].lstrip())
-        out.write("\n")
+        document.finish(summary)
         return
     from rich.console import Console
 

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from glob import glob, has_magic
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowtrace.errors import CaptureFormatError, FlowtraceError, NotFoundError
+from flowtrace.pcap.manifest_schema import MAX_MANIFEST_BYTES, ManifestShapeError, check_manifest
+from flowtrace.pcap.openfile import kind_of, open_for_reading, refuse_special
 
 if TYPE_CHECKING:
     from flowtrace.model import Point, PointStats
@@ -119,22 +122,51 @@ def write_manifest(path: Path | str, manifest: Mapping[str, Any]) -> None:
 
 
 def read_manifest(path: Path | str) -> dict[str, Any] | None:
-    """The manifest of a set (path: the folder or the file), or None when there is none."""
+    """The manifest of a set (path: the folder or the file), or None when there is none.
+
+    Checked before anyone reads a field of it: a regular file (a FIFO would block), at
+    most MAX_MANIFEST_BYTES, JSON no deeper than MAX_DEPTH, every field flowtrace reads
+    of the shape it writes (manifest_schema); CaptureFormatError names what is wrong.
+    """
     target = _manifest_file(path)
     try:
-        text = target.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
+        handle = open_for_reading(target)
+    except NotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CaptureFormatError(f"{target}: cannot read the manifest: {err}") from None
+    except FlowtraceError as err:
+        if isinstance(err, CaptureFormatError):
+            raise
+        raise CaptureFormatError(f"cannot read the manifest: {err.message}") from None
+    with handle:
+        try:
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as err:
+            raise CaptureFormatError(f"{target}: cannot read the manifest: {err}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CaptureFormatError(
+            f"{target}: larger than {MAX_MANIFEST_BYTES >> 20} MiB, more than any manifest "
+            "flowtrace writes"
+        )
     try:
-        manifest = json.loads(text)
+        manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CaptureFormatError(f"{target}: not UTF-8 text ({err.reason})") from None
     except json.JSONDecodeError as err:
         raise CaptureFormatError(
             f"{target}: not valid JSON ({err.msg} at line {err.lineno})"
         ) from None
+    except RecursionError:
+        raise CaptureFormatError(f"{target}: JSON nested deeper than Python can read") from None
+    except ValueError:  # an integer of more digits than int() takes (sys.int_info)
+        raise CaptureFormatError(
+            f"{target}: holds a number of more than {sys.get_int_max_str_digits():,} digits"
+        ) from None
     if not isinstance(manifest, dict):
         raise CaptureFormatError(f"{target}: a manifest must be a JSON object")
+    try:
+        check_manifest(manifest)
+    except ManifestShapeError as err:
+        raise CaptureFormatError(f"{target}: {err}") from None
     return manifest
 
 
@@ -157,7 +189,10 @@ def find_capture_files(path: Path | str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        manifest = read_manifest(path)
+        try:
+            manifest = read_manifest(path)
+        except CaptureFormatError:
+            manifest = None  # the reader says what is wrong with it; the files are still there
         named = manifest.get(MANIFEST_CAPTURE_KEY) if manifest else None
         for name in (named, TRACE_FILE, CAPTURE_FILE):
             if isinstance(name, str) and (path / name).is_file():
@@ -171,6 +206,8 @@ def find_capture_files(path: Path | str) -> list[Path]:
         if matches:
             return matches
         raise NotFoundError(f"{path}: no file matches")
+    if path.exists():
+        raise refuse_special(path, kind_of(path.stat().st_mode) or "not a regular file")
     raise NotFoundError(f"{path}: no such file or folder")
 
 
