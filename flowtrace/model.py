@@ -341,6 +341,12 @@ class Trace:
         return bool(self.meta.get("interrupted"))
 
     @property
+    def write_error(self) -> str | None:
+        """Why the pcap set could not be written to its end (a full disk...), if so."""
+        error = self.meta.get("write_error")
+        return str(error) if error else None
+
+    @property
     def answered(self) -> bool:
         """Every probe was answered (a reply or a refusal); vacuously true for a capture."""
         return all(v.answered for v in self.verdicts)
@@ -436,6 +442,11 @@ class DnsLookup:
     stats: tuple[PointStats, ...] = ()
     notes: tuple[str, ...] = ()
     meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def write_error(self) -> str | None:
+        error = self.meta.get("write_error")
+        return str(error) if error else None
 
     @property
     def answered(self) -> bool:

@@ -160,7 +160,9 @@ def capture_cmd(
         out.print(f"note: {note}")
     total = sum(s.packets for s in result.stats)
     drops = sum(s.drops for s in result.stats)
-    if result.interrupted:
+    if result.write_error:
+        how = "stopped: the set could not be written further"
+    elif result.interrupted:
         how = "interrupted"
     elif count is not None and total >= count:
         how = f"stopped after {count:,} packets"

@@ -338,13 +338,15 @@ class DnsRun:
             sock.close()
         result = self._result(live, points, server_ns, step)
         if live.recorder is not None:
-            live.recorder.close(
+            write_error = live.recorder.close(
                 live.stats,
                 dns=lookup_dict(result, with_packets=False),
                 interrupted=live.interrupted,
                 nat=self._manifest_nat(result),
             )
             result.meta["pcap"] = str(live.recorder.path)
+            if write_error:
+                result.meta["write_error"] = write_error
         result.meta["interrupted"] = live.interrupted
         return result
 

@@ -136,6 +136,11 @@ class LiveRun:
     # --- steps --------------------------------------------------------------------------
 
     @property
+    def recording_failed(self) -> bool:
+        """The set could not be written further (full disk...): send nothing more."""
+        return self.recorder is not None and self.recorder.stopped
+
+    @property
     def pending(self) -> list[Sighting]:
         """Sightings taken in since the last flush."""
         return self.sightings[self._flushed_sightings :]
@@ -173,9 +178,11 @@ class LiveRun:
         duration: float | None,
         count: int | None,
         on_tick: Callable[[list[PointStats]], None] | None = None,
+        stop_when: Callable[[], bool] | None = None,
     ) -> None:
-        """A bulk capture's one step: record until the duration, the count or Ctrl-C."""
-        self.session.run(duration=duration, count=count, on_tick=on_tick)
+        """A bulk capture's one step: record until the duration, the count, Ctrl-C, a
+        failed write, or `stop_when`."""
+        self.session.run(duration=duration, count=count, on_tick=on_tick, stop_when=stop_when)
         self.interrupted = self.session.interrupted
 
     # --- decoding, correlation, recording --------------------------------------------------

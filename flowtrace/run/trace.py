@@ -160,12 +160,15 @@ class ProbeTrace:
         )
         live = LiveRun(self.points, self.capture_filter(), hooks)
         first_leg_packet = 0
+        write_error: str | None = None
         with live:
             if opts.record:
                 live.recorder = self._open_recorder()
             sender = open_sender(self.route.src.netns.path)
             try:
                 for seq in range(opts.count):
+                    if live.recording_failed:
+                        break  # the set takes nothing more: stop where it ends
                     started = time.monotonic()
                     live.step(ProbeStep(self, seq, sender))
                     if on_probe:
@@ -174,7 +177,7 @@ class ProbeTrace:
                         time.sleep(max(0.0, opts.interval - (time.monotonic() - started)))
             finally:
                 sender.close()
-            if self.legs is not None:
+            if self.legs is not None and not live.recording_failed:
                 live.absorb()  # the probes' frames first, so the legs' come in a chunk of their own
                 live.flush()
                 first_leg_packet = live.next_packet_id
@@ -196,8 +199,11 @@ class ProbeTrace:
             }
             if self.legs is not None:
                 extra["proxy"] = proxy
-            live.recorder.close(live.stats, **extra)
-        return self._trace(live, verdicts, proxy)
+            write_error = live.recorder.close(live.stats, **extra)
+        trace = self._trace(live, verdicts, proxy)
+        if live.recorder is not None and write_error:
+            trace.meta["write_error"] = write_error
+        return trace
 
     def _open_recorder(self) -> TraceRecorder:
         route = self.route
