@@ -273,6 +273,33 @@ class Packet:
         return [b.time_ns - a.time_ns for a, b in pairwise(s)]
 
 
+#: What went wrong around a run, as Fault.kind says it.
+FaultKind = Literal[
+    "container-stopped",  # died, was killed or stopped (exit code known)
+    "container-restarted",  # came back with a new namespace: the watched one is gone
+    "container-removed",
+    "container-paused",
+    "engine-gone",  # the engine's event stream ended: later container events are unknown
+    "interface-gone",  # a point's interface was deleted
+    "netns-gone",  # a namespace (netns:NAME, pid:N) went away
+]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something that broke the path during a run: when, what, and the points it took."""
+
+    time_ns: int  # ns since the epoch, the clock probes and frames are stamped with
+    kind: FaultKind
+    #: The container, point or namespace it happened to ("c2", "host/veth1a2b", "netns:x").
+    subject: str
+    #: In words, without the time: "c2 stopped (exit 137)".
+    text: str
+    #: Points of the path it took away (a container's eth0 and its veth peer...).
+    points: tuple[str, ...] = ()
+    exit_code: int | None = None
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What became of one probe."""
@@ -286,6 +313,8 @@ class Verdict:
     rtt_ns: int | None = None
     #: The firewall rule that dropped the probe or its answer, as the system prints it.
     rule: str | None = None
+    #: What broke the path while the probe was out or before it (its words lead `detail`).
+    fault: Fault | None = None
 
     @property
     def answered(self) -> bool:
@@ -293,6 +322,8 @@ class Verdict:
         return self.outcome in ("replied", "refused")
 
     def __str__(self) -> str:
+        if self.fault is not None and not self.answered:
+            return f"{'lost' if self.outcome == 'lost' else self.outcome}: {self.detail}"
         if self.outcome == "lost":
             where = f" after {self.last_point}" if self.last_point else " before the first point"
             text = f"lost{where}"
@@ -334,6 +365,8 @@ class Trace:
     meta: dict[str, object] = field(default_factory=dict)
     #: Plain sentences for the user: mode of a container, why there is no path...
     notes: tuple[str, ...] = ()
+    #: What broke the path during the run (a container stopped, an interface went away).
+    faults: tuple[Fault, ...] = ()
 
     @property
     def interrupted(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 from flowtrace.analyze.manifest import (
     PacketIds,
     explain_from_manifest,
+    faults_from,
     points_from,
     probe_numbers_for,
     rewrites_in_manifest,
@@ -238,5 +239,7 @@ def _analyze(
     # Path order as the manifest lists it (the file may describe interfaces otherwise).
     rank = {point_id: i for i, point_id in enumerate(order)}
     path_points = sorted(points, key=lambda p: rank.get(p.id, len(rank)))
-    analysis.trace = Trace(tuple(path_points), tuple(kept), verdicts, point_stats, meta)
+    analysis.trace = Trace(
+        tuple(path_points), tuple(kept), verdicts, point_stats, meta, faults=faults_from(manifest)
+    )
     return analysis

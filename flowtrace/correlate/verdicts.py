@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from flowtrace.correlate.decode import arp_fields
+from flowtrace.correlate.faults import fault_from_record, fault_record
 from flowtrace.model import DropReason, Frame, Headers, Packet, Sighting, Verdict
 
 UNREACHABLE_CODES = {
@@ -226,6 +227,7 @@ def verdict_record(v: Verdict) -> dict[str, Any]:
         "rule": v.rule,
         "rtt_ns": v.rtt_ns,
         "text": str(v),
+        "fault": fault_record(v.fault) if v.fault is not None else None,
     }
 
 
@@ -258,6 +260,7 @@ def verdict_from_record(probe: int, record: object, rtt_ns: int | None = None) -
             detail if isinstance(detail, str) else "",
             _answered_rtt(outcome, rtt if isinstance(rtt, int) else rtt_ns),
             rule if isinstance(rule, str) else None,
+            fault_from_record(record.get("fault")),
         )
     if not isinstance(record, str):
         return None

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flowtrace.correlate.faults import fault_line
 from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, Verdict
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
@@ -217,6 +218,10 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         console.print()
         for line in proxy_lines(proxy, trace.packets):
             console.print(line)
+    if trace.faults:
+        console.print()
+    for fault in trace.faults:
+        console.print(f"fault: {fault_line(fault)}", style="red")
     if len(trace.verdicts) > 1:
         print_hop_stats(trace, console)
     if trace.verdicts:

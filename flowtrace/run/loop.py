@@ -24,8 +24,9 @@ from typing import Protocol
 from flowtrace.capture.session import CaptureSession
 from flowtrace.correlate.decode import decode_frame
 from flowtrace.correlate.match import correlate
-from flowtrace.model import Frame, Headers, Packet, Point, PointStats, Sighting
+from flowtrace.model import Fault, Frame, Headers, Packet, Point, PointStats, Sighting
 from flowtrace.pcap.recorder import TraceRecorder
+from flowtrace.run.faults import FaultWatcher
 from flowtrace.topology.rewrites import attribute_nat
 
 #: How often the loop looks for new frames while it waits.
@@ -87,6 +88,8 @@ class LiveRun:
             keep_frames=not self.bulk,
         )
         self.recorder: TraceRecorder | None = None
+        #: What breaks the path meanwhile: containers stopping, interfaces going away.
+        self.watcher = FaultWatcher(self.points)
         self.frames: list[Frame] = []
         self.sightings: list[Sighting] = []
         self.packets: list[Packet] = []
@@ -100,8 +103,13 @@ class LiveRun:
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """The barrier: when this returns, every point is capturing."""
-        self.session.start()
+        """The barrier: when this returns, every point is capturing (and watched)."""
+        self.watcher.start()
+        try:
+            self.session.start()
+        except BaseException:
+            self.watcher.stop()
+            raise
 
     def stop(self) -> None:
         """Stop the capture and take in (correlate, record) what the rings still held."""
@@ -109,9 +117,16 @@ class LiveRun:
             self.session.stop()
         finally:
             self.stats = self.session.snapshot()
+            self.watcher.poll(self.session.gone_at())
+            self.watcher.stop()
             if not self.bulk:
                 self.absorb()
                 self.flush()
+
+    @property
+    def faults(self) -> list[Fault]:
+        """What broke the path during the run, in time order."""
+        return self.watcher.faults()
 
     def __enter__(self) -> LiveRun:
         self.start()
@@ -182,13 +197,19 @@ class LiveRun:
     ) -> None:
         """A bulk capture's one step: record until the duration, the count, Ctrl-C, a
         failed write, or `stop_when`."""
-        self.session.run(duration=duration, count=count, on_tick=on_tick, stop_when=stop_when)
+
+        def check() -> bool:
+            self.watcher.poll(self.session.gone_at())
+            return stop_when() if stop_when is not None else False
+
+        self.session.run(duration=duration, count=count, on_tick=on_tick, stop_when=check)
         self.interrupted = self.session.interrupted
 
     # --- decoding, correlation, recording --------------------------------------------------
 
     def absorb(self) -> None:
         """Decode the frames the session handed over since last time."""
+        self.watcher.poll(self.session.gone_at())
         new = self.session.frames(since=self._taken)
         self._taken += len(new)
         keep = self.hooks.keep

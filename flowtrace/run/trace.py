@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from flowtrace.correlate.faults import attribute, fault_record
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
 from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
@@ -23,6 +24,7 @@ from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, open_sender, send_probe
+from flowtrace.run.faults import source_word
 from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
@@ -189,6 +191,7 @@ class ProbeTrace:
         if live.recorder is not None:
             extra: dict[str, Any] = {
                 "verdicts": [verdict_record(v) for v in verdicts],
+                "faults": [fault_record(f) for f in live.faults],
                 "interrupted": live.interrupted,
                 # the rule and conntrack entry of each rewrite: the pcapng cannot hold them
                 "nat": [
@@ -255,10 +258,25 @@ class ProbeTrace:
     def _verdicts(self, live: LiveRun) -> list[Verdict]:
         facts = self.probe_facts()
         sent = self.numbers.sent_at
-        return [
+        verdicts = [
             decide(seq, live.packets, facts, self.explainer, self._arp(live, seq))
             for seq in sorted(sent)
         ]
+        faults = live.faults
+        if not faults:
+            return verdicts
+        # A probe lost at or after a fault is put down to it (correlate.faults).
+        # Each probe's time is from its sending to the next one's (the last: its timeout).
+        wait_ns = int(self.options.timeout * 1e9)
+        order = sorted(sent.items())
+        windows = {
+            seq: (at, order[i + 1][1] if i + 1 < len(order) else at + wait_ns)
+            for i, (seq, at) in enumerate(order)
+        }
+        word = None
+        if any(not v.answered and v.last_point in (None, self.source_point) for v in verdicts):
+            word = source_word(self.points[0], self.route.dst_ip)
+        return attribute(verdicts, faults, windows, self.source_point, word)
 
     def _arp(self, live: LiveRun, seq: int) -> list[ArpSeen]:
         """The ARP frames captured while probe `seq` was out (a blocked path only)."""
@@ -310,7 +328,8 @@ class ProbeTrace:
             tuple(verdicts),
             tuple(live.stats),
             meta,
-            tuple(self._notes()),
+            tuple(self._notes() + live.watcher.notes),
+            tuple(live.faults),
         )
 
 
