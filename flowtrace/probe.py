@@ -16,6 +16,7 @@ capture filter keeps only the trace's packets among unrelated traffic:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from flowtrace.correlate.probes import isn_of
 from flowtrace.endpoints.netns import run_in_netns
-from flowtrace.errors import FlowtraceError
+from flowtrace.errors import FlowtraceError, NoPathError
 from flowtrace.model import ProbeKind
 
 MAGIC = b"flowtrace"
@@ -47,6 +48,7 @@ class ProbePlan:
     def new(cls, kind: ProbeKind, src_ip: str, dst_ip: str, dport: int | None = None) -> ProbePlan:
         if kind in ("tcp", "udp") and not dport:
             raise FlowtraceError(f"a {kind} probe needs a destination port (DST:PORT)")
+        check_carried(kind, src_ip, dst_ip)
         mark = secrets.randbits(32) | 1
         return cls(
             kind=kind,
@@ -112,6 +114,37 @@ class ProbePlan:
         checksum = transport_checksum(self.src_ip, self.dst_ip, 6, segment)
         segment = segment[:16] + struct.pack("!H", checksum) + segment[18:]
         return ipv4_header(self.src_ip, self.dst_ip, 6, ip_id, len(segment)) + segment
+
+
+#: Address families the probes can be built for (IP versions).
+CARRIED_FAMILIES = (4,)
+
+
+def check_carried(kind: ProbeKind, src_ip: str, dst_ip: str) -> None:
+    """Refuse, in one line, addresses a probe cannot carry (another family, none at all)."""
+    name = {"icmp": "ping", "tcp": "tcp", "udp": "udp"}[kind]
+    try:
+        dst = ipaddress.ip_address(dst_ip)
+    except ValueError:
+        raise NoPathError(f"cannot send a {name} probe to {dst_ip!r}: not an IP address") from None
+    if dst.version not in CARRIED_FAMILIES:
+        raise NoPathError(
+            f"cannot send a {name} probe to {dst_ip}: flowtrace's probes carry IPv"
+            f"{'/'.join(map(str, CARRIED_FAMILIES))} only, not IPv{dst.version}; trace an "
+            "IPv4 address of the destination instead"
+        )
+    try:
+        src = ipaddress.ip_address(src_ip)
+    except ValueError:
+        raise NoPathError(
+            f"cannot send a {name} probe to {dst_ip}: the source has no IPv{dst.version} "
+            "address to send it from"
+        ) from None
+    if src.version != dst.version:
+        raise NoPathError(
+            f"cannot send a {name} probe from {src_ip} to {dst_ip}: the addresses are of "
+            "different families"
+        )
 
 
 def internet_checksum(data: bytes) -> int:

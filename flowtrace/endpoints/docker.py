@@ -38,26 +38,58 @@ class ContainerNet:
     hosts_file: str = ""
 
 
+#: How long a look for containers that is only nice to have (naming namespaces, finding
+#: the owner of an address) waits for the engine: a frozen engine must not hold up
+#: netns:/pid: endpoints, which work without it.
+AVAILABLE_WAIT_S = 2.0
+#: The engine did not answer in this process: later asks fail at once, not after a wait.
+_failures: dict[float, DockerUnavailableError] = {}
+
+
 @cache
 def docker_client(timeout: float = 10) -> Any:
     """The one Docker SDK client (per timeout), made once and checked with a ping.
 
     Tracing asks for quick answers; the lab, which imports images, for a longer timeout.
+    An engine that does not answer within the timeout (frozen, overloaded) is an error of
+    one line, and is not asked again by this process.
     """
+    if _failures:
+        raise next(iter(_failures.values()))
     try:
         import docker
         from docker.errors import DockerException
+        from requests.exceptions import RequestException
     except ImportError as exc:  # pragma: no cover - a dependency
         raise DockerUnavailableError(f"the docker Python package is missing ({exc})") from None
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
-    except DockerException as exc:
-        raise DockerUnavailableError(
-            f"the Docker engine does not answer ({_short(exc)}): start dockerd, "
-            "e.g. with `bash scripts/setup.sh`"
-        ) from None
+    except (DockerException, RequestException) as exc:
+        if "timed out" in str(exc).lower():
+            why = f"did not answer within {timeout:g} s (frozen or overloaded?)"
+        else:
+            why = f"does not answer ({_short(exc)})"
+        _failures[timeout] = DockerUnavailableError(
+            f"the Docker engine {why}: start dockerd, e.g. with `bash scripts/setup.sh`"
+        )
+        raise _failures[timeout] from None
     return client
+
+
+def _engine_call(call: Any, *args: Any) -> Any:
+    """A call to an engine that answered before: one that stops answering is one line."""
+    from requests.exceptions import RequestException
+
+    try:
+        return call(*args)
+    except RequestException as exc:
+        if "timed out" in str(exc).lower():
+            raise DockerUnavailableError(
+                "the Docker engine stopped answering (no answer within the client's timeout: "
+                "frozen or overloaded?)"
+            ) from None
+        raise DockerUnavailableError(f"the Docker engine went away ({_short(exc)})") from None
 
 
 def _short(exc: Exception) -> str:
@@ -66,8 +98,9 @@ def _short(exc: Exception) -> str:
 
 
 def docker_available() -> bool:
+    """Whether the engine answers, asked with a short wait (AVAILABLE_WAIT_S)."""
     try:
-        docker_client()
+        docker_client(AVAILABLE_WAIT_S)
     except DockerUnavailableError:
         return False
     return True
@@ -102,7 +135,7 @@ def inspect_container(spec: str) -> ContainerNet:
 
     client = docker_client()
     try:
-        attrs = client.api.inspect_container(spec)
+        attrs = _engine_call(client.api.inspect_container, spec)
     except NotFound:
         raise NotFoundError(
             f"no container named {spec!r} (an endpoint is a container, host, netns:NAME, "
@@ -116,7 +149,8 @@ def inspect_container(spec: str) -> ContainerNet:
 def running_containers() -> list[ContainerNet]:
     """Every running container, for naming the namespaces flowtrace finds."""
     client = docker_client()
-    return [_from_attrs(client.api.inspect_container(c["Id"])) for c in client.api.containers()]
+    listed = _engine_call(client.api.containers)
+    return [_from_attrs(_engine_call(client.api.inspect_container, c["Id"])) for c in listed]
 
 
 def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
