@@ -243,9 +243,7 @@ def analyze_cmd(
             known = error_status(exc)
             document.fail(*(known or (1, f"{type(exc).__name__}: {exc}")))
             raise
-        summary = summary_dict(analysis)
-        summary["packet_count"] = summary.pop("packets")
-        document.finish(summary)
+        document.finish(summary_dict(analysis))
         return
     from rich.console import Console
 

@@ -150,7 +150,10 @@ class JsonDocument:
             self.started = True
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """The packets' end, then the summary's members."""
+        """The packets' end, then the summary's members (its packet count as packet_count)."""
+        if "packets" in summary:
+            summary = {**summary, "packet_count": summary["packets"]}
+            del summary["packets"]
         self._write_pending()
         opening = "],\n" if self.started else '{"packets": [],\n'
         self.out.write(opening + json.dumps(summary, indent=1)[1:].lstrip() + "\n")
