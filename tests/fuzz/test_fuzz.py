@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzz_target import REGRESSIONS, check, split  # noqa: E402
+from fuzz_target import REGRESSIONS, check, split
 
-from flowtrace.analyze import analyze, summary_dict  # noqa: E402
-from flowtrace.errors import CaptureFormatError, ExitStatus, FlowtraceError  # noqa: E402
-from flowtrace.output.jsonstream import JsonDocument  # noqa: E402
+from flowtrace.analyze import analyze, summary_dict
+from flowtrace.errors import CaptureFormatError, ExitStatus, FlowtraceError
+from flowtrace.output.jsonstream import JsonDocument
 
 REPO = Path(__file__).resolve().parents[2]
 #: Seconds the suite fuzzes for (a longer run by hand: see fuzz_target.py).
