@@ -91,7 +91,9 @@ def attribute(
                 set(f.points) & set(cause.points) for f in gone
             )
             parts.append(f"its veth went away ({points})" if own else f"{points} went away")
-        if source_word is not None and v.last_point in (None, source_point):
+        if v.detail.startswith("not sent:"):
+            parts.append(v.detail)
+        elif source_word is not None and v.last_point in (None, source_point):
             parts.append(
                 f"{source_word.source} then stopped sending: {source_word.next_hop} no longer "
                 f"answered ARP ({source_word.source}'s neighbour entry for it: "

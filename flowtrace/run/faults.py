@@ -143,7 +143,7 @@ class FaultWatcher:
                 what = (
                     f"process {label.removeprefix('pid:')} exited, and {label}'s namespace with it"
                     if label.startswith("pid:")
-                    else f"namespace {label} was deleted"
+                    else f"namespace {label} ({path}) was deleted"
                 )
                 taken = tuple(p.id for p in self.points if p.netns.label == label)
                 self._gone_namespaces.append(

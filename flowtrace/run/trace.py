@@ -19,6 +19,7 @@ from typing import Any
 from flowtrace.correlate.faults import attribute, fault_record
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
+from flowtrace.errors import FlowtraceError
 from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
 from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
@@ -50,9 +51,16 @@ class ProbeStep:
         t = self.trace
         packet = t.probe.build(self.seq)
         t.numbers.sent(self.seq, int.from_bytes(packet[4:6], "big"), time.time_ns())
-        send_probe(self.sender, packet, t.route.dst_ip)
+        try:
+            send_probe(self.sender, packet, t.route.dst_ip)
+        except FlowtraceError as exc:
+            if self.seq == 0:
+                raise  # the path never worked: an error, not a verdict
+            t.refused[self.seq] = exc.message  # it did until now: something broke it
 
     def answered(self, pending: Sequence[Sighting]) -> bool:
+        if self.seq in self.trace.refused:
+            return True  # nothing was sent: nothing to wait for
         source = self.trace.source_point
         return any(
             s.point == source and s.outbound is not True and self._answers(s) for s in pending
@@ -112,6 +120,8 @@ class ProbeTrace:
                 [p.id for p in route.plan.points],
             )
         self.explainer = KernelExplainer(self.points, route.plan.dst_ip, route.plan.dst_port)
+        #: Probes the source's kernel refused to send (after the first), and its words.
+        self.refused: dict[int, str] = {}
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -260,6 +270,8 @@ class ProbeTrace:
         sent = self.numbers.sent_at
         verdicts = [
             decide(seq, live.packets, facts, self.explainer, self._arp(live, seq))
+            if seq not in self.refused
+            else Verdict(seq, "lost", None, f"not sent: {self.refused[seq]}")
             for seq in sorted(sent)
         ]
         faults = live.faults
