@@ -173,14 +173,10 @@ def _answered(probe: int, h: Headers, facts: ProbeFacts, rtt: int | None) -> Ver
         hint = facts.closed_hint
         return Verdict(probe, "refused", None, f"{closed}; {hint}" if hint else closed, rtt)
     if h.proto == 1 and h.icmp_type == 3 and h.icmp_code == 3:
-        port = f"{facts.dst_port}/{facts.kind}"
-        return Verdict(
-            probe,
-            "refused",
-            None,
-            f"ICMP port unreachable from {h.src}: nothing listens on {port}",
-            rtt,
-        )
+        # an echo has no port: such an answer comes from a stack that would not forward it
+        # (a userspace carrier such as slirp4netns)
+        why = f": nothing listens on {facts.dst_port}/{facts.kind}" if facts.dst_port else ""
+        return Verdict(probe, "refused", None, f"ICMP port unreachable from {h.src}{why}", rtt)
     if h.proto == 1:
         return Verdict(probe, "unreachable", None, f"{icmp_error_text(h)} from {h.src}", rtt)
     return Verdict(probe, "replied", None, f"{h.proto_name} answer", rtt)

@@ -37,6 +37,7 @@ def event_from(raw: Any) -> ContainerEvent | None:
         return None
     action = str(raw.get("Action") or raw.get("status") or "")
     action = action.split(":", 1)[0]  # "exec_start: sh" and the like
+    action = {"died": "die", "remove": "destroy"}.get(action, action)  # Podman's words
     if action not in WATCHED_ACTIONS:
         return None
     actor = raw.get("Actor") or {}

@@ -7,7 +7,7 @@ shape, so the output pipes into less or a file cleanly.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -170,12 +170,25 @@ def render_path(points: list[Point], notes: Iterable[str], console: Console) -> 
         console.print(f"note: {note}")
 
 
+def engine_line(meta: Mapping[str, Any]) -> str | None:
+    """`engine: podman 4.3.1 (rootful, netavark) at unix:///...`: the engine that named
+    the containers, under a trace's or lookup's title (None when no engine was asked)."""
+    engine = meta.get("engine")
+    if not isinstance(engine, Mapping):
+        return None
+    summary = engine.get("summary") or f"{engine.get('name')} {engine.get('version')}"
+    return f"engine: {summary}"
+
+
 def render_trace(trace: Trace, console: Console | None = None) -> None:
     console = console or Console(highlight=False, soft_wrap=True)
     points = {p.id: p for p in trace.points}
     header = trace.meta.get("title")
     if header:
         console.print(Text(str(header), style="bold"))
+    line = engine_line(trace.meta)
+    if line:
+        console.print(line)
     for note in trace.notes:
         console.print(f"note: {note}")
     proxy = trace.meta.get("proxy")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flowtrace.capture.bpf import compile_filter
+from flowtrace.endpoints import engines
 from flowtrace.endpoints.resolve import resolve
 from flowtrace.errors import ExitStatus, FlowtraceError, NotFoundError, SetWriteError
 from flowtrace.model import Point, PointStats
@@ -160,6 +161,7 @@ def capture(
                 src=src,
                 dst=dst,
                 filter=live.session.filter_expr,
+                engine=engines.used_meta(),
                 notes=notes,
             )
         )

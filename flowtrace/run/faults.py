@@ -49,7 +49,8 @@ def container_faults(events: Sequence[ContainerEvent], points: Sequence[Point]) 
         elif ev.action == "oom":
             signals[ev.name] = "out of memory"
         elif ev.action == "die":
-            code = ev.attributes.get("exitCode")
+            # Docker says exitCode; Podman's compatible API has said containerExitCode
+            code = ev.attributes.get("exitCode", ev.attributes.get("containerExitCode"))
             how = [f"exit {code}"] if code is not None else []
             if ev.name in signals:
                 cause = signals.pop(ev.name)
@@ -119,9 +120,9 @@ class FaultWatcher:
         if not self.containers:
             return
         try:
-            from flowtrace.endpoints.docker import docker_client
+            from flowtrace.endpoints import engines
 
-            client = docker_client()
+            client = engines.client()
         except FlowtraceError as exc:
             self.notes.append(f"container events are not watched: {exc.message}")
             return

@@ -19,12 +19,14 @@ from typing import Any
 from flowtrace.correlate.faults import attribute, fault_record
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
+from flowtrace.endpoints import engines
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
 from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, open_sender, send_probe
+from flowtrace.run.engine_notes import trace_notes
 from flowtrace.run.faults import source_word
 from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
@@ -122,6 +124,8 @@ class ProbeTrace:
         self.explainer = KernelExplainer(self.points, route.plan.dst_ip, route.plan.dst_port)
         #: Probes the source's kernel refused to send (after the first), and its words.
         self.refused: dict[int, str] = {}
+        #: The engine's own parts the path and its rules met (netavark's bridges and chains).
+        self.engine_notes: list[str] = []
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -195,11 +199,14 @@ class ProbeTrace:
                 first_leg_packet = live.next_packet_id
                 live.step(self.legs)
         verdicts = self._verdicts(live)
+        rules = [ev.rule for p in live.packets for ev in p.nat] + [v.rule for v in verdicts]
+        self.engine_notes = trace_notes(self.points, rules)
         proxy = None
         if self.legs is not None:
             proxy = self.legs.summary([p for p in live.packets if p.packet_id >= first_leg_packet])
         if live.recorder is not None:
             extra: dict[str, Any] = {
+                "notes": self._notes(),
                 "verdicts": [verdict_record(v) for v in verdicts],
                 "faults": [fault_record(f) for f in live.faults],
                 "interrupted": live.interrupted,
@@ -236,6 +243,7 @@ class ProbeTrace:
                 "port": route.dst_port,
             },
             "count": self.options.count,
+            "engine": engines.used_meta(),
             "capture_filter": self.capture_filter(),
             "notes": self._notes(),
         }
@@ -312,7 +320,7 @@ class ProbeTrace:
                 "flowtrace sends a bare SYN: the source's kernel, which opened no "
                 "connection, answers a SYN-ACK with a RST"
             )
-        return notes
+        return notes + self.engine_notes
 
     def _trace(
         self, live: LiveRun, verdicts: list[Verdict], proxy: dict[str, object] | None
@@ -329,6 +337,7 @@ class ProbeTrace:
             "dst_port": route.dst_port,
             "kind": self.options.kind,
             "interrupted": live.interrupted,
+            "engine": engines.used_meta(),
         }
         if live.recorder is not None:
             meta["pcap"] = str(live.recorder.path)
