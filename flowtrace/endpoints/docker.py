@@ -50,11 +50,18 @@ def _short(exc: Exception) -> str:
 
 
 def _engine_call(call: Any, *args: Any) -> Any:
-    """A call to an engine that answered before: one that stops answering is one line."""
+    """A call to an engine that answered before: one that stops answering is one line.
+
+    The engine's own answers (NotFound, APIError: requests' HTTPError too) pass through
+    to the caller; only a connection that fails or times out is turned into the line.
+    """
+    from docker.errors import DockerException
     from requests.exceptions import RequestException
 
     try:
         return call(*args)
+    except DockerException:
+        raise
     except RequestException as exc:
         used = engines.used()
         word = f"the {used.name.capitalize()} engine" if used is not None else "the engine"
