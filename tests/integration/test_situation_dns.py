@@ -55,6 +55,14 @@ def _embedded_dns_ports(client: Any, name: str) -> dict[str, int]:
 
 
 def _dockerd_pid() -> int:
+    """The machine's dockerd (its default pidfile): other dockerds may run beside it (a
+    private one of a test, another session's lab hosts), and pgrep lists them in any order."""
+    try:
+        pid = int(Path("/var/run/docker.pid").read_text().strip())
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
+            return pid
+    except (OSError, ValueError):
+        pass
     out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[0])
 
