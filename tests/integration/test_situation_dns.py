@@ -55,16 +55,11 @@ def _embedded_dns_ports(client: Any, name: str) -> dict[str, int]:
 
 
 def _dockerd_pid() -> int:
-    """The machine's dockerd (its default pidfile): other dockerds may run beside it (a
-    private one of a test, another session's lab hosts), and pgrep lists them in any order."""
-    try:
-        pid = int(Path("/var/run/docker.pid").read_text().strip())
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
-            return pid
-    except (OSError, ValueError):
-        pass
+    """The host's dockerd: the one in this network namespace (the hosts scenario runs more)."""
     out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[0])
+    ours = os.readlink("/proc/self/ns/net")
+    pids = [int(pid) for pid in out.stdout.split()]
+    return next(pid for pid in pids if os.readlink(f"/proc/{pid}/ns/net") == ours)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
