@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
+import random
 import socket
 import struct
 from dataclasses import dataclass
@@ -29,6 +29,8 @@ from flowtrace.errors import FlowtraceError, NoPathError
 from flowtrace.model import ProbeKind
 
 MAGIC = b"flowtrace"
+#: The OS's randomness, as `secrets` uses it, without secrets' import of hmac and OpenSSL.
+_random = random.SystemRandom()
 
 
 @dataclass(frozen=True)
@@ -49,15 +51,15 @@ class ProbePlan:
         if kind in ("tcp", "udp") and not dport:
             raise FlowtraceError(f"a {kind} probe needs a destination port (DST:PORT)")
         check_carried(kind, src_ip, dst_ip)
-        mark = secrets.randbits(32) | 1
+        mark = _random.getrandbits(32) | 1
         return cls(
             kind=kind,
             src_ip=src_ip,
             dst_ip=dst_ip,
             dport=dport,
-            sport=32768 + secrets.randbelow(28000),
+            sport=32768 + _random.randrange(28000),
             mark=mark,
-            icmp_id=secrets.randbits(16) or 1,
+            icmp_id=_random.getrandbits(16) or 1,
         )
 
     def seq_mark(self, seq: int) -> int:
@@ -84,7 +86,7 @@ class ProbePlan:
 
     def build(self, seq: int) -> bytes:
         """The IPv4 packet of probe number `seq`, checksums filled in."""
-        ip_id = secrets.randbits(16) or 1
+        ip_id = _random.getrandbits(16) or 1
         if self.kind == "icmp":
             body = self.payload(seq)
             header = struct.pack("!BBHHH", 8, 0, 0, self.icmp_id, seq & 0xFFFF)

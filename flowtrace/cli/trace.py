@@ -37,7 +37,7 @@ def path_cmd(src: str, dst: str, as_json: bool, engine: str | None, context: str
 
     from flowtrace.output.terminal import render_path
 
-    render_path(points, notes, Console(highlight=False, soft_wrap=True))
+    render_path(points, notes, Console(highlight=False, soft_wrap=True, emoji=False))
 
 
 def _trace_options(func: F) -> F:
@@ -229,5 +229,5 @@ def dns_cmd(
 
         from flowtrace.output.dnsview import render
 
-        render(result, Console(highlight=False, soft_wrap=True))
+        render(result, Console(highlight=False, soft_wrap=True, emoji=False))
     finish(result)

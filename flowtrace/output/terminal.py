@@ -6,7 +6,6 @@ shape, so the output pipes into less or a file cleanly.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flowtrace.correlate.faults import fault_line
+from flowtrace.correlate.stats import median
 from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, Verdict
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
@@ -141,7 +141,7 @@ def print_hop_stats(trace: Trace, console: Console) -> None:
                 f"  {a} -> {b}",
                 str(len(values)),
                 _us(min(values)),
-                _us(int(statistics.median(values))),
+                _us(int(median(values))),
                 _us(max(values)),
             )
         )
@@ -185,7 +185,7 @@ def engine_line(meta: Mapping[str, Any]) -> str | None:
 
 
 def render_trace(trace: Trace, console: Console | None = None) -> None:
-    console = console or Console(highlight=False, soft_wrap=True)
+    console = console or Console(highlight=False, soft_wrap=True, emoji=False)
     points = {p.id: p for p in trace.points}
     header = trace.meta.get("title")
     if header:
@@ -249,7 +249,7 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         rtt = ""
         if rtts:
             rtt = (
-                f", rtt min/median/max {_us(min(rtts))}/{_us(int(statistics.median(rtts)))}"
+                f", rtt min/median/max {_us(min(rtts))}/{_us(int(median(rtts)))}"
                 f"/{_us(max(rtts))} µs"
             )
         console.print()

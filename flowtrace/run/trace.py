@@ -14,7 +14,7 @@ import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.correlate.faults import attribute, fault_record
 from flowtrace.correlate.probes import ProbeNumbers
@@ -26,14 +26,14 @@ from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, open_sender, send_probe
-from flowtrace.run.engine_notes import trace_notes
 from flowtrace.run.faults import source_word
-from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
-from flowtrace.topology.netfilter.watch import RulesWatch
 from flowtrace.topology.route import Route, resolve_route
+
+if TYPE_CHECKING:
+    from flowtrace.run.legs import Legs
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
 SETTLE_S = 0.03
@@ -49,6 +49,9 @@ class ProbeStep:
         self.seq = seq
         self.sender = sender
         self.timeout_s = trace.options.timeout
+        #: An echo reply ends its exchange: nothing follows it to wait for (a TCP answer
+        #: is followed by the source's RST, which the loop's default linger waits for).
+        self.linger_s: float | None = 0.0 if trace.options.kind == "icmp" else None
 
     def send(self) -> None:
         t = self.trace
@@ -116,6 +119,8 @@ class ProbeTrace:
         #: With a docker-proxy: the real connection's two legs.
         self.legs: Legs | None = None
         if route.proxy is not None:
+            from flowtrace.run.legs import Legs  # a docker-proxy's legs: tcp to a published port
+
             self.legs = Legs(
                 route.proxy,
                 route.src.netns.path,
@@ -180,12 +185,17 @@ class ProbeTrace:
         live = LiveRun(self.points, self.capture_filter(), hooks)
         first_leg_packet = 0
         write_error: str | None = None
-        watch = RulesWatch.start(p.netns for p in self.points)
+        from flowtrace.topology.netfilter.watch import RulesWatch  # subprocess: 7 ms
+
+        # The rules' fingerprints are read while the capture starts, and are in before the
+        # first probe goes out.
+        watch = RulesWatch.begin(p.netns for p in self.points)
         with live:
             if opts.record:
                 live.recorder = self._open_recorder()
             sender = open_sender(self.route.src.netns.path)
             try:
+                watch.ready()
                 for seq in range(opts.count):
                     if live.recording_failed:
                         break  # the set takes nothing more: stop where it ends
@@ -205,6 +215,8 @@ class ProbeTrace:
         verdicts = self._verdicts(live)
         self.rule_notes = watch.changes()
         rules = [ev.rule for p in live.packets for ev in p.nat] + [v.rule for v in verdicts]
+        from flowtrace.run.engine_notes import trace_notes
+
         self.engine_notes = trace_notes(self.points, rules)
         proxy = None
         if self.legs is not None:
