@@ -97,10 +97,15 @@ def trace(
     output_dir: str | Path | None = None,
     record: bool = True,
     on_probe: Callable[[int], None] | None = None,
+    rules: str = "model",
     engine: str | None = None,
     context: str | None = None,
 ) -> Trace:
-    """Send `count` marked probes from src to dst and follow each one hop by hop."""
+    """Send `count` marked probes from src to dst and follow each one hop by hop.
+
+    `rules="kernel"`: also the kernel's own nftables trace of the probes in every
+    namespace on the path, and its drop reasons (`trace.meta["kernel"]`).
+    """
     options = TraceOptions(
         kind=kind,
         count=count,
@@ -108,7 +113,9 @@ def trace(
         timeout=timeout,
         output_dir=Path(output_dir) if output_dir is not None else None,
         record=record,
-        command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}",
+        command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}"
+        + (f" --rules {rules}" if rules != "model" else ""),
+        rules=rules,
     )
     return run_trace(src, dst, options, on_probe, EngineChoice(engine, context))
 
@@ -166,11 +173,16 @@ def dns_lookup(
     output_dir: str | Path | None = None,
     record: bool = True,
     command: str = "",
+    rules: str = "model",
     engine: str | None = None,
     context: str | None = None,
 ) -> DnsLookup:
-    """Look `name` up from `src` as its resolver would and follow the query and the answer."""
+    """Look `name` up from `src` as its resolver would and follow the query and the answer.
+
+    `rules="kernel"`: also the kernel's own nftables trace of the query and the answer
+    (`lookup.meta["kernel"]`).
+    """
     from flowtrace.run.dns import lookup
 
     with using(EngineChoice(engine, context)):
-        return lookup(src, name, qtype, server, timeout, output_dir, record, command)
+        return lookup(src, name, qtype, server, timeout, output_dir, record, command, rules)

@@ -40,6 +40,18 @@ def path_cmd(src: str, dst: str, as_json: bool, engine: str | None, context: str
     render_path(points, notes, Console(highlight=False, soft_wrap=True, emoji=False))
 
 
+_RULES_OPTION = click.option(
+    "--rules",
+    type=click.Choice(["model", "kernel"]),
+    default="model",
+    show_default=True,
+    help="Where the rules shown come from: flowtrace's reading of the firewall (model), or "
+    "also the kernel's own nftables trace of the probe in every namespace on the path "
+    "(kernel: adds a tracing table of flowtrace's own for the probe's duration, and reads "
+    "the kernel's drop reasons).",
+)
+
+
 def _trace_options(func: F) -> F:
     options = [
         click.option(
@@ -78,6 +90,7 @@ def _trace_options(func: F) -> F:
             help="Folder for the pcap set [default: captures/<time>-<src>-<dst>/].",
         ),
         click.option("--no-record", is_flag=True, help="Do not write a pcap set."),
+        _RULES_OPTION,
     ]
     for option in reversed(options):
         func = option(func)
@@ -94,6 +107,7 @@ def _run_trace(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    rules: str,
     engine: str | None,
     context: str | None,
 ) -> None:
@@ -110,6 +124,7 @@ def _run_trace(
         output_dir=Path(output) if output else None,
         record=not no_record,
         command=command_line(),
+        rules=rules,
     )
     result = api.run_trace(src, dst, options, engine=EngineChoice(engine, context))
     if as_json:
@@ -182,6 +197,7 @@ def udp(src: str, dst: str, **opts: Any) -> None:
     help="Folder for the pcap set [default: captures/<time>-<src>-dns-<name>/].",
 )
 @click.option("--no-record", is_flag=True, help="Do not write a pcap set.")
+@_RULES_OPTION
 @engine_options
 @handle_errors
 def dns_cmd(
@@ -193,6 +209,7 @@ def dns_cmd(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    rules: str,
     engine: str | None,
     context: str | None,
 ) -> None:
@@ -215,6 +232,7 @@ def dns_cmd(
         output,
         record=not no_record,
         command=command_line(),
+        rules=rules,
         engine=engine,
         context=context,
     )

@@ -16,6 +16,7 @@ from rich.text import Text
 from flowtrace.correlate.faults import fault_line
 from flowtrace.correlate.stats import median
 from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, Verdict
+from flowtrace.output.kernelview import kernel_lines
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
 FLOWS_SHOWN = 20  # flows and NAT rewrites listed by `flowtrace analyze`; the rest counted
@@ -239,6 +240,11 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         console.print()
     for fault in trace.faults:
         console.print(f"fault: {fault_line(fault)}", style="red")
+    kernel = trace.meta.get("kernel")
+    if isinstance(kernel, dict):  # --rules kernel
+        console.print()
+        for text, style in kernel_lines(kernel):
+            console.print(text, style=style or None)
     if len(trace.verdicts) > 1:
         print_hop_stats(trace, console)
     if trace.verdicts:
