@@ -190,7 +190,9 @@ class Pump:
         """The same in C: every ready block to EPBs and one write each, counted here."""
         counters = self._counters
         fd = -1 if self._out_fd is None else self._out_fd
-        captured, wire_bytes, error = ring.drain_to(writer, index, fd)
+        captured, wire_bytes, error, written = ring.drain_to(writer, index, fd)
+        if written:
+            counters.add(index, WRITTEN, written)
         if error:
             counters.write_error = error
             self._out_fd = None
