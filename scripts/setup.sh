@@ -67,6 +67,9 @@ sys.exit(0 if reply.startswith(b"HTTP/1.") and reply.rstrip().endswith(b"OK") el
 EOF
 }
 
+# shellcheck source=scripts/lib/engine_ipv6.sh
+. "$REPO/scripts/lib/engine_ipv6.sh"
+
 [ "$(id -u)" = 0 ] || die "run as root: it installs packages and starts dockerd"
 command -v apt-get >/dev/null || die "this script is for Debian (apt-get not found)"
 : >>"$SETUP_LOG"
@@ -83,6 +86,10 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
     say "packages: installed ${missing[*]}"
+    if [[ " ${missing[*]} " == *" docker.io "* ]]; then
+        record_engine_installed docker.io
+        ENGINE_INSTALLED_NOW=1
+    fi
 else
     say "packages: all present"
 fi
@@ -90,15 +97,26 @@ PYTHON="${PYTHON:-$(pick_python)}" || die "no python3 >= 3.11 after installing p
 
 # --- the Docker engine -----------------------------------------------------------------
 if docker_answers; then
+    adopt_engine
+fi
+write_ipv6_options
+if [ "$ENGINE_OPTIONS_WRITTEN" = 1 ] && docker_answers; then
+    if [ "${ENGINE_INSTALLED_NOW:-0}" = 1 ]; then
+        stop_dockerd_by_hand # just installed: nothing runs on it yet
+    else
+        say "dockerd: the new options apply when dockerd restarts, which stops every container on it: restart it when nothing uses the engine"
+    fi
+fi
+if docker_answers; then
     say "dockerd: answering"
 else
-    if pgrep -x dockerd >/dev/null; then
+    # The engine's own pid file, not `pgrep dockerd`: other dockerds (private engines
+    # with pid files of their own) may run on the machine.
+    if [ -n "$(dockerd_pid)" ]; then
         how="already starting"
     else
         # A dockerd that was killed leaves its pid file, and a new one refuses to start.
-        if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
-            rm -f /var/run/docker.pid
-        fi
+        rm -f "$DOCKERD_PIDFILE"
         # No systemd here: start it in its own session so it outlives this script.
         setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
         how="started"
