@@ -20,12 +20,19 @@ if TYPE_CHECKING:
 __all__ = ["TraceOptions", "capture", "dns_lookup", "load", "path", "run_trace", "trace"]
 
 
-def path(src: str, dst: str, kind: ProbeKind = "icmp") -> tuple[list[Point], list[str]]:
-    """The observation points a packet from src to dst crosses, and notes on the way."""
+def path(
+    src: str, dst: str, kind: ProbeKind = "icmp", family: int | None = None
+) -> tuple[list[Point], list[str]]:
+    """The observation points a packet from src to dst crosses, and notes on the way.
+
+    `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
+    """
     from flowtrace.topology.route import resolve_route
 
-    route = resolve_route(src, dst, kind)
+    route = resolve_route(src, dst, kind, family)
     notes = list(route.src.notes) + list(route.dst.notes) + route.plan.notes
+    if route.family_reason:
+        notes.insert(0, f"address family: {route.family_reason}")
     return route.plan.points, notes
 
 
@@ -39,8 +46,12 @@ def trace(
     output_dir: str | Path | None = None,
     record: bool = True,
     on_probe: Callable[[int], None] | None = None,
+    family: int | None = None,
 ) -> Trace:
-    """Send `count` marked probes from src to dst and follow each one hop by hop."""
+    """Send `count` marked probes from src to dst and follow each one hop by hop.
+
+    `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
+    """
     options = TraceOptions(
         kind=kind,
         count=count,
@@ -49,6 +60,7 @@ def trace(
         output_dir=Path(output_dir) if output_dir is not None else None,
         record=record,
         command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}",
+        family=family,
     )
     return run_trace(src, dst, options, on_probe)
 

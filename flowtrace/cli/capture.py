@@ -124,8 +124,8 @@ def capture_cmd(
 
     from flowtrace.api import capture
 
-    out = Console(highlight=False, soft_wrap=True)
-    err = Console(highlight=False, soft_wrap=True, stderr=True)
+    out = Console(highlight=False, soft_wrap=True, markup=False)
+    err = Console(highlight=False, soft_wrap=True, stderr=True, markup=False)
     live = _LiveCounters(err) if err.is_terminal else None
 
     def on_ready(ready: list[Any], folder: Any) -> None:
@@ -268,7 +268,7 @@ def analyze_cmd(
             shown.append(pkt)
 
     analysis = analyze(target, keep_packets=False, on_packet=keep, point_names=names)
-    render_analysis(analysis, shown, Console(highlight=False, soft_wrap=True))
+    render_analysis(analysis, shown, Console(highlight=False, soft_wrap=True, markup=False))
 
 
 @cli.command("plot")

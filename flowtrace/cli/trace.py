@@ -9,20 +9,38 @@ import click
 from flowtrace.cli.base import F, cli, command_line, finish, handle_errors
 
 
+def _family_options(func: F) -> F:
+    """-4 / -6, as ping and curl spell them."""
+    func = click.option(
+        "-6", "ipv6", is_flag=True, help="IPv6 only (the destination's IPv6 address)."
+    )(func)
+    return click.option(
+        "-4", "ipv4", is_flag=True, help="IPv4 only (the destination's IPv4 address)."
+    )(func)
+
+
+def _family(ipv4: bool, ipv6: bool) -> int | None:
+    if ipv4 and ipv6:
+        raise click.UsageError("-4 and -6 exclude each other: give one of them")
+    return 4 if ipv4 else 6 if ipv6 else None
+
+
 @cli.command("path")
 @click.argument("src")
 @click.argument("dst")
+@_family_options
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
 @handle_errors
-def path_cmd(src: str, dst: str, as_json: bool) -> None:
+def path_cmd(src: str, dst: str, ipv4: bool, ipv6: bool, as_json: bool) -> None:
     """Print the observation points a packet from SRC to DST crosses, sending nothing.
 
-    DST may carry a port (c2:80, 203.0.113.1:8080) to follow a published port's DNAT.
+    DST may carry a port (c2:80, 203.0.113.1:8080, [fd00::3]:80) to follow a published
+    port's DNAT.
     """
     from flowtrace import api
     from flowtrace.topology.route import probe_kind_of
 
-    points, notes = api.path(src, dst, probe_kind_of(dst))
+    points, notes = api.path(src, dst, probe_kind_of(dst), _family(ipv4, ipv6))
     if as_json:
         import json
 
@@ -36,7 +54,7 @@ def path_cmd(src: str, dst: str, as_json: bool) -> None:
 
     from flowtrace.output.terminal import render_path
 
-    render_path(points, notes, Console(highlight=False, soft_wrap=True))
+    render_path(points, notes, Console(highlight=False, soft_wrap=True, markup=False))
 
 
 def _trace_options(func: F) -> F:
@@ -80,7 +98,7 @@ def _trace_options(func: F) -> F:
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return _family_options(func)
 
 
 def _run_trace(
@@ -93,6 +111,8 @@ def _run_trace(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    ipv4: bool,
+    ipv6: bool,
 ) -> None:
     from pathlib import Path
 
@@ -106,6 +126,7 @@ def _run_trace(
         output_dir=Path(output) if output else None,
         record=not no_record,
         command=command_line(),
+        family=_family(ipv4, ipv6),
     )
     result = api.run_trace(src, dst, options)
     if as_json:
@@ -127,6 +148,7 @@ def _run_trace(
 def ping(src: str, dst: str, **opts: Any) -> None:
     """Send ICMP echo from SRC to DST and follow each packet hop by hop.
 
+    Over IPv6 (-6, an IPv6 DST, or a DST whose best address is IPv6) it is ICMPv6 echo.
     Exit status 0 when every probe was answered, 10 when some were not.
     """
     _run_trace("icmp", src, dst, **opts)
@@ -138,7 +160,10 @@ def ping(src: str, dst: str, **opts: Any) -> None:
 @_trace_options
 @handle_errors
 def tcp(src: str, dst: str, **opts: Any) -> None:
-    """Send a TCP SYN from SRC to DST:PORT; see the SYN-ACK or RST, and any DNAT on the way."""
+    """Send a TCP SYN from SRC to DST:PORT; see the SYN-ACK or RST, and any DNAT on the way.
+
+    An IPv6 address takes its port in brackets: [fd00::3]:80.
+    """
     _run_trace("tcp", src, dst, **opts)
 
 
@@ -212,5 +237,5 @@ def dns_cmd(
 
         from flowtrace.output.dnsview import render
 
-        render(result, Console(highlight=False, soft_wrap=True))
+        render(result, Console(highlight=False, soft_wrap=True, markup=False))
     finish(result)

@@ -7,7 +7,7 @@ for namespaces it found), so netns:/pid:/host endpoints work with no engine at a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -36,6 +36,13 @@ class ContainerNet:
     #: The files Docker bind-mounts as the container's /etc/resolv.conf and /etc/hosts.
     resolv_conf: str = ""
     hosts_file: str = ""
+    #: network name -> global IPv6 address on it (networks made with --ipv6)
+    addresses6: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_addresses(self) -> tuple[str, ...]:
+        """Its IPv4 and IPv6 addresses on every network."""
+        return (*self.addresses.values(), *self.addresses6.values())
 
 
 @cache
@@ -93,6 +100,9 @@ def _from_attrs(attrs: dict[str, Any]) -> ContainerNet:
         ports=ports,
         resolv_conf=str(attrs.get("ResolvConfPath") or ""),
         hosts_file=str(attrs.get("HostsPath") or ""),
+        addresses6={
+            n: v["GlobalIPv6Address"] for n, v in networks.items() if v.get("GlobalIPv6Address")
+        },
     )
 
 

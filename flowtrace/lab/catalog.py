@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import flowtrace.lab.ipv6 as ipv6
 import flowtrace.lab.macvlan as macvlan
 from flowtrace.errors import ExitStatus, FlowtraceError
 from flowtrace.lab.base import (
@@ -222,6 +223,32 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             (Member(macvlan.M1, network=macvlan.NETWORK), Member(macvlan.M2, mode="none")),
             parts=macvlan,
+        ),
+        Scenario(
+            ipv6.SCENARIO,
+            f"IPv6: {ipv6.A}, {ipv6.B} and {ipv6.WEB} on the dual-stack network {ipv6.NETWORK} "
+            f"({ipv6.SUBNET6}), the IPv6 outside host {ipv6.OUTSIDE6_NETNS} "
+            f"({ipv6.OUTSIDE6_IP}) through NAT66, {ipv6.WEB} publishing {ipv6.WEB_PORT6} on "
+            "0.0.0.0 and [::]",
+            (
+                f"flowtrace ping -6 {ipv6.A} {ipv6.B}",
+                f"flowtrace ping {ipv6.A} {ipv6.B}",
+                f"flowtrace ping {ipv6.A} netns:{ipv6.OUTSIDE6_NETNS}",
+                f"flowtrace tcp netns:{ipv6.OUTSIDE6_NETNS} [{ipv6.UPLINK6_IP}]:{ipv6.WEB_PORT6}",
+                f"flowtrace tcp host [::1]:{ipv6.WEB_PORT6}",
+                f"flowtrace dns {ipv6.A} {ipv6.B} -t AAAA",
+            ),
+            (
+                Member(ipv6.A, network=ipv6.NETWORK),
+                Member(ipv6.B, network=ipv6.NETWORK),
+                Member(
+                    ipv6.WEB,
+                    network=ipv6.NETWORK,
+                    command=HTTPD_COMMAND,
+                    publish=(f"{ipv6.WEB_PORT6}:{_HTTPD_PORT}",),
+                ),
+            ),
+            parts=ipv6,
         ),
     )
 }

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import flowtrace.lab.core as core
+import flowtrace.lab.ipv6 as ipv6
 from flowtrace.errors import FlowtraceError
 from flowtrace.lab.base import (
     IMAGE,
@@ -40,7 +41,7 @@ from flowtrace.lab.engine import (
     short,
 )
 from flowtrace.lab.guard import exclusive, require_privileges
-from flowtrace.lab.links import pid_netns_inode
+from flowtrace.lab.links import netns_usable, pid_netns_inode
 from flowtrace.lab.render import table
 
 
@@ -305,24 +306,30 @@ def _web_of(state: ScenarioState) -> LabContainer:
 
 
 def _published_lines(state: ScenarioState) -> list[str]:
-    """Each IPv4 published port of the scenario (and web's, when it publishes) with the
-    commands that trace it from the outside host and from the host."""
+    """Each published port of the scenario (and web's, when it publishes) with the
+    commands that trace it from an outside host and from the host: an IPv4 binding from
+    ft-outside, a `::` one (the IPv6 twin Docker makes of every binding) from
+    ft6-outside while the ipv6 scenario is up."""
     owners = [(v.member.name, v.container) for v in state.members]
     if any(v.member.publish or v.member.publish_all for v in state.members):
         owners.insert(0, (WEB_CONTAINER, _web_of(state)))  # -p 8080:80, the base lab's
     published = [(name, *split_binding(p)) for name, item in owners for p in item.ports]
     if not published:
         return []
+    outside6 = netns_usable(ipv6.OUTSIDE6_NETNS_PATH)
     lines = ["", "published (docker port), traced from the outside host and from the host:"]
     for name, host_ip, host_port, inner in published:
         if ":" in host_ip:
-            continue  # the IPv6 twin of a binding: flowtrace traces IPv4
-        lines.append(f"  {name}: {host_ip}:{host_port} -> {inner}")
-        targets = [f"netns:{OUTSIDE_NETNS} {UPLINK_IP}"]
-        if host_ip in ("0.0.0.0", "127.0.0.1"):
-            targets.append("host 127.0.0.1")
-        if host_ip in ("0.0.0.0", UPLINK_IP):
-            targets.append(f"host {UPLINK_IP}")
+            lines.append(f"  {name}: [{host_ip}]:{host_port} -> {inner}")
+            targets = [f"netns:{ipv6.OUTSIDE6_NETNS} [{ipv6.UPLINK6_IP}]"] if outside6 else []
+            targets.append("host [::1]")
+        else:
+            lines.append(f"  {name}: {host_ip}:{host_port} -> {inner}")
+            targets = [f"netns:{OUTSIDE_NETNS} {UPLINK_IP}"]
+            if host_ip in ("0.0.0.0", "127.0.0.1"):
+                targets.append("host 127.0.0.1")
+            if host_ip in ("0.0.0.0", UPLINK_IP):
+                targets.append(f"host {UPLINK_IP}")
         lines += [f"    flowtrace tcp {target}:{host_port}" for target in targets]
     return lines
 

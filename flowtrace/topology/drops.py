@@ -9,18 +9,24 @@ bridge port's master bridge on the way in, and the device the namespace's route 
 by on the way out.
 
 `drop_site` and `describe_drop` are pure; `explain_loss` reads the namespace's state,
-route and rules and joins them.
+route and rules and joins them.  An IPv6 packet is judged by ip6tables' rules, and so
+is a neighbour solicitation (NDP is ICMPv6, and goes through INPUT): a firewall that
+drops it leaves the asker without the neighbour's link address.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flowtrace.errors import FlowtraceError
-from flowtrace.model import DropReason, Headers, Namespace, Point, Sighting
+from flowtrace.model import DropReason, Headers, Namespace, Point, Sighting, ip_version
 from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
-from flowtrace.topology.netfilter import find_drop_rule, read_ruleset
+from flowtrace.topology.netfilter import NatRuleset, find_drop_rule, read_ruleset
+
+#: ICMPv6, as the filter table matches it (NDP is ICMPv6).
+_ICMPV6 = 58
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ def explain_loss(
     if site is None:
         return None
     rule = find_drop_rule(
-        read_ruleset(path),
+        _rules(path, seen.dst),
         seen.proto,
         seen.src,
         dst,
@@ -153,7 +159,7 @@ def explain_unanswered(
         return None
     path = ingress.netns.path
     state = read_state(path)
-    ruleset = read_ruleset(path)
+    ruleset = _rules(path, seen.dst)
     local = [a.ip for a in state.addresses]
     site = drop_site(ingress, state, route_get(path, seen.dst))
     if site is not None and site.out_iface is None:
@@ -174,6 +180,57 @@ def explain_unanswered(
     if not rule:
         return None
     return DropReason(rule, describe_answer_drop(rule, ingress.netns.label, out.name))
+
+
+def _rules(netns_path: str, address: str) -> NatRuleset:
+    """The rules that judge a packet to `address`: iptables' or ip6tables'."""
+    return read_ruleset(netns_path, ipv6=ip_version(address) == 6)
+
+
+def solicited_node(ip: str) -> str:
+    """The multicast address a neighbour solicitation for `ip` is sent to (RFC 4291 2.7.1)."""
+    low = int(ipaddress.IPv6Address(ip)) & 0xFFFFFF
+    return str(ipaddress.IPv6Address(int(ipaddress.IPv6Address("ff02::1:ff00:0")) | low))
+
+
+def describe_ndp_drop(rule: str, netns_label: str, in_iface: str) -> str:
+    """The verdict's words when a neighbour solicitation was dropped where it arrived."""
+    return (
+        f"{netns_label} dropped them by `{rule}`, filter chain INPUT from {in_iface}: IPv6 "
+        "learns a neighbour's link address by NDP (ICMPv6 types 135 and 136), so a firewall "
+        "that drops neighbour solicitations cuts the neighbour off"
+    )
+
+
+def explain_unresolved(
+    points: Sequence[Point], point_id: str, sender: str, target: str
+) -> DropReason | None:
+    """The rule that dropped a neighbour solicitation (from `sender`, for `target`) seen
+    arriving at a point, if any."""
+    point = next((p for p in points if p.id == point_id), None)
+    if point is None or ip_version(target) != 6:
+        return None
+    path = point.netns.path
+    state = read_state(path)
+    link = state.link(point.ifindex)
+    if link is None:
+        return None
+    master = state.link(link.master) if link.master is not None else None
+    in_iface = master.name if master is not None and master.kind == "bridge" else link.name
+    rule = find_drop_rule(
+        read_ruleset(path, ipv6=True),
+        _ICMPV6,
+        sender,
+        solicited_node(target),
+        None,
+        None,
+        in_iface,
+        None,
+        [a.ip for a in state.addresses],
+    )
+    if rule is None:
+        return None
+    return DropReason(rule, describe_ndp_drop(rule, point.netns.label, in_iface))
 
 
 class KernelExplainer:
@@ -206,6 +263,16 @@ class KernelExplainer:
         if key not in self._known:
             try:
                 found = explain_unanswered(self.points, arrived.point, h)
+            except (FlowtraceError, OSError):
+                found = None
+            self._known[key] = found
+        return self._known[key]
+
+    def unresolved(self, point: str, sender: str, target: str) -> DropReason | None:
+        key = ("unresolved", point, sender, target)
+        if key not in self._known:
+            try:
+                found = explain_unresolved(self.points, point, sender, target)
             except (FlowtraceError, OSError):
                 found = None
             self._known[key] = found

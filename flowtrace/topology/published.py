@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 
 
 def binding_serves(host_ip: str, dst_ip: str) -> bool:
-    """Does a binding on host_ip ("" or 0.0.0.0: every IPv4 address) take dst_ip?
+    """Does a binding on host_ip ("" or 0.0.0.0: every IPv4 address; `::` every IPv6
+    address) take dst_ip?
 
-    Docker programs its IPv4 DNAT rules for IPv4 bindings only: a `::` binding is the
-    IPv6 twin, and Docker 20.10 may give it a different random port than the IPv4 one.
+    Docker programs its IPv4 DNAT rules for IPv4 bindings only and its IPv6 ones (with
+    ip6tables on) for `::` bindings: each is the other's twin, and Docker 20.10 may give
+    them different random ports.
     """
     dst = ipaddress.ip_address(dst_ip)
     wildcard = ("", "0.0.0.0") if dst.version == 4 else ("::",)
@@ -51,7 +53,7 @@ def output_dnat_applies(dst_ip: str) -> bool:
 
 
 def listener_for(sockets: list[SocketEntry], ip: str, port: int) -> SocketEntry | None:
-    """The listening socket that takes an IPv4 connection to ip:port (an exact address first).
+    """The listening socket that takes a connection to ip:port (an exact address first).
 
     Unlike endpoints.sockets.bound_socket, a `::` listener does not count for an IPv4
     address: docker-proxy's IPv6 listeners are IPv6-only (Go sets IPV6_V6ONLY), and
@@ -136,9 +138,20 @@ def predict_dnat(
     rule = walk(ruleset.nat, chain, packet, decide)
     if rule is None:
         return None
-    spec = rule.option("--to-destination") or ""
-    host, _, port = spec.rpartition(":") if spec.count(":") == 1 else (spec, "", "")
+    host, port = split_nat_target(rule.option("--to-destination") or "")
     if not host:
         return None
     first_port = port.split("-", 1)[0]
     return host.split("-", 1)[0], int(first_port) if first_port.isdigit() else dport, rule.text
+
+
+def split_nat_target(spec: str) -> tuple[str, str]:
+    """A DNAT target's address and port text: "172.17.0.4:80" -> ("172.17.0.4", "80");
+    ip6tables writes "[fd00::2]:80"; a bare address has no port ("")."""
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
+    if spec.count(":") == 1:
+        host, _, port = spec.partition(":")
+        return host, port
+    return spec, ""

@@ -7,7 +7,8 @@ namespace, in OUTPUT when the namespace's own stack sent it; a SNAT in POSTROUTI
 The rule is found by walking that namespace's nat table as the kernel would; the
 conntrack entry by asking the namespace's conntrack table for the flow as it was
 before the rewrite.  A reply's rewrite that undoes a request's takes the request's
-rule and entry (one conntrack entry covers both directions).
+rule and entry (one conntrack entry covers both directions).  An IPv6 rewrite (NAT66)
+is explained from the namespace's ip6tables rules.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from flowtrace.errors import FlowtraceError
-from flowtrace.model import Address, NatEvent, Packet, Point
+from flowtrace.model import Address, NatEvent, Packet, Point, ip_version
 from flowtrace.topology.conntrack import find_entry
 from flowtrace.topology.kernel import read_state
 from flowtrace.topology.netfilter import attribute, read_ruleset
@@ -55,9 +56,8 @@ def explain_rewrite(
         addresses = (
             list(local) if local is not None else [a.ip for a in read_state(netns_path).addresses]
         )
-        rule = attribute(
-            read_ruleset(netns_path), ev, flow.proto, in_iface, out_iface, addresses, peer=peer
-        )
+        ruleset = read_ruleset(netns_path, ipv6=ip_version(flow.src) == 6)
+        rule = attribute(ruleset, ev, flow.proto, in_iface, out_iface, addresses, peer=peer)
     except FlowtraceError as exc:
         rule = f"(rules not readable: {exc.message})"
     try:
