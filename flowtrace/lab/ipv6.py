@@ -59,6 +59,8 @@ OUTSIDE6_PREFIXLEN = 64
 OUTSIDE6_IP = "2001:db8:f6::2"
 UPLINK6_IP = "2001:db8:f6::1"
 
+#: Where dockerd reads its options (the "ip6tables" and "experimental" NAT66 needs).
+DAEMON_JSON = "/etc/docker/daemon.json"
 #: The host's IPv6 forwarding before the lab's network turned it on: "KNOB=VALUE" lines.
 FORWARDING_STATE = "/run/flowtrace/lab-ipv6-forwarding"
 FORWARDING_KNOBS = ("all", "default")
@@ -134,14 +136,12 @@ def nat66_rules(subnet: str = SUBNET6) -> list[str]:
     return found
 
 
-def _daemon_options(client: Any) -> str:
-    """What the engine's configuration says about the two options, in words."""
+def daemon_options(info: dict[str, Any], config_path: str = DAEMON_JSON) -> str:
+    """What the engine (`docker info`) and its configuration file say about the two
+    options, in words."""
+    experimental = bool(info.get("ExperimentalBuild"))
     try:
-        experimental = bool(client.info().get("ExperimentalBuild"))
-    except Exception:  # the engine answered a moment ago; words are all this is for
-        experimental = False
-    try:
-        with open("/etc/docker/daemon.json") as config:
+        with open(config_path) as config:
             ip6tables = bool(json.load(config).get("ip6tables"))
     except (OSError, ValueError, AttributeError):
         ip6tables = False
@@ -149,11 +149,11 @@ def _daemon_options(client: Any) -> str:
         name for name, on in (("ip6tables", ip6tables), ("experimental", experimental)) if not on
     ]
     if not missing:
-        return 'the daemon\'s "ip6tables" and "experimental" look on: restart dockerd'
-    wanted = ", ".join(f'"{name}": true' for name in missing)
+        return f'"ip6tables" and "experimental" are on in {config_path}: restart dockerd'
+    wanted = " and ".join(f'"{name}": true' for name in missing)
     return (
-        f"the engine runs without {wanted} (Docker 20.10 needs both; /etc/docker/daemon.json, "
-        "then restart dockerd, which stops every container on it)"
+        f"the engine runs without {wanted} (Docker 20.10 needs both: set them in "
+        f"{config_path}, then restart dockerd, which stops every container on it)"
     )
 
 
@@ -166,7 +166,7 @@ def nat66_missing(client: Any) -> str | None:
         return f"Docker's IPv6 NAT (ip6tables cannot be read: {exc.message})"
     return (
         f"Docker's IPv6 NAT for {NETWORK} (no ip6tables MASQUERADE of {SUBNET6}): "
-        f"{_daemon_options(client)}; IPv6 between its containers works without it"
+        f"{daemon_options(client.info())}; IPv6 between its containers works without it"
     )
 
 

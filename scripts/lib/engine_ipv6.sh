@@ -119,7 +119,7 @@ adopt_engine() {
 write_ipv6_options() {
     ENGINE_OPTIONS_WRITTEN=0
     if [ ! -f "$ENGINE_MARKER" ]; then
-        say "dockerd: IPv6 NAT options left as they are (an engine flowtrace did not install: ${ENGINE_NOT_OURS:-no marker $ENGINE_MARKER}); the ipv6 lab says what is missing"
+        say "dockerd: IPv6 NAT options left as they are (not known to be an engine flowtrace installed and started: ${ENGINE_NOT_OURS:-no marker $ENGINE_MARKER}); the ipv6 lab says what is missing"
         return 0
     fi
     local ours
