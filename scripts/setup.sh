@@ -117,8 +117,7 @@ else
     else
         # A dockerd that was killed leaves its pid file, and a new one refuses to start.
         rm -f "$DOCKERD_PIDFILE"
-        # No systemd here: start it in its own session so it outlives this script.
-        setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+        start_dockerd_detached
         how="started"
     fi
     deadline=$((SECONDS + DOCKERD_WAIT_S))

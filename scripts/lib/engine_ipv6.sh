@@ -142,6 +142,22 @@ write_ipv6_options() {
     say "dockerd: wrote $DAEMON_JSON (ip6tables, experimental: Docker 20.10's IPv6 NAT)"
 }
 
+# Start dockerd by hand (no systemd): in a session of its own so that it outlives this
+# script, its output in $DOCKERD_LOG, and no other file descriptor of ours.  A shell's
+# `setsid dockerd &` would hand it every descriptor this script inherited: run under
+# `flock -x LOCK bash scripts/setup.sh`, dockerd (and its containerd) would hold that
+# lock for as long as they run.
+start_dockerd_detached() {
+    "$PYTHON" - "$DOCKERD_LOG" <<'EOF'
+import subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    subprocess.Popen(
+        ["dockerd"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        start_new_session=True, close_fds=True,
+    )
+EOF
+}
+
 # Stop the dockerd setup.sh started by hand, so that the next start reads new options.
 stop_dockerd_by_hand() {
     local pid deadline
