@@ -4,6 +4,11 @@ A trace's stages run in order, each in its own room: endpoints (what was typed) 
 topology (the path, from the kernel's state) -> capture (every point ready) -> probe
 -> correlate -> outputs; run/ holds the live run that drives them.  Everything heavy
 is imported when a function is called, so `import flowtrace` stays instant.
+
+Every function that names containers takes `engine` ("docker", "podman") and
+`context` (a Docker context's name); with neither, the engine is found as the docker
+CLI finds it (DOCKER_HOST, DOCKER_CONTEXT, the current context, Docker's socket), with
+Podman as the fallback (flowtrace.endpoints.engines).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flowtrace.endpoints.engines import EngineChoice, using
 from flowtrace.model import DnsLookup, Point, PointStats, ProbeKind, Trace, TraceOptions
 
 if TYPE_CHECKING:
@@ -21,7 +27,12 @@ __all__ = ["TraceOptions", "capture", "dns_lookup", "load", "path", "run_trace",
 
 
 def path(
-    src: str, dst: str, kind: ProbeKind = "icmp", family: int | None = None
+    src: str,
+    dst: str,
+    kind: ProbeKind = "icmp",
+    family: int | None = None,
+    engine: str | None = None,
+    context: str | None = None,
 ) -> tuple[list[Point], list[str]]:
     """The observation points a packet from src to dst crosses, and notes on the way.
 
@@ -29,7 +40,8 @@ def path(
     """
     from flowtrace.topology.route import resolve_route
 
-    route = resolve_route(src, dst, kind, family)
+    with using(EngineChoice(engine, context)):
+        route = resolve_route(src, dst, kind, family)
     notes = list(route.src.notes) + list(route.dst.notes) + route.plan.notes
     if route.family_reason:
         notes.insert(0, f"address family: {route.family_reason}")
@@ -47,6 +59,8 @@ def trace(
     record: bool = True,
     on_probe: Callable[[int], None] | None = None,
     family: int | None = None,
+    engine: str | None = None,
+    context: str | None = None,
 ) -> Trace:
     """Send `count` marked probes from src to dst and follow each one hop by hop.
 
@@ -62,16 +76,21 @@ def trace(
         command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}",
         family=family,
     )
-    return run_trace(src, dst, options, on_probe)
+    return run_trace(src, dst, options, on_probe, EngineChoice(engine, context))
 
 
 def run_trace(
-    src: str, dst: str, options: TraceOptions, on_probe: Callable[[int], None] | None = None
+    src: str,
+    dst: str,
+    options: TraceOptions,
+    on_probe: Callable[[int], None] | None = None,
+    engine: EngineChoice | None = None,
 ) -> Trace:
     """A trace with options already gathered (the CLI's way in)."""
     from flowtrace.run import trace as tracing
 
-    return tracing.run_trace(src, dst, options, on_probe)
+    with using(engine):
+        return tracing.run_trace(src, dst, options, on_probe)
 
 
 def capture(
@@ -85,13 +104,16 @@ def capture(
     on_tick: Callable[[list[PointStats], float], None] | None = None,
     command: str = "",
     on_ready: Callable[[list[Point], Path], None] | None = None,
+    engine: str | None = None,
+    context: str | None = None,
 ) -> CaptureResult:
     """Record everything matching on the points between src and dst (or the named ones)."""
     from flowtrace.run import capture as capturing
 
-    return capturing.capture(
-        src, dst, points, filter_expr, duration, count, output_dir, on_tick, command, on_ready
-    )
+    with using(EngineChoice(engine, context)):
+        return capturing.capture(
+            src, dst, points, filter_expr, duration, count, output_dir, on_tick, command, on_ready
+        )
 
 
 def load(path: str | Path | Sequence[str | Path]) -> Trace:
@@ -110,8 +132,11 @@ def dns_lookup(
     output_dir: str | Path | None = None,
     record: bool = True,
     command: str = "",
+    engine: str | None = None,
+    context: str | None = None,
 ) -> DnsLookup:
     """Look `name` up from `src` as its resolver would and follow the query and the answer."""
     from flowtrace.run.dns import lookup
 
-    return lookup(src, name, qtype, server, timeout, output_dir, record, command)
+    with using(EngineChoice(engine, context)):
+        return lookup(src, name, qtype, server, timeout, output_dir, record, command)

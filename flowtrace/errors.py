@@ -16,7 +16,7 @@ class ExitStatus(IntEnum):
     ERROR = 1  # a generic failure the user can act on
     USAGE = 2  # bad arguments (click uses 2 as well)
     NOT_ROOT = 3  # needs root (CAP_NET_ADMIN / CAP_NET_RAW / CAP_SYS_ADMIN)
-    NO_DOCKER = 4  # the Docker engine does not answer
+    NO_DOCKER = 4  # no container engine answers (Docker, Podman), or not the one asked for
     NOT_FOUND = 5  # unknown container, namespace, process, address or file
     NOT_RUNNING = 6  # the container exists but is stopped
     NO_PATH = 7  # no route / no interface between the endpoints

@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine, as root, for flowtrace: the system packages it uses, a
-# running Docker engine, and the project's virtualenv (.venv) with flowtrace installed.
+# container engine (the one the machine has: Docker or Podman; Debian's docker.io only
+# where there is none), and the project's virtualenv (.venv) with flowtrace installed.
 # Safe to run again: each step does only what is missing and says so in one line.
+#
+#   --for-tests    also Podman (the tests trace both engines); scripts/test.sh passes it
+#   --decide-only  say which engine would be used and what would be done; change nothing
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SETUP_LOG=/var/log/flowtrace-setup.log
 DOCKERD_LOG=/var/log/flowtrace-dockerd.log
-DOCKER_SOCKET=/var/run/docker.sock
 DOCKERD_WAIT_S="${FLOWTRACE_DOCKERD_WAIT:-90}"
-PACKAGES=(docker.io busybox-static iproute2 iptables tcpdump tshark libpcap0.8 conntrack procps)
+PACKAGES=(busybox-static iproute2 iptables tcpdump tshark libpcap0.8 conntrack procps)
+FOR_TESTS=0
+DECIDE_ONLY=0
+for arg in "$@"; do
+    case "$arg" in
+    --for-tests) FOR_TESTS=1 ;;
+    --decide-only) DECIDE_ONLY=1 ;;
+    *)
+        printf 'setup: error: unknown option %s (use --for-tests or --decide-only)\n' "$arg" >&2
+        exit 2
+        ;;
+    esac
+done
 
 say() { printf 'setup: %s\n' "$*"; }
 die() {
@@ -54,24 +69,21 @@ pick_python() {
     return 1
 }
 
-# The engine answers GET /_ping on its socket (no docker CLI: the one on PATH may not match).
-docker_answers() {
-    "$PYTHON" - "$DOCKER_SOCKET" <<'EOF' 2>/dev/null
-import socket, sys
-with socket.socket(socket.AF_UNIX) as s:
-    s.settimeout(3)
-    s.connect(sys.argv[1])
-    s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-    reply = s.recv(4096)
-sys.exit(0 if reply.startswith(b"HTTP/1.") and reply.rstrip().endswith(b"OK") else 1)
-EOF
-}
+# shellcheck source=scripts/lib/engine.sh
+. "$REPO/scripts/lib/engine.sh"
 
-# shellcheck source=scripts/lib/engine_ipv6.sh
-. "$REPO/scripts/lib/engine_ipv6.sh"
-
-[ "$(id -u)" = 0 ] || die "run as root: it installs packages and starts dockerd"
+[ "$(id -u)" = 0 ] || die "run as root: it installs packages and starts the container engine"
 command -v apt-get >/dev/null || die "this script is for Debian (apt-get not found)"
+
+if [ "$DECIDE_ONLY" = 1 ]; then
+    PYTHON="$(pick_python || command -v python3)"
+    decide_engine "$FOR_TESTS"
+    say "$ENGINE_LINE"
+    for action in "${ACTIONS[@]}"; do
+        say "would: $action"
+    done
+    exit 0
+fi
 : >>"$SETUP_LOG"
 
 # --- system packages -------------------------------------------------------------------
@@ -86,50 +98,15 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
     say "packages: installed ${missing[*]}"
-    if [[ " ${missing[*]} " == *" docker.io "* ]]; then
-        record_engine_installed docker.io
-        ENGINE_INSTALLED_NOW=1
-    fi
 else
     say "packages: all present"
 fi
 PYTHON="${PYTHON:-$(pick_python)}" || die "no python3 >= 3.11 after installing python3"
 
-# --- the Docker engine -----------------------------------------------------------------
-if docker_answers; then
-    adopt_engine
-fi
-write_ipv6_options
-if [ "$ENGINE_OPTIONS_WRITTEN" = 1 ] && docker_answers; then
-    if [ "${ENGINE_INSTALLED_NOW:-0}" = 1 ]; then
-        stop_dockerd_by_hand # just installed: nothing runs on it yet
-    else
-        say "dockerd: the new options apply when dockerd restarts, which stops every container on it: restart it when nothing uses the engine"
-    fi
-fi
-if docker_answers; then
-    say "dockerd: answering"
-else
-    # The engine's own pid file, not `pgrep dockerd`: other dockerds (private engines
-    # with pid files of their own) may run on the machine.
-    if [ -n "$(dockerd_pid)" ]; then
-        how="already starting"
-    else
-        # A dockerd that was killed leaves its pid file, and a new one refuses to start.
-        rm -f "$DOCKERD_PIDFILE"
-        start_dockerd_detached
-        how="started"
-    fi
-    deadline=$((SECONDS + DOCKERD_WAIT_S))
-    until docker_answers; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            tail -n 5 "$DOCKERD_LOG" >&2 || true
-            die "dockerd did not answer on $DOCKER_SOCKET within ${DOCKERD_WAIT_S} s (log: $DOCKERD_LOG)"
-        fi
-        sleep 0.5
-    done
-    say "dockerd: $how, answering (log: $DOCKERD_LOG)"
-fi
+# --- the container engine ----------------------------------------------------------------
+decide_engine "$FOR_TESTS"
+say "$ENGINE_LINE"
+apply_engine
 
 # --- the virtualenv ----------------------------------------------------------------------
 cd "$REPO"

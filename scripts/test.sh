@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/setup.sh
+bash scripts/setup.sh --for-tests
 echo "test: ruff check"
 .venv/bin/ruff check
 echo "test: mypy"

@@ -10,6 +10,7 @@ import sys
 
 from flowtrace.cli import capture, lab, trace  # noqa: F401 - each adds its commands to cli
 from flowtrace.cli.base import cli
+from flowtrace.endpoints import engines
 
 __all__ = ["cli", "main"]
 
@@ -26,6 +27,8 @@ def main() -> None:
         cli(prog_name="flowtrace")
     except SystemExit as exc:
         code = exc.code
+    finally:
+        engines.close()  # a Podman API flowtrace started stops with it
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -38,6 +38,22 @@ def command_line() -> str:
     return " ".join(["flowtrace", *sys.argv[1:]])
 
 
+def engine_options(func: F) -> F:
+    """--engine and --context, on every command that names containers."""
+    func = click.option(
+        "--context",
+        metavar="NAME",
+        help="Docker context to use (as `docker --context`); default: DOCKER_HOST, "
+        "DOCKER_CONTEXT, then the current context, as the docker CLI reads them.",
+    )(func)
+    return click.option(
+        "--engine",
+        type=click.Choice(["docker", "podman"]),
+        help="The container engine whose containers are named [default: Docker as the "
+        "docker CLI finds it, else Podman].",
+    )(func)
+
+
 def handle_errors(func: F) -> F:
     """Turn user-caused errors into one line on stderr and a distinct exit code."""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from flowtrace.cli.base import cli, command_line, finish, handle_errors
+from flowtrace.cli.base import cli, command_line, engine_options, finish, handle_errors
 
 
 def _capture_table(
@@ -98,6 +98,7 @@ class _LiveCounters:
     type=click.Path(file_okay=False),
     help="Folder for the pcap set, new or empty [default: captures/<time>-<src>-<dst>/].",
 )
+@engine_options
 @handle_errors
 def capture_cmd(
     src: str | None,
@@ -107,6 +108,8 @@ def capture_cmd(
     duration: float | None,
     count: int | None,
     output: str | None,
+    engine: str | None,
+    context: str | None,
 ) -> None:
     """Record all matching traffic on every point between SRC and DST (or on --point ones).
 
@@ -150,6 +153,8 @@ def capture_cmd(
             live.update if live is not None else None,
             command=command_line(),
             on_ready=on_ready,
+            engine=engine,
+            context=context,
         )
     finally:
         if live is not None:

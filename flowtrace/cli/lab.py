@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from flowtrace.cli.base import F, cli, finish, handle_errors
+from flowtrace.cli.base import F, cli, engine_options, finish, handle_errors
 
 
 @cli.group("lab")
 def lab_group() -> None:
-    """The Docker lab to trace through: c1..c4, web, ftlab and ft-outside.
+    """The lab to trace through: c1..c4, web, ftlab and ft-outside (Docker or Podman).
 
     \b
     c1, c2, web are on docker0; c3, c4 on the user-defined network ftlab.
@@ -21,6 +21,10 @@ def lab_group() -> None:
     web publishes TCP 8080 -> 80; ft-outside (203.0.113.2) reaches it at
     203.0.113.1:8080 through Docker's DNAT, and containers reach ft-outside
     through Docker's MASQUERADE, with no packet leaving the machine.
+
+    \b
+    With --engine podman: c1, c2, web on Podman's default network (podman0), c3,
+    c4 on ftlab, web publishing 8081 -> 80, and the pod ftpod (pa, pb).
     """
 
 
@@ -57,66 +61,125 @@ def _show_scenario(state: Any) -> None:
     click.echo(scenarios.render_summary(state))
 
 
+def _docker_engine(engine: str | None, context: str | None) -> Any:
+    """The engine selection the Docker lab's verbs run under."""
+    from flowtrace.endpoints.engines import EngineChoice, using
+
+    return using(EngineChoice(engine, context))
+
+
+def _podman_lab(scenario: str | None, engine: str | None, context: str | None) -> Any:
+    """The Podman lab's module when the command means it, else None (the Docker lab)."""
+    from flowtrace.lab.choose import lab_engine
+
+    if lab_engine(engine, context) != "podman":
+        return None
+    if scenario:
+        from flowtrace.errors import ExitStatus, FlowtraceError
+
+        raise FlowtraceError(
+            "the scenarios are built on Docker; the Podman lab is its base situations and the "
+            "pod ftpod (lab up --engine podman)",
+            ExitStatus.USAGE,
+        )
+    from flowtrace.lab import podman
+
+    return podman
+
+
 @lab_group.command("up")
 @_scenario_option("Also build")
+@engine_options
 @handle_errors
-def lab_up(scenario: str | None) -> None:
+def lab_up(scenario: str | None, engine: str | None, context: str | None) -> None:
     """Make whatever of the lab is missing (safe to run again)."""
     from flowtrace import lab
 
-    if scenario:
-        from flowtrace.lab import scenarios
-
-        built = scenarios.up(scenario)
-        click.echo(lab.render_changes(built.changes))
+    on_podman = _podman_lab(scenario, engine, context)
+    if on_podman is not None:
+        state = on_podman.up()
+        click.echo(lab.render_changes(state.changes))
         click.echo()
-        _show_scenario(built)
+        click.echo(lab.render_state(state))
+        click.echo()
+        click.echo(on_podman.render_summary(state))
         return
-    state = lab.up()
-    click.echo(lab.render_changes(state.changes))
-    click.echo()
-    click.echo(lab.render_state(state))
-    click.echo()
-    click.echo(lab.render_summary(state))
+    with _docker_engine(engine, context):
+        if scenario:
+            from flowtrace.lab import scenarios
+
+            built = scenarios.up(scenario)
+            click.echo(lab.render_changes(built.changes))
+            click.echo()
+            _show_scenario(built)
+            return
+        state = lab.up()
+        click.echo(lab.render_changes(state.changes))
+        click.echo()
+        click.echo(lab.render_state(state))
+        click.echo()
+        click.echo(lab.render_summary(state))
 
 
 @lab_group.command("status")
 @_scenario_option("Also show")
+@engine_options
 @handle_errors
-def lab_status(scenario: str | None) -> None:
+def lab_status(scenario: str | None, engine: str | None, context: str | None) -> None:
     """Show the lab; exit status 5 when part of it is missing or stopped."""
     from flowtrace import lab
 
-    if scenario:
-        from flowtrace.lab import scenarios
-
-        shown = scenarios.status(scenario)
-        _show_scenario(shown)
-        finish(shown)
+    on_podman = _podman_lab(scenario, engine, context)
+    if on_podman is not None:
+        state = on_podman.status()
+        click.echo(lab.render_state(state))
+        click.echo()
+        click.echo(on_podman.render_summary(state))
+        finish(state)
         return
-    state = lab.status()
-    click.echo(lab.render_state(state))
-    click.echo()
-    click.echo(lab.render_summary(state))
-    finish(state)
+    with _docker_engine(engine, context):
+        if scenario:
+            from flowtrace.lab import scenarios
+
+            shown = scenarios.status(scenario)
+            _show_scenario(shown)
+            finish(shown)
+            return
+        state = lab.status()
+        click.echo(lab.render_state(state))
+        click.echo()
+        click.echo(lab.render_summary(state))
+        finish(state)
 
 
 @lab_group.command("down")
 @_scenario_option("Only remove")
+@engine_options
 @handle_errors
-def lab_down(scenario: str | None) -> None:
+def lab_down(scenario: str | None, engine: str | None, context: str | None) -> None:
     """Remove everything the lab made, and nothing else."""
     from flowtrace import lab
 
-    if scenario:
-        from flowtrace.lab import scenarios
-
-        click.echo(scenarios.render_removed(scenario, scenarios.down(scenario)))
+    on_podman = _podman_lab(scenario, engine, context)
+    if on_podman is not None:
+        try:
+            removed = on_podman.down()
+        except lab.LabPartlyRemovedError as exc:
+            if exc.removed:
+                click.echo(lab.render_removed(exc.removed))
+            raise
+        click.echo(lab.render_removed(removed))
         return
-    try:
-        removed = lab.down()
-    except lab.LabPartlyRemovedError as exc:
-        if exc.removed:
-            click.echo(lab.render_removed(exc.removed))
-        raise
-    click.echo(lab.render_removed(removed))
+    with _docker_engine(engine, context):
+        if scenario:
+            from flowtrace.lab import scenarios
+
+            click.echo(scenarios.render_removed(scenario, scenarios.down(scenario)))
+            return
+        try:
+            removed = lab.down()
+        except lab.LabPartlyRemovedError as exc:
+            if exc.removed:
+                click.echo(lab.render_removed(exc.removed))
+            raise
+        click.echo(lab.render_removed(removed))

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from flowtrace.cli.base import F, cli, command_line, finish, handle_errors
+from flowtrace.cli.base import F, cli, command_line, engine_options, finish, handle_errors
 
 
 def _family_options(func: F) -> F:
@@ -30,8 +30,17 @@ def _family(ipv4: bool, ipv6: bool) -> int | None:
 @click.argument("dst")
 @_family_options
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+@engine_options
 @handle_errors
-def path_cmd(src: str, dst: str, ipv4: bool, ipv6: bool, as_json: bool) -> None:
+def path_cmd(
+    src: str,
+    dst: str,
+    ipv4: bool,
+    ipv6: bool,
+    as_json: bool,
+    engine: str | None,
+    context: str | None,
+) -> None:
     """Print the observation points a packet from SRC to DST crosses, sending nothing.
 
     DST may carry a port (c2:80, 203.0.113.1:8080, [fd00::3]:80) to follow a published
@@ -40,7 +49,9 @@ def path_cmd(src: str, dst: str, ipv4: bool, ipv6: bool, as_json: bool) -> None:
     from flowtrace import api
     from flowtrace.topology.route import probe_kind_of
 
-    points, notes = api.path(src, dst, probe_kind_of(dst), _family(ipv4, ipv6))
+    points, notes = api.path(
+        src, dst, probe_kind_of(dst), _family(ipv4, ipv6), engine=engine, context=context
+    )
     if as_json:
         import json
 
@@ -98,7 +109,7 @@ def _trace_options(func: F) -> F:
     ]
     for option in reversed(options):
         func = option(func)
-    return _family_options(func)
+    return engine_options(_family_options(func))
 
 
 def _run_trace(
@@ -113,10 +124,13 @@ def _run_trace(
     no_record: bool,
     ipv4: bool,
     ipv6: bool,
+    engine: str | None,
+    context: str | None,
 ) -> None:
     from pathlib import Path
 
     from flowtrace import api
+    from flowtrace.endpoints.engines import EngineChoice
 
     options = api.TraceOptions(
         kind=kind,  # type: ignore[arg-type]
@@ -128,7 +142,7 @@ def _run_trace(
         command=command_line(),
         family=_family(ipv4, ipv6),
     )
-    result = api.run_trace(src, dst, options)
+    result = api.run_trace(src, dst, options, engine=EngineChoice(engine, context))
     if as_json:
         from flowtrace.output.jsonout import dumps
 
@@ -203,6 +217,7 @@ def udp(src: str, dst: str, **opts: Any) -> None:
     help="Folder for the pcap set [default: captures/<time>-<src>-dns-<name>/].",
 )
 @click.option("--no-record", is_flag=True, help="Do not write a pcap set.")
+@engine_options
 @handle_errors
 def dns_cmd(
     src: str,
@@ -213,18 +228,30 @@ def dns_cmd(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    engine: str | None,
+    context: str | None,
 ) -> None:
     """Look NAME up from SRC as its resolver would, and follow the query and the answer.
 
     The server is the first nameserver of SRC's /etc/resolv.conf (on a user-defined
     Docker network: 127.0.0.11, Docker's embedded DNS, reached through a DNAT rule in
-    the container's own namespace); a name in SRC's /etc/hosts is answered from there.
+    the container's own namespace; on a Podman network: its gateway, where aardvark-dns
+    answers); a name in SRC's /etc/hosts is answered from there.
     Exit status 0 when an answer came, 10 when none did.
     """
     from flowtrace import api
 
     result = api.dns_lookup(
-        src, name, qtype, server, timeout, output, record=not no_record, command=command_line()
+        src,
+        name,
+        qtype,
+        server,
+        timeout,
+        output,
+        record=not no_record,
+        command=command_line(),
+        engine=engine,
+        context=context,
     )
     if as_json:
         import json

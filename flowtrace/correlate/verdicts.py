@@ -250,15 +250,11 @@ def _answered(probe: int, h: Headers, facts: ProbeFacts, rtt: int | None) -> Ver
         return Verdict(probe, "refused", None, f"{closed}; {hint}" if hint else closed, rtt)
     port_unreachable = (h.proto, h.icmp_type, h.icmp_code) in ((1, 3, 3), (58, 1, 4))
     if port_unreachable:
-        port = f"{facts.dst_port}/{facts.kind}"
+        # an echo has no port: such an answer comes from a stack that would not forward it
+        # (a userspace carrier such as slirp4netns)
         what = "ICMP" if h.proto == 1 else "ICMPv6"
-        return Verdict(
-            probe,
-            "refused",
-            None,
-            f"{what} port unreachable from {h.src}: nothing listens on {port}",
-            rtt,
-        )
+        why = f": nothing listens on {facts.dst_port}/{facts.kind}" if facts.dst_port else ""
+        return Verdict(probe, "refused", None, f"{what} port unreachable from {h.src}{why}", rtt)
     if h.proto in (1, 58):
         return Verdict(probe, "unreachable", None, f"{icmp_error_text(h)} from {h.src}", rtt)
     return Verdict(probe, "replied", None, f"{h.proto_name} answer", rtt)

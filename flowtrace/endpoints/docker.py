@@ -1,16 +1,20 @@
-"""Container facts from the Docker engine (Docker SDK), turned into namespaces.
+"""Container facts from the chosen engine (Docker SDK), turned into namespaces.
 
-Docker is only asked when the user names a container (or when flowtrace wants names
-for namespaces it found), so netns:/pid:/host endpoints work with no engine at all.
+The engine is Docker or Podman's Docker-compatible API, whichever
+flowtrace.endpoints.engines chose; Podman's own facts (pods, infra containers) come
+from flowtrace.endpoints.podman.  The engine is only asked when the user names a
+container (or when flowtrace wants names for namespaces it found), so
+netns:/pid:/host endpoints work with no engine at all.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
+from flowtrace.endpoints import engines
+from flowtrace.endpoints.podman import PodFacts, pod_of
 from flowtrace.errors import (
     DockerUnavailableError,
     NoPathError,
@@ -21,7 +25,7 @@ from flowtrace.errors import (
 
 @dataclass(frozen=True)
 class ContainerNet:
-    """What Docker says about one container's networking."""
+    """What the engine says about one container's networking."""
 
     name: str
     id: str
@@ -33,9 +37,11 @@ class ContainerNet:
     addresses: dict[str, str]
     #: "80/tcp" -> [(host ip, host port)]
     ports: dict[str, list[tuple[str, int]]]
-    #: The files Docker bind-mounts as the container's /etc/resolv.conf and /etc/hosts.
+    #: The files the engine bind-mounts as the container's /etc/resolv.conf and /etc/hosts.
     resolv_conf: str = ""
     hosts_file: str = ""
+    #: "docker" or "podman": the engine that runs it.
+    engine: str = "docker"
     #: network name -> global IPv6 address on it (networks made with --ipv6)
     addresses6: dict[str, str] = field(default_factory=dict)
 
@@ -45,42 +51,17 @@ class ContainerNet:
         return (*self.addresses.values(), *self.addresses6.values())
 
 
-@cache
-def docker_client(timeout: float = 10) -> Any:
-    """The one Docker SDK client (per timeout), made once and checked with a ping.
-
-    Tracing asks for quick answers; the lab, which imports images, for a longer timeout.
-    """
-    try:
-        import docker
-        from docker.errors import DockerException
-    except ImportError as exc:  # pragma: no cover - a dependency
-        raise DockerUnavailableError(f"the docker Python package is missing ({exc})") from None
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except DockerException as exc:
-        raise DockerUnavailableError(
-            f"the Docker engine does not answer ({_short(exc)}): start dockerd, "
-            "e.g. with `bash scripts/setup.sh`"
-        ) from None
-    return client
-
-
 def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:160]
 
 
 def docker_available() -> bool:
-    try:
-        docker_client()
-    except DockerUnavailableError:
-        return False
-    return True
+    """Whether the chosen engine (Docker or Podman) answers."""
+    return engines.available()
 
 
-def _from_attrs(attrs: dict[str, Any]) -> ContainerNet:
+def _from_attrs(attrs: dict[str, Any], engine: str = "docker") -> ContainerNet:
     state = attrs.get("State", {})
     host_config = attrs.get("HostConfig", {})
     networks = attrs.get("NetworkSettings", {}).get("Networks") or {}
@@ -100,6 +81,7 @@ def _from_attrs(attrs: dict[str, Any]) -> ContainerNet:
         ports=ports,
         resolv_conf=str(attrs.get("ResolvConfPath") or ""),
         hosts_file=str(attrs.get("HostsPath") or ""),
+        engine=engine,
         addresses6={
             n: v["GlobalIPv6Address"] for n, v in networks.items() if v.get("GlobalIPv6Address")
         },
@@ -110,28 +92,38 @@ def inspect_container(spec: str) -> ContainerNet:
     """Find a container by name or id; NotFoundError when there is none."""
     from docker.errors import APIError, NotFound
 
-    client = docker_client()
+    found = engines.connect()
     try:
-        attrs = client.api.inspect_container(spec)
+        attrs = found.client.api.inspect_container(spec)
     except NotFound:
         raise NotFoundError(
-            f"no container named {spec!r} (an endpoint is a container, host, netns:NAME, "
-            "pid:N or an IP address)"
+            f"no container named {spec!r} on {found.info.name} (an endpoint is a container, "
+            f"host, netns:NAME, pid:N or an IP address){engines.elsewhere_hint(spec)}"
         ) from None
     except APIError as exc:
-        raise DockerUnavailableError(f"Docker refused to inspect {spec!r}: {_short(exc)}") from None
-    return _from_attrs(attrs)
+        raise DockerUnavailableError(
+            f"{found.info.name} refused to inspect {spec!r}: {_short(exc)}"
+        ) from None
+    return _from_attrs(attrs, found.info.name)
 
 
 def running_containers() -> list[ContainerNet]:
     """Every running container, for naming the namespaces flowtrace finds."""
-    client = docker_client()
-    return [_from_attrs(client.api.inspect_container(c["Id"])) for c in client.api.containers()]
+    found = engines.connect()
+    api = found.client.api
+    return [_from_attrs(api.inspect_container(c["Id"]), found.info.name) for c in api.containers()]
 
 
 def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
     """The namespace path of a running container, and plain notes about its network mode."""
     info = inspect_container(spec)
+    engine = engines.used()
+    if engine is not None and not engines.is_local(engine.host):
+        # its pids are another machine's: /proc/PID here is some other process
+        raise NoPathError(
+            f"{info.name} runs on the engine at {engine.host} ({engine.selected_by}), on "
+            "another machine: flowtrace enters the namespaces of this one"
+        )
     notes: list[str] = []
     mode = info.network_mode
     if mode.startswith("container:"):
@@ -139,23 +131,27 @@ def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
     if not info.running:
         raise NotRunningError(
             f"container {info.name} is {info.status}, not running: start it with "
-            f"`docker start {info.name}`"
+            f"`{info.engine} start {info.name}`"
         )
     if mode == "none":
         added = _interfaces_besides_lo(f"/proc/{info.pid}/ns/net")
         if not added:
             raise NoPathError(
-                f"container {info.name} has network mode none: Docker gave its namespace no "
-                "interface but lo, so no packet can leave it or reach it from another namespace"
+                f"container {info.name} has network mode none: {_engine_word(info)} gave its "
+                "namespace no interface but lo, so no packet can leave it or reach it from "
+                "another namespace"
             )
         notes.append(
-            f"{info.name} has network mode none: Docker gave it only lo, and "
-            f"{', '.join(added)} was put into its namespace by something other than Docker"
+            f"{info.name} has network mode none: {_engine_word(info)} gave it only lo, and "
+            f"{', '.join(added)} was put into its namespace by something other than "
+            f"{_engine_word(info)}"
         )
+    if engine is not None and engine.rootless:
+        notes.append(rootless_note(info.name, engine.name))
     if mode == "host":
         notes.append(
-            f"{info.name} uses network mode host: it shares the Docker host's network "
-            "namespace, so the host's interfaces are its own and it has no veth of its own"
+            f"{info.name} uses network mode host: it shares the {_engine_word(info)} host's "
+            "network namespace, so the host's interfaces are its own and it has no veth of its own"
         )
     return info, f"/proc/{info.pid}/ns/net", notes
 
@@ -203,7 +199,29 @@ def _shared_namespace_note(info: ContainerNet) -> str:
             f"{info.name}'s network belonged to container {owner.name}, which has restarted "
             f"with a new namespace since: {lost} (restart {info.name} to join {owner.name} again)"
         )
+    if info.engine == "podman":  # a pod's member: the owner is the pod's infra container
+        pod = _pod_of(info)
+        if pod is not None and pod.infra_id == owner.id:
+            return pod.owner_note(info.name)
     return (
         f"{info.name} uses network mode container:{owner.name}: it shares {owner.name}'s "
         "network namespace (interfaces, addresses, routes)"
+    )
+
+
+def _engine_word(info: ContainerNet) -> str:
+    return "Podman" if info.engine == "podman" else "Docker"
+
+
+def _pod_of(info: ContainerNet) -> PodFacts | None:
+    return pod_of(engines.client(), info.id)
+
+
+def rootless_note(container: str, engine: str) -> str:
+    """What can be traced of a rootless engine's container, in one line."""
+    return (
+        f"{container} runs on rootless {engine.capitalize()}: flowtrace traces inside its "
+        "namespace, and between containers on a rootless network inside the engine's "
+        "rootless namespace; not past slirp4netns or pasta, the userspace processes that "
+        "carry its traffic to and from the host, where there is no veth or bridge to watch"
     )

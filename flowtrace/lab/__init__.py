@@ -6,7 +6,8 @@ flowtrace.lab.scenarios', the scenarios themselves flowtrace.lab.catalog's.
 
 Inside, imports run one way, each module on the ones before it: base (names, views)
 <- guard (root, lock) <- links (netlink facts) <- engine (Docker SDK) <- render <-
-images <- outside <- macvlan <- catalog <- core (the base lab's verbs) <- scenarios.
+images <- outside <- podman_conf <- podman (the lab on Podman) <- macvlan <- catalog <-
+core (the base lab's verbs) <- scenarios; choose says which engine's lab a command means.
 """
 
 from flowtrace.lab.base import (

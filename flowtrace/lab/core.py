@@ -9,7 +9,8 @@
 * the outside host ``ft-outside`` (flowtrace.lab.outside).
 
 Everything the lab makes carries a name and, where Docker allows, a label, so `down()`
-removes exactly that, scenario parts included.  Changes run under the lab lock.
+removes exactly that, scenario parts included; the outside host stays while the Podman
+lab (flowtrace.lab.podman) uses it too.  Changes run under the lab lock.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from flowtrace.lab.engine import (
 from flowtrace.lab.guard import exclusive, require_privileges
 from flowtrace.lab.images import ensure_image
 from flowtrace.lab.outside import ensure_outside, outside_conflicts, outside_view, remove_outside
+from flowtrace.lab.podman import members_present as podman_lab_present
 
 
 def survey(client: Any) -> LabState:
@@ -206,7 +208,8 @@ def down() -> list[str]:
             except APIError as exc:
                 kept.append(f"network {LAB_NETWORK} ({short(exc)})")
         _remove_image(client, removed, kept)
-        removed += remove_outside()
+        if not podman_lab_present():  # else the Podman lab still uses it
+            removed += remove_outside()
     if kept:
         raise LabPartlyRemovedError(
             f"kept {'; '.join(kept)}: remove what uses it, then run `flowtrace lab down` again",

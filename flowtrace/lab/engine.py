@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowtrace.endpoints.docker import docker_client
+from flowtrace.endpoints import engines
+from flowtrace.errors import DockerUnavailableError
 from flowtrace.lab.base import (
     IMAGE,
     LAB_LABEL,
@@ -31,8 +32,16 @@ CLIENT_TIMEOUT_S = 60
 
 
 def lab_client() -> Any:
-    """The Docker SDK client the lab uses (flowtrace's one factory, a longer timeout)."""
-    return docker_client(timeout=CLIENT_TIMEOUT_S)
+    """The Docker SDK client the lab uses (flowtrace's one factory, a longer timeout);
+    the engine must be Docker (the Podman lab is flowtrace.lab.podman's)."""
+    found = engines.connect(timeout=CLIENT_TIMEOUT_S)
+    if found.info.name != "docker":
+        raise DockerUnavailableError(
+            f"the Docker lab needs Docker, and {found.info.selected_by} leads to "
+            f"{found.info.name} {found.info.version}: use `flowtrace lab up --engine podman` "
+            "for the lab on Podman"
+        )
+    return found.client
 
 
 def short(exc: BaseException) -> str:

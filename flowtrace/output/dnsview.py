@@ -7,13 +7,16 @@ from typing import Any
 from rich.text import Text
 
 from flowtrace.model import DNS_PORT, Address, DnsLookup
-from flowtrace.output.terminal import nat_details, packet_table
+from flowtrace.output.terminal import engine_line, nat_details, packet_table
 
 
 def render(result: DnsLookup, console: Any) -> None:
     """The lookup for a terminal: resolver, path, rewrites, server, answer."""
     out = console.print
     out(Text(f"flowtrace dns {result.src.spec} {result.name} ({result.qtype})", style="bold"))
+    line = engine_line(result.meta)
+    if line:
+        out(line)
     if result.hosts_answer is not None:
         out(f"answer from {result.src.spec}'s /etc/hosts: {result.name} -> {result.hosts_answer}")
         for note in result.notes:

@@ -146,6 +146,7 @@ def lookup_dict(result: DnsLookup, with_packets: bool = True) -> dict[str, Any]:
         "rtt_us": result.rtt_ns / 1000 if result.rtt_ns is not None else None,
         "nat": [nat_dict(ev) for ev in result.nat],
         "notes": list(result.notes),
+        "engine": result.meta.get("engine"),
     }
     if with_packets:
         data["points"] = [point_dict(p) for p in result.points]

@@ -9,7 +9,7 @@ an IPv6 address in brackets, `[fd00::2]:80`, for a style tag and drop it.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -186,12 +186,25 @@ def render_path(points: list[Point], notes: Iterable[str], console: Console) -> 
         console.print(f"note: {note}")
 
 
+def engine_line(meta: Mapping[str, Any]) -> str | None:
+    """`engine: podman 4.3.1 (rootful, netavark) at unix:///...`: the engine that named
+    the containers, under a trace's or lookup's title (None when no engine was asked)."""
+    engine = meta.get("engine")
+    if not isinstance(engine, Mapping):
+        return None
+    summary = engine.get("summary") or f"{engine.get('name')} {engine.get('version')}"
+    return f"engine: {summary}"
+
+
 def render_trace(trace: Trace, console: Console | None = None) -> None:
     console = console or Console(highlight=False, soft_wrap=True, markup=False)
     points = {p.id: p for p in trace.points}
     header = trace.meta.get("title")
     if header:
         console.print(Text(str(header), style="bold"))
+    line = engine_line(trace.meta)
+    if line:
+        console.print(line)
     family = trace.meta.get("family_reason")
     if family:
         console.print(f"address family: {family}")

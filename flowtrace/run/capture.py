@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowtrace.capture.bpf import compile_filter
+from flowtrace.endpoints import engines
 from flowtrace.endpoints.resolve import resolve
 from flowtrace.errors import ExitStatus, FlowtraceError, NotFoundError
 from flowtrace.model import Point, PointStats
@@ -149,6 +150,7 @@ def capture(
             src=src,
             dst=dst,
             filter=live.session.filter_expr,
+            engine=engines.used_meta(),
             notes=notes,
         )
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flowtrace.correlate.verdicts import icmp_error_text
+from flowtrace.endpoints import engines
 from flowtrace.endpoints.docker import docker_available, inspect_container, running_containers
 from flowtrace.endpoints.files import hosts_lookup, resolv_nameservers
 from flowtrace.endpoints.netns import run_in_netns
@@ -47,6 +48,7 @@ from flowtrace.model import (
 from flowtrace.output.jsonout import lookup_dict, nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
+from flowtrace.run.engine_notes import resolver_note
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.topology.path import LiveView, plan_path
 from flowtrace.topology.rewrites import Flow, explain_rewrite
@@ -129,7 +131,16 @@ def _outside_explanation(src: Endpoint, name: str, config: ResolverConfig, serve
     )
     if src.netns.container:
         info = inspect_container(src.netns.container)
-        if set(info.addresses) <= {"bridge"}:
+        if info.engine == "podman" and set(info.addresses) <= {"podman"}:
+            text += (
+                f". {src.spec} is on Podman's default network podman, which has no DNS "
+                "(no aardvark-dns): containers there find each other by IP, not by name"
+            )
+            target = _container_address(name)
+            if target:
+                text += f" ({name} is at {target})"
+            text += "; on a network made with `podman network create`, names resolve"
+        elif set(info.addresses) <= {"bridge"}:
             text += (
                 f". {src.spec} is on the default bridge, where Docker runs no embedded DNS: "
                 "containers there find each other by IP, not by name"
@@ -190,7 +201,14 @@ def lookup(
                 "the resolver answers from the file and sends no packet"
             )
             return DnsLookup(
-                src, name, qtype.upper(), config, "", hosts_answer=in_hosts, notes=(note,)
+                src,
+                name,
+                qtype.upper(),
+                config,
+                "",
+                hosts_answer=in_hosts,
+                notes=(note,),
+                meta={"command": command, "engine": engines.used_meta()},
             )
         if not config.nameservers:
             raise NoPathError(f"{config.described_as} names no nameserver: nothing to ask")
@@ -312,6 +330,10 @@ class DnsRun:
                 f"{self.src.spec}'s own namespace for the names of containers on its "
                 "user-defined networks, and forwards other names to the host's resolvers"
             )
+        elif self.src.netns.container:
+            aardvark = resolver_note(self.server, self.name)
+            if aardvark is not None:
+                self.notes.append(aardvark)
         sock = run_in_netns(self.src.netns.path, _udp_socket, self.server)
         try:
             src_ip, sport = sock.getsockname()[:2]
@@ -347,6 +369,7 @@ class DnsRun:
         pcap_set = PcapSet.create(output_dir, self.src.spec, f"dns-{self.name}", TRACE_FILE)
         fields: dict[str, Any] = {
             "src": {"spec": self.src.spec, "netns": self.src.netns.label},
+            "engine": engines.used_meta(),
             "notes": list(self.src.notes) + self.notes,
         }
         return TraceRecorder(pcap_set, points, "dns", self.command, fields)
@@ -416,7 +439,7 @@ class DnsRun:
             packets=tuple(packets),
             stats=tuple(live.stats),
             notes=tuple(self.src.notes) + tuple(self.notes),
-            meta={"command": self.command},
+            meta={"command": self.command, "engine": engines.used_meta()},
         )
 
     def _explain(self, ev: NatEvent, first: Point, sent_from: Address) -> NatEvent:

@@ -24,6 +24,7 @@ from flowtrace.correlate.verdicts import (
     neighbor_seen,
     verdict_record,
 )
+from flowtrace.endpoints import engines
 from flowtrace.model import (
     Address,
     Headers,
@@ -40,6 +41,7 @@ from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, neighbor_filter, open_sender, send_probe
+from flowtrace.run.engine_notes import trace_notes
 from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
@@ -128,6 +130,8 @@ class ProbeTrace:
                 [p.id for p in route.plan.points],
             )
         self.explainer = KernelExplainer(self.points, route.plan.dst_ip, route.plan.dst_port)
+        #: The engine's own parts the path and its rules met (netavark's bridges and chains).
+        self.engine_notes: list[str] = []
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -223,11 +227,14 @@ class ProbeTrace:
                 first_leg_packet = live.next_packet_id
                 live.step(self.legs)
         verdicts = self._verdicts(live)
+        rules = [ev.rule for p in live.packets for ev in p.nat] + [v.rule for v in verdicts]
+        self.engine_notes = trace_notes(self.points, rules)
         proxy = None
         if self.legs is not None:
             proxy = self.legs.summary([p for p in live.packets if p.packet_id >= first_leg_packet])
         if live.recorder is not None:
             extra: dict[str, Any] = {
+                "notes": self._notes(),
                 "verdicts": [verdict_record(v) for v in verdicts],
                 "interrupted": live.interrupted,
                 # the rule and conntrack entry of each rewrite: the pcapng cannot hold them
@@ -260,6 +267,7 @@ class ProbeTrace:
                 "port": route.dst_port,
             },
             "count": self.options.count,
+            "engine": engines.used_meta(),
             "capture_filter": self.capture_filter(),
             "notes": self._notes(),
         }
@@ -324,7 +332,7 @@ class ProbeTrace:
                 "flowtrace sends a bare SYN: the source's kernel, which opened no "
                 "connection, answers a SYN-ACK with a RST"
             )
-        return notes
+        return notes + self.engine_notes
 
     def _trace(
         self, live: LiveRun, verdicts: list[Verdict], proxy: dict[str, object] | None
@@ -342,6 +350,7 @@ class ProbeTrace:
             "kind": self.options.kind,
             "interrupted": live.interrupted,
             "family": self.probe.version,
+            "engine": engines.used_meta(),
         }
         if route.family_reason:
             meta["family_reason"] = route.family_reason

@@ -21,9 +21,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flowtrace.errors import FlowtraceError
-from flowtrace.model import DropReason, Headers, Namespace, Point, Sighting, ip_version
+from flowtrace.model import (
+    Address,
+    DropReason,
+    Headers,
+    Namespace,
+    NatEvent,
+    Point,
+    Sighting,
+    ip_version,
+)
 from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
-from flowtrace.topology.netfilter import NatRuleset, find_drop_rule, read_ruleset
+from flowtrace.topology.netfilter import NatRuleset, attribute, find_drop_rule, read_ruleset
+from flowtrace.topology.netfilter.owners import forward_conflict
 
 #: ICMPv6, as the filter table matches it (NDP is ICMPv6).
 _ICMPV6 = 58
@@ -76,11 +86,16 @@ def drop_site(ingress: Point, state: NetnsState, route: Route) -> DropSite | Non
     return DropSite(ingress.netns, in_iface, out.name)
 
 
-def describe_drop(rule: str, site: DropSite) -> str:
-    """The verdict's words for a drop: the rule, where, and Docker's reason if it is one."""
+def describe_drop(rule: str, site: DropSite, why: str | None = None) -> str:
+    """The verdict's words for a drop: the rule, where, and Docker's reason if it is one.
+
+    `why`: the reason when flowtrace knows better than the rule's shape (two engines'
+    rules in conflict)."""
     way = f"from {site.in_iface}" + (f" to {site.out_iface}" if site.out_iface else "")
     text = f"dropped in {site.netns.label} by `{rule}`, filter chain {site.chain} {way}"
-    if "DOCKER-ISOLATION" in rule:
+    if why:
+        text += f": {why}"
+    elif "DOCKER-ISOLATION" in rule:
         text += ": Docker isolates its bridge networks from each other"
     elif rule.startswith("-P "):
         text += ": no rule accepted it, so the chain's policy dropped it"
@@ -106,18 +121,22 @@ def explain_loss(
     site = drop_site(ingress, state, route_get(path, dst))
     if site is None:
         return None
+    ruleset = _rules(path, seen.dst)
+    local = [a.ip for a in state.addresses]
     rule = find_drop_rule(
-        _rules(path, seen.dst),
-        seen.proto,
-        seen.src,
-        dst,
-        seen.sport,
-        dport,
-        site.in_iface,
-        site.out_iface,
-        [a.ip for a in state.addresses],
+        ruleset, seen.proto, seen.src, dst, seen.sport, dport, site.in_iface, site.out_iface, local
     )
-    return DropReason(rule, describe_drop(rule, site)) if rule is not None else None
+    if rule is None:
+        return None
+    text = describe_drop(rule, site, forward_conflict(rule, ruleset, site.out_iface))
+    if (dst, dport) != (seen.dst, seen.dport):  # PREROUTING's DNAT came before the filter
+        before, after = Address(seen.dst, seen.dport), Address(dst, dport)
+        ev = NatEvent("DNAT", (last_point, last_point), before, after)
+        peer = Address(seen.src, seen.sport)
+        dnat = attribute(ruleset, ev, seen.proto, site.in_iface, None, local, peer=peer)
+        if dnat is not None:
+            text = f"rewritten to {after} by `{dnat}`, then {text}"
+    return DropReason(rule, text)
 
 
 def arrival(points: Sequence[Point], destination: str) -> Point | None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from flowtrace.endpoints.podman import is_podman_netns_name
 from flowtrace.endpoints.resolve import all_namespaces, host_namespace, label_namespace
+from flowtrace.endpoints.userspace import carrier_note, carrier_of
 from flowtrace.errors import NoPathError, NotFoundError
 from flowtrace.model import Namespace, Point
 from flowtrace.topology.kernel import (
@@ -408,6 +410,10 @@ def _cross(
         plan.add(ns, port, view.state(ns), "veth-peer")
         link = port
     if link.kind != "veth":
+        carrier = carrier_of(ns.inode, link.name) if link.kind == "tun" else None
+        if carrier is not None:  # a rootless engine's slirp4netns or pasta
+            plan.notes.append(carrier_note(ns.label, carrier))
+            return None
         plan.notes.append(
             f"the packet leaves {ns.label} through {link.name} ({link.kind or 'device'}); "
             "flowtrace cannot follow it further"
@@ -455,8 +461,8 @@ class LiveView:
         for known in self._known:
             if known.inode == ns.inode:
                 return known
-        if ns.label.startswith("pid:"):
-            return label_namespace(ns)
+        if ns.label.startswith("pid:") or is_podman_netns_name(ns.label):
+            return label_namespace(ns)  # a container's, when an engine knows it
         return ns
 
     def state(self, ns: Namespace) -> NetnsState:

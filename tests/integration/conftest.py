@@ -22,6 +22,7 @@ import pytest
 
 from flowtrace import lab as lab_module
 from flowtrace.lab import LabState
+from flowtrace.lab import podman as podman_lab_module
 
 # The modules share helpers (`from test_trace import ...`); importlib mode needs the path.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -65,9 +66,10 @@ def root() -> None:
 class LabUsers:
     """This session's hold on the lab: shared while testing, exclusive to take it down."""
 
-    def __init__(self) -> None:
-        os.makedirs(os.path.dirname(LAB_USERS_LOCK), exist_ok=True)
-        self._file = open(LAB_USERS_LOCK, "a")  # noqa: SIM115 - held for the whole session
+    def __init__(self, path: str = LAB_USERS_LOCK) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._file = open(path, "a")  # noqa: SIM115 - held for the whole session
         fcntl.flock(self._file, fcntl.LOCK_SH)
 
     def try_exclusive(self) -> bool:
@@ -83,7 +85,7 @@ class LabUsers:
             if time.monotonic() > deadline:
                 pytest.fail(
                     f"another test session has used the flowtrace lab for over {wait_s:.0f} s "
-                    f"(it holds {LAB_USERS_LOCK}); set FLOWTRACE_LAB_WAIT to wait longer"
+                    f"(it holds {self.path}); set FLOWTRACE_LAB_WAIT to wait longer"
                 )
             time.sleep(0.5)
 
@@ -104,7 +106,21 @@ def lab_users(root: None) -> Iterator[LabUsers]:
 
 
 @pytest.fixture(scope="session")
-def _lab_found_up(lab_users: LabUsers) -> bool:
+def docker_engine(root: None) -> None:
+    """Docker's tests need Docker: on a machine with Podman only they are skipped."""
+    from flowtrace.endpoints import engines
+    from flowtrace.endpoints.engines import EngineChoice
+    from flowtrace.errors import DockerUnavailableError
+
+    try:
+        with engines.using(EngineChoice("docker")):
+            engines.connect()
+    except DockerUnavailableError as exc:
+        pytest.skip(f"no Docker engine here ({exc.message})")
+
+
+@pytest.fixture(scope="session")
+def _lab_found_up(lab_users: LabUsers, docker_engine: None) -> bool:
     """Whether the lab was whole before this session touched it."""
     return lab_module.status().complete
 
@@ -139,3 +155,70 @@ def lab_exclusive(lab: LabState, lab_users: LabUsers) -> Iterator[None]:
             lab_module.up()
         finally:
             lab_users.shared()
+
+
+# --- Podman -----------------------------------------------------------------------------------
+
+PODMAN_LAB_USERS_LOCK = "/run/lock/flowtrace-podman-lab.users"
+
+
+@pytest.fixture(scope="session")
+def podman_api(root: None) -> Iterator[dict[str, str]]:
+    """The environment for flowtrace commands that ask Podman, with its API answering.
+
+    Rootful Podman serves its API only while `podman system service` runs: the one
+    on Podman's own socket is used when it answers (and left alone), else this session
+    starts one on a socket of flowtrace's own and stops it at the end.  CONTAINER_HOST
+    tells flowtrace where it is.
+    """
+    import shutil
+
+    from flowtrace.endpoints.podman_service import answers, start_service
+
+    if shutil.which("podman") is None:
+        pytest.skip("Podman is not installed (bash scripts/setup.sh --for-tests installs it)")
+    env = dict(os.environ)
+    env.pop("DOCKER_HOST", None)
+    if answers("/run/podman/podman.sock"):
+        env["CONTAINER_HOST"] = "unix:///run/podman/podman.sock"
+        yield env
+        return
+    service = start_service(f"/run/flowtrace/podman-tests-{os.getpid()}.sock")
+    env["CONTAINER_HOST"] = service.url
+    try:
+        yield env
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def podman_lab_users(podman_api: dict[str, str]) -> Iterator[LabUsers]:
+    """This session's hold on the Podman lab (shared; exclusive to take it down)."""
+    users = LabUsers(PODMAN_LAB_USERS_LOCK)
+    try:
+        yield users
+    finally:
+        users.close()
+
+
+@pytest.fixture(scope="module")
+def podman_lab(podman_lab_users: LabUsers) -> Iterator[LabState]:
+    """The Podman lab for one module, taken down after it when this session made it and
+    no other session uses it (module scope: Docker's lab tests that take the outside host
+    down, last in the session, find it gone)."""
+    found_up = podman_lab_complete()
+    state = podman_lab_module.up()
+    yield state
+    if not found_up and podman_lab_users.try_exclusive():
+        podman_lab_module.down()
+
+
+def podman_lab_complete() -> bool:
+    try:
+        return podman_lab_module.status().complete
+    except Exception:  # no lab yet, or Podman's state half made
+        return False
+
+
+# The rootless Podman user, a module-scoped fixture of its own module (tests/integration/).
+from rootless_user import rootless_user  # noqa: E402, F401 - sys.path is set above

@@ -23,6 +23,7 @@ from flowtrace.endpoints.netns import netns_inode, run_in_netns
 from flowtrace.errors import ExitStatus
 from flowtrace.lab import LabState
 from flowtrace.lab.outside import refuse_host_namespace
+from flowtrace.lab.podman import members_present
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +62,11 @@ def link_cidrs(ifname: str) -> tuple[bool, list[str]]:
             for a in ipr.get_addr(index=index[0], family=socket.AF_INET)
         ]
     return up, cidrs
+
+
+def outside_shared() -> bool:
+    """The Podman lab is up too: `lab down` keeps the outside host both labs use."""
+    return members_present()
 
 
 def host_has_link(ifname: str) -> bool:
@@ -314,7 +320,8 @@ def test_down_removes_the_lab_and_nothing_else(
     line = assert_one_line_error(result, int(ExitStatus.ERROR))
     assert "kept image flowtrace-lab/busybox:1" in line and on_lab_image.name in line
     assert "- removed container c1 (" in result.stdout
-    assert "- removed namespace ft-outside" in result.stdout
+    shared = outside_shared()
+    assert ("- removed namespace ft-outside" in result.stdout) is not shared
     on_lab_image.remove(force=True)
 
     result = flowtrace_cli("lab", "down")
@@ -330,8 +337,8 @@ def test_down_removes_the_lab_and_nothing_else(
         client.networks.get(lab_api.LAB_NETWORK)
     with pytest.raises(docker.errors.ImageNotFound):
         client.images.get(lab_api.IMAGE)
-    assert not os.path.exists(lab_api.OUTSIDE_NETNS_PATH)
-    assert not host_has_link(lab_api.UPLINK)
+    assert os.path.exists(lab_api.OUTSIDE_NETNS_PATH) is shared
+    assert host_has_link(lab_api.UPLINK) is shared
 
     stranger.reload()
     assert stranger.status == "running"
@@ -353,9 +360,11 @@ def test_down_lists_what_it_removed(lab_exclusive: None) -> None:
     removed = result.stdout.splitlines()
     for name in lab_api.CONTAINER_NAMES:
         assert any(line.startswith(f"- removed container {name} (") for line in removed)
-    for part in ("network ftlab", "image flowtrace-lab/busybox:1", "namespace ft-outside"):
+    for part in ("network ftlab", "image flowtrace-lab/busybox:1"):
         assert f"- removed {part}" in removed
-    assert "- removed veth ft-uplink <-> ft-outside/eth0" in removed
+    outside = ("- removed namespace ft-outside", "- removed veth ft-uplink <-> ft-outside/eth0")
+    shared = outside_shared()
+    assert all((line in removed) is not shared for line in outside)
 
 
 @pytest.mark.lab_destructive
@@ -373,7 +382,7 @@ def test_up_refuses_a_stranger_named_like_a_lab_container(
     # Nothing was made before the conflict was found.
     with pytest.raises(docker.errors.NotFound):
         client.networks.get(lab_api.LAB_NETWORK)
-    assert not os.path.exists(lab_api.OUTSIDE_NETNS_PATH)
+    assert os.path.exists(lab_api.OUTSIDE_NETNS_PATH) is outside_shared()
     stranger.remove(force=True)
 
 
@@ -417,7 +426,7 @@ def test_up_refuses_an_outside_network_in_use(lab_exclusive: None, client: Any) 
         f"203.0.113.0/28 is already in use on this host (address 203.0.113.9/32 on {stranger})"
         in line
     )
-    assert not host_has_link(lab_api.UPLINK)
-    assert not os.path.exists(lab_api.OUTSIDE_NETNS_PATH)
+    assert host_has_link(lab_api.UPLINK) is outside_shared()
+    assert os.path.exists(lab_api.OUTSIDE_NETNS_PATH) is outside_shared()
     with pytest.raises(docker.errors.NotFound):
         client.containers.get("c1")

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import replace
 
 from flowtrace.model import Address, NatEvent
+from flowtrace.topology.netfilter.marks import mark_before_postrouting
 from flowtrace.topology.netfilter.matching import (
     NEW,
     Outcome,
@@ -85,6 +87,16 @@ def attribute(
             return "stop"
         return "continue"
 
+    if chain == "POSTROUTING":
+        # A rule on the packet's mark (netavark's portfw MASQUERADE) fits only the
+        # packets the earlier hooks marked: tell it when the mark can be known, and walk
+        # with it unknown again when that finds nothing.
+        entered = replace(packet, in_iface=in_iface, out_iface=None)
+        mark = mark_before_postrouting(ruleset, entered, local_stack=in_iface is None)
+        if mark is not None:
+            found = walk(ruleset.nat, chain, replace(packet, mark=mark), decide)
+            if found is not None:
+                return found.text
     found = walk(ruleset.nat, chain, packet, decide)
     return found.text if found else None
 

@@ -139,6 +139,8 @@ def _criterion(option: str, values: list[str], negated: bool, module: str | None
             return Criterion(kind, negated, names=tuple(value.upper().split(",")), text=text)
         if option in ("--ctstate", "--state"):
             return Criterion("ctstate", negated, names=tuple(value.upper().split(",")), text=text)
+        if option == "--mark" and module == "mark":
+            return Criterion("mark", negated, mark=parse_mark(value), text=text)
     except ValueError:
         pass
     return Criterion("unknown", negated, names=tuple(values), text=text)
@@ -155,6 +157,12 @@ _PORT_OPTIONS = {
     "--destination-ports": "dport",
     "--ports": "port",  # either port
 }
+
+
+def parse_mark(text: str) -> tuple[int, int]:
+    """`0x2000/0x2000` -> (0x2000, 0x2000); a value alone has the mask 0xffffffff."""
+    value, _, mask = text.partition("/")
+    return int(value, 0), int(mask, 0) if mask else 0xFFFFFFFF
 
 
 def _port_range(text: str) -> PortRange:

@@ -1,6 +1,6 @@
 """Whether a rule fits a packet, and the walk through a table's chains the kernel makes.
 
-Matches flowtrace cannot evaluate (marks, sets, limits...) count as "maybe": a
+Matches flowtrace cannot evaluate (sets, limits, a mark it does not know...) count as "maybe": a
 maybe-match can still be the answer when its target explains what was seen, but
 never hides the rules after it (a RETURN or ACCEPT must match for certain).
 """
@@ -27,7 +27,8 @@ class PacketView:
 
     An interface of None means there is none at that hook (no input interface for
     locally generated packets, no output interface before routing), which is how
-    the kernel matches `-i`/`-o` there.  An empty `local_addresses` means unknown.
+    the kernel matches `-i`/`-o` there.  An empty `local_addresses` means unknown,
+    and so does a `mark` of None (the packet's fwmark, which MARK targets set).
     """
 
     proto: int
@@ -39,6 +40,7 @@ class PacketView:
     out_iface: str | None = None
     ctstate: str = NEW
     local_addresses: frozenset[str] = frozenset()
+    mark: int | None = None
 
 
 def rule_matches(rule: Rule, packet: PacketView) -> Tristate:
@@ -77,6 +79,8 @@ def _fits(c: Criterion, p: PacketView) -> Tristate:
         return _address_type_fits(c.names, p.dst if kind == "dst-type" else p.src, p)
     if kind == "ctstate":
         return p.ctstate in c.names if p.ctstate else None
+    if kind == "mark" and c.mark is not None:
+        return None if p.mark is None else p.mark & c.mark[1] == c.mark[0]
     return None
 
 

@@ -40,8 +40,9 @@ class Criterion:
     """One match of a rule, parsed into the field its kind uses.
 
     kinds: source/destination (networks), in/out (names: the interface pattern),
-    proto, sport/dport/port (ports), dst-type/src-type and ctstate (names), and
-    "unknown" for anything flowtrace does not evaluate (names: its arguments).
+    proto, sport/dport/port (ports), dst-type/src-type and ctstate (names), mark
+    (`-m mark --mark VALUE[/MASK]`: mark), and "unknown" for anything flowtrace does
+    not evaluate (names: its arguments).
     """
 
     kind: str
@@ -50,6 +51,8 @@ class Criterion:
     ports: tuple[PortRange, ...] = ()
     names: tuple[str, ...] = ()
     proto: int | None = None
+    #: (value, mask) of a mark match: it fits when packet mark & mask == value.
+    mark: tuple[int, int] | None = None
     text: str = ""  # as written: "! -o docker0"
 
 

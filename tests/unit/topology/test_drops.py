@@ -120,6 +120,11 @@ def test_a_chain_policy_is_explained() -> None:
     assert describe_drop(rule, site).endswith(
         "from ft-uplink to docker0: no rule accepted it, so the chain's policy dropped it"
     )
+    # when flowtrace knows why (two engines' rules in conflict), that is the reason given
+    podman = DropSite(HOST, "ft-uplink", "podman0")
+    assert describe_drop(rule, podman, "the engines' rules conflict").endswith(
+        "filter chain FORWARD from ft-uplink to podman0: the engines' rules conflict"
+    )
 
 
 def test_a_delivered_packet_arrived_at_the_destinations_first_point() -> None:

@@ -300,3 +300,54 @@ def test_a_firewall_dropping_neighbour_solicitations_is_found_on_input() -> None
     assert (
         find_drop_rule(tcp_only, 58, "fd6c:6162:3600::2", "ff02::1:ff00:3", in_iface="eth0") is None
     )
+
+
+# --- netavark (Podman 4.3.1) next to Docker 20.10 ---------------------------------------------
+
+NETAVARK = parse_iptables_save((DATA / "iptables-save-netavark-with-docker.txt").read_text())
+PODMAN_HOST = {"10.88.0.1", "10.89.0.1", "172.17.0.1", "203.0.113.1", "127.0.0.1"}
+
+
+def test_netavark_masquerade_of_a_container_going_out_is_its_networks_chain() -> None:
+    """Not the portfw MASQUERADE on mark 0x2000 before it: the packet carries no mark."""
+    ev = NatEvent(
+        "SNAT", ("host/podman0", "host/ft-uplink"), Address("10.88.0.2"), Address("203.0.113.1")
+    )
+    rule = attribute(
+        NETAVARK, ev, "icmp", "podman0", "ft-uplink", PODMAN_HOST, peer=Address("203.0.113.2")
+    )
+    assert rule == "-A NETAVARK-1D8721804F16F ! -d 224.0.0.0/4 -j MASQUERADE"
+
+
+def test_netavark_published_port_dnat_and_its_hairpin_masquerade() -> None:
+    dn = NatEvent(
+        "DNAT",
+        ("host/podman0", "host/podman0"),
+        Address("10.88.0.1", 8089),
+        Address("10.88.0.4", 80),
+    )
+    peer = Address("10.88.0.2", 40000)
+    assert (
+        attribute(NETAVARK, dn, "tcp", "podman0", None, PODMAN_HOST, peer=peer)
+        == "-A NETAVARK-DN-1D8721804F16F -p tcp -m tcp --dport 8089 -j DNAT "
+        "--to-destination 10.88.0.4:80"
+    )
+    masq = NatEvent(
+        "SNAT", ("host/podman0", "host/podman0"), Address("10.88.0.2", 40000), Address("10.88.0.1")
+    )
+    rule = attribute(
+        NETAVARK, masq, "tcp", "podman0", "podman0", PODMAN_HOST, peer=Address("10.88.0.1", 8089)
+    )
+    assert rule == (
+        '-A NETAVARK-HOSTPORT-MASQ -m comment --comment "netavark portfw masq mark" '
+        "-m mark --mark 0x2000/0x2000 -j MASQUERADE"
+    )
+
+
+def test_docker_forward_policy_drops_the_outside_to_a_podman_published_port() -> None:
+    """Docker's FORWARD policy DROP; NETAVARK_FORWARD accepts only from its subnets or
+    established connections: a new connection from outside falls to the policy."""
+    rule = find_drop_rule(
+        NETAVARK, "tcp", "203.0.113.2", "10.88.0.4", 40000, 80, "ft-uplink", "podman0", PODMAN_HOST
+    )
+    assert rule == "-P FORWARD DROP"

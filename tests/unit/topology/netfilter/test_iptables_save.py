@@ -69,13 +69,20 @@ def test_matches_and_targets_are_parsed() -> None:
 def test_comments_counters_multiport_and_unknown_matches() -> None:
     rule = parse_rule(
         "[12:3456] -A PREROUTING -i eth0 -p tcp -m multiport --dports 80,443,8000:8100 "
-        '-m mark ! --mark 0x1 -m comment --comment "web: to the lb" -j DNAT '
-        "--to-destination 10.0.0.5-10.0.0.7"
+        '-m mark ! --mark 0x1 -m set --match-set lb src -m comment --comment "web: to the lb" '
+        "-j DNAT --to-destination 10.0.0.5-10.0.0.7"
     )
     assert rule.chain == "PREROUTING" and rule.comment == "web: to the lb"
     assert rule.text.startswith("-A PREROUTING -i eth0")
     kinds = [(c.kind, c.negated) for c in rule.criteria]
-    assert kinds == [("in", False), ("proto", False), ("dport", False), ("unknown", True)]
+    assert kinds == [
+        ("in", False),
+        ("proto", False),
+        ("dport", False),
+        ("mark", True),
+        ("unknown", False),  # --match-set lb src
+    ]
+    assert rule.criteria[3].mark == (1, 0xFFFFFFFF)
     assert rule.criteria[2].ports == ((80, 80), (443, 443), (8000, 8100))
     assert parse_rule("-A X -p udp --sport 1024: -j RETURN").criteria[1].ports == ((1024, 65535),)
 
