@@ -1,23 +1,26 @@
-"""The parts of scenario `ipv6` that are not containers: a dual-stack network, an IPv6
-outside host, and what Docker's IPv6 NAT needs.
+"""The parts of scenario `ipv6` that are not containers: a dual-stack network and an IPv6
+outside host, on the lab's own engine (flowtrace.lab.own_engine).
+
+The scenario runs in the namespace ft6-host, on a dockerd of the lab's own started with
+"ip6tables" and "experimental" (Docker 20.10 NATs IPv6 only with both; Docker 27 has
+them on by default); every function here runs inside it (`own_engine.entered()`), so
+"the host" below is ft6-host, and the machine's engine, rules and sysctls are never
+touched.
 
 * the Docker network ``ftlab6``: a user-defined bridge with IPv6 on (``--ipv6``) and the
   unique local subnet fd6c:6162:3600::/64 (gateway ::1), IPv4 from Docker's own pool;
   its containers v6a, v6b and v6web (publishing TCP 8086 -> 80, which Docker binds on
   0.0.0.0 and [::]) are the scenario's members (flowtrace.lab.catalog).
-* the IPv6 outside host: the namespace ``ft6-outside`` joined to the host by the veth
-  ``ft6-uplink`` (host side 2001:db8:f6::1/64, inside 2001:db8:f6::2/64: a /64 of the
-  IPv6 documentation range, checked unused here first).  Like ft-outside it has no
-  default route, so nothing in it reaches beyond the host; router solicitations are
-  off inside, so it never asks the host to be its router.
-* NAT66: with the daemon options "ip6tables" and "experimental" (Docker 20.10; on by
-  default since Docker 27) Docker masquerades the network's subnet towards other
-  interfaces and DNATs its ports published on [::], in ip6tables.  Without them IPv6
-  between containers still works, and the scenario says what is missing.
-* Making an IPv6 network makes Docker turn on IPv6 forwarding on the host
-  (net.ipv6.conf.{all,default}.forwarding).  The values found before are kept in
-  FORWARDING_STATE and put back when the network is removed, unless another Docker
-  network with IPv6 still needs them.
+* the IPv6 outside host: the namespace ``ft6-outside`` joined to ft6-host by the veth
+  ``ft6-uplink`` (ft6-host's side 2001:db8:f6::1/64, inside 2001:db8:f6::2/64: a /64 of
+  the IPv6 documentation range, checked unused first).  Like ft-outside it has no
+  default route, so nothing in it reaches beyond ft6-host; router solicitations are
+  off inside, so it never asks ft6-host to be its router.
+* NAT66: the engine masquerades the network's subnet towards other interfaces and
+  DNATs its ports published on [::], in ft6-host's ip6tables.  Should it not (the
+  options missing), the scenario says what is missing.
+* Making an IPv6 network makes Docker turn on IPv6 forwarding: in ft6-host, whose
+  sysctls go with it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import os
 import socket
 from typing import Any
 
+import flowtrace.lab.own_engine as own_engine
 from flowtrace.endpoints.netns import HOST_NETNS, netns_inode, run_in_netns
 from flowtrace.errors import FlowtraceError
 from flowtrace.lab.base import LAB_LABEL, LAB_LABEL_VALUE, SCENARIO_LABEL, LabConflictError
@@ -59,11 +63,8 @@ OUTSIDE6_PREFIXLEN = 64
 OUTSIDE6_IP = "2001:db8:f6::2"
 UPLINK6_IP = "2001:db8:f6::1"
 
-#: Where dockerd reads its options (the "ip6tables" and "experimental" NAT66 needs).
-DAEMON_JSON = "/etc/docker/daemon.json"
-#: The host's IPv6 forwarding before the lab's network turned it on: "KNOB=VALUE" lines.
-FORWARDING_STATE = "/run/flowtrace/lab-ipv6-forwarding"
-FORWARDING_KNOBS = ("all", "default")
+#: Where the lab's engine reads its options (the "ip6tables" and "experimental" NAT66 needs).
+DAEMON_JSON = own_engine.CONFIG
 _SYSCTL = "/proc/sys/net/ipv6/conf/{}/{}"
 _IFA_F_NODAD = 0x02
 
@@ -149,11 +150,15 @@ def daemon_options(info: dict[str, Any], config_path: str = DAEMON_JSON) -> str:
         name for name, on in (("ip6tables", ip6tables), ("experimental", experimental)) if not on
     ]
     if not missing:
-        return f'"ip6tables" and "experimental" are on in {config_path}: restart dockerd'
+        return (
+            f'"ip6tables" and "experimental" are on in {config_path}, not in the running '
+            "engine: `flowtrace lab down --scenario ipv6`, then up again"
+        )
     wanted = " and ".join(f'"{name}": true' for name in missing)
     return (
-        f"the engine runs without {wanted} (Docker 20.10 needs both: set them in "
-        f"{config_path}, then restart dockerd, which stops every container on it)"
+        f"the lab's engine runs without {wanted} (Docker 20.10 needs both; the lab's "
+        f"own engine reads them from {config_path}: `flowtrace lab down --scenario ipv6`, "
+        "then up again)"
     )
 
 
@@ -226,10 +231,21 @@ def survey(client: Any) -> tuple[list[str], list[str]]:
     )
     lines.append("")
     if network is not None and nat is None:
-        lines += [f"NAT66 (host ip6tables nat): {rule}" for rule in nat66_rules()]
+        lines += [f"NAT66 ({own_engine.NETNS} ip6tables nat): {rule}" for rule in nat66_rules()]
     else:
         lines.append("NAT66: off")
     return lines, missing
+
+
+def machine_conflicts() -> list[str]:
+    """Run on the machine's own namespace, before ft6-host is entered: the
+    documentation range the outside host takes must not be routed or used here
+    (2001:db8::/32 never is on a sound network; the lab would shadow it in ft6-host)."""
+    return [
+        f"{OUTSIDE6_NET} is in use on this machine ({use}): the IPv6 lab's outside host "
+        "would shadow it"
+        for use in host_range_conflicts(OUTSIDE6_NET, "")
+    ]
 
 
 def conflicts(client: Any) -> list[str]:
@@ -272,23 +288,11 @@ def conflicts(client: Any) -> list[str]:
 # --- building -------------------------------------------------------------------------
 
 
-def _record_forwarding() -> None:
-    """The host's IPv6 forwarding as found, before Docker turns it on (kept once)."""
-    if os.path.exists(FORWARDING_STATE):
-        return
-    os.makedirs(os.path.dirname(FORWARDING_STATE), exist_ok=True)
-    values = {knob: _sysctl(knob, "forwarding") for knob in FORWARDING_KNOBS}
-    with open(FORWARDING_STATE + ".new", "w") as state:
-        state.write("".join(f"{knob}={value}\n" for knob, value in values.items()))
-    os.replace(FORWARDING_STATE + ".new", FORWARDING_STATE)
-
-
 def _ensure_network(client: Any) -> list[str]:
     from docker.types import IPAMConfig, IPAMPool
 
     if get_network(client, NETWORK) is not None:
         return []
-    _record_forwarding()
     client.networks.create(
         NETWORK,
         driver="bridge",
@@ -398,48 +402,30 @@ def attach(client: Any) -> list[str]:
 # --- removing -------------------------------------------------------------------------
 
 
-def _restore_forwarding(client: Any) -> list[str]:
-    """Put the host's IPv6 forwarding back as the lab found it, when no other Docker
-    network with IPv6 is left to need it."""
-    try:
-        with open(FORWARDING_STATE) as state:
-            found = dict(line.strip().split("=", 1) for line in state if "=" in line)
-    except OSError:
-        return []
-    others = [n.name for n in client.networks.list() if (n.attrs or {}).get("EnableIPv6")]
-    if others:
-        return []  # kept on for them; the record stays for when they are gone
-    changed = []
-    for knob, value in found.items():
-        if knob in FORWARDING_KNOBS and _sysctl(knob, "forwarding") != value:
-            _sysctl(knob, "forwarding", value)
-            changed.append(f"net.ipv6.conf.{knob}.forwarding = {value} (as the lab found it)")
-    os.unlink(FORWARDING_STATE)
-    return changed
-
-
-def remove(client: Any) -> tuple[list[str], list[str]]:
-    """The network, the IPv6 outside host, and the forwarding Docker turned on."""
+def remove(client: Any | None) -> tuple[list[str], list[str]]:
+    """The network (`client`: the lab engine's, None once it is gone) and the IPv6
+    outside host; the uplink goes with ft6-host when the engine stops."""
     from docker.errors import APIError
-    from pyroute2 import IPRoute, netns
+    from pyroute2 import netns
 
     removed: list[str] = []
     kept: list[str] = []
-    network = get_network(client, NETWORK)
+    network = get_network(client, NETWORK) if client is not None else None
     if network is not None and is_lab_labelled(network.attrs.get("Labels")):
         try:
             network.remove()
             removed.append(f"network {NETWORK}")
         except APIError as exc:
             kept.append(f"network {NETWORK} ({short(exc)})")
-    uplink = _facts6_here(UPLINK6)
-    if uplink is not None and uplink["alias"] == UPLINK6_ALIAS:
-        with IPRoute() as ipr:
-            ipr.link("del", index=uplink["index"])
-        removed.append(f"veth {UPLINK6} <-> {OUTSIDE6_NETNS}/{OUTSIDE6_IFNAME}")
+    if client is not None:
+        uplink = _facts6_here(UPLINK6)
+        if uplink is not None and uplink["alias"] == UPLINK6_ALIAS:
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                ipr.link("del", index=uplink["index"])
+            removed.append(f"veth {UPLINK6} <-> {OUTSIDE6_NETNS}/{OUTSIDE6_IFNAME}")
     if os.path.exists(OUTSIDE6_NETNS_PATH) and not names_the_host(OUTSIDE6_NETNS_PATH):
         netns.remove(OUTSIDE6_NETNS)
         removed.append(f"namespace {OUTSIDE6_NETNS}")
-    if not kept:
-        removed += _restore_forwarding(client)
     return removed, kept

@@ -1,16 +1,18 @@
 """IPv6 on the real engine and kernel (`lab up --scenario ipv6`).
 
 v6a, v6b and v6web are on the dual-stack Docker network ftlab6 (fd6c:6162:3600::/64);
-ft6-outside is an IPv6 outside host on 2001:db8:f6::/64 behind the host's ft6-uplink.
-Docker masquerades the network towards ft6-uplink (NAT66) and DNATs v6web's port
-8086 published on [::], in ip6tables, when its daemon runs with "ip6tables" and
-"experimental" (scripts/setup.sh sets them on an engine it installed); the NAT tests
-say what is missing and skip otherwise.
+ft6-outside is an IPv6 outside host on 2001:db8:f6::/64 behind ft6-uplink.  All of it
+runs on the lab's own dockerd in the namespace ft6-host (flowtrace.lab.own_engine),
+started with "ip6tables" and "experimental", so the engine masquerades the network
+towards ft6-uplink (NAT66) and DNATs v6web's port 8086 published on [::], in ft6-host's
+ip6tables, while the machine's engine, rules and sysctls stay as they were (checked).
+Each test runs inside ft6-host (`entered()`), as `flowtrace lab exec` runs commands.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -22,13 +24,14 @@ from typing import Any
 
 import docker
 import pytest
-from test_situations import BuildScenario
-from test_situations import scenario as scenario  # the fixture, for this module
+from conftest import LabUsers
 from test_trace import assert_in_path_order, host_veth_of, one, run_cli, tshark_fields
 
 from flowtrace import api
+from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import ExitStatus
 from flowtrace.lab import ipv6 as lab_ipv6
+from flowtrace.lab import own_engine, scenarios
 from flowtrace.lab.scenarios import ScenarioState
 from flowtrace.output.plot import hop_timeline
 
@@ -36,32 +39,76 @@ pytestmark = pytest.mark.integration
 
 OUTSIDE6 = f"netns:{lab_ipv6.OUTSIDE6_NETNS}"
 DNS_NAME = "web.ft6.test."  # a name of our own, answered by our own server
+#: What of the lab must never show on the machine's own namespace and engine.
+LAB_WORDS = ("fd6c:6162:3600", "2001:db8:f6", lab_ipv6.NETWORK, lab_ipv6.UPLINK6)
+#: The machine's own namespace (the module is imported there), to look at it from inside.
+ORIGIN_FD = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+#: The machine's engine, whatever DOCKER_HOST says while a test runs inside ft6-host.
+MACHINE_ENGINE = "unix:///var/run/docker.sock"
+
+
+def machine_facts() -> dict[str, Any]:
+    """The machine's IPv6 forwarding, whether its ip6tables, links or engine show any
+    of the lab, and its engine's networks (read in the caller's namespace)."""
+    rules = subprocess.run(["ip6tables-save"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    knobs = {
+        knob: Path(f"/proc/sys/net/ipv6/conf/{knob}/forwarding").read_text().strip()
+        for knob in ("all", "default")
+    }
+    machine = docker.DockerClient(base_url=MACHINE_ENGINE)
+    try:
+        networks = sorted(n.name for n in machine.networks.list())
+    finally:
+        machine.close()
+    return {
+        "forwarding": knobs,
+        "lab_in_rules": [w for w in LAB_WORDS if w in rules],
+        "lab_in_links": [w for w in LAB_WORDS if w in links],
+        "lab_networks": [n for n in networks if n == lab_ipv6.NETWORK],
+    }
 
 
 @pytest.fixture(scope="module")
-def ipv6(scenario: BuildScenario) -> ScenarioState:
-    state = scenario(lab_ipv6.SCENARIO)
-    nat = next((m for m in state.missing if m.startswith("Docker's IPv6 NAT")), None)
-    others = [m for m in state.missing if m is not nat]
-    assert not others, others
-    return state
+def machine_before(root: None) -> dict[str, Any]:
+    return machine_facts()
 
 
 @pytest.fixture(scope="module")
-def nat66(ipv6: ScenarioState) -> None:
-    """Docker does NAT66 (else the scenario says what the engine lacks: skip with it)."""
-    missing = next((m for m in ipv6.missing if m.startswith("Docker's IPv6 NAT")), None)
-    if missing is not None:
-        pytest.skip(missing)
+def ipv6(machine_before: dict[str, Any], lab_users: LabUsers) -> Iterator[ScenarioState]:
+    """The scenario on its own engine, for the module; removed afterwards (engine,
+    namespaces, files) unless it was up before."""
+    was_up = scenarios.status(lab_ipv6.SCENARIO).complete
+    state = scenarios.up(lab_ipv6.SCENARIO)
+    assert state.complete, state.missing
+    yield state
+    if not was_up:
+        removed = scenarios.down(lab_ipv6.SCENARIO)
+        assert any(item.startswith("the IPv6 lab's own dockerd") for item in removed)
+        assert not own_engine.present()
+        assert not os.path.exists(lab_ipv6.OUTSIDE6_NETNS_PATH)
+
+
+@pytest.fixture(autouse=True)
+def inside(ipv6: ScenarioState, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The test in ft6-host, flowtrace (and its CLI) asking the lab's engine."""
+    monkeypatch.setenv("DOCKER_HOST", own_engine.HOST)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    with own_engine.entered():
+        yield
+
+
+def lab_client() -> Any:
+    return docker.DockerClient(base_url=own_engine.HOST)
 
 
 def address6(name: str) -> str:
-    attrs = docker.from_env().api.inspect_container(name)
+    attrs = lab_client().api.inspect_container(name)
     return str(attrs["NetworkSettings"]["Networks"][lab_ipv6.NETWORK]["GlobalIPv6Address"])
 
 
 def bridge6() -> str:
-    network = docker.from_env().networks.get(lab_ipv6.NETWORK)
+    network = lab_client().networks.get(lab_ipv6.NETWORK)
     return f"br-{network.id[:12]}"
 
 
@@ -93,8 +140,36 @@ def test_the_scenario_is_dual_stack_with_an_ipv6_outside_host(ipv6: ScenarioStat
     routes = subprocess.run(
         ["ip", "-n", lab_ipv6.OUTSIDE6_NETNS, "-6", "route"], capture_output=True, text=True
     ).stdout
-    assert "default" not in routes  # it reaches nothing beyond the host
-    assert Path(lab_ipv6.FORWARDING_STATE).read_text().count("=") == 2
+    assert "default" not in routes  # it reaches nothing beyond ft6-host
+    info = lab_client().info()
+    assert info["ExperimentalBuild"] and info["Name"] == own_engine.HOSTNAME
+    assert Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() == "1"  # ft6-host's
+
+
+def test_the_machine_is_left_as_it_was(ipv6: ScenarioState, machine_before: dict[str, Any]) -> None:
+    """Its engine's options, ip6tables, links and forwarding: none of the lab is there."""
+    machine = run_in_netns(f"/proc/self/fd/{ORIGIN_FD}", machine_facts)
+    assert machine == machine_before
+    assert machine["lab_in_rules"] == machine["lab_in_links"] == machine["lab_networks"] == []
+    assert not os.path.exists("/etc/docker/daemon.json") or (
+        "ip6tables" not in Path("/etc/docker/daemon.json").read_text()
+    )
+
+
+def test_lab_exec_runs_flowtrace_on_the_labs_host(ipv6: ScenarioState) -> None:
+    """From the machine's namespace, as a user types it."""
+    shown = run_in_netns(
+        f"/proc/self/fd/{ORIGIN_FD}",
+        run_cli,
+        "lab", "exec", "--", "flowtrace", "ping", "-6", lab_ipv6.A, lab_ipv6.B, "--json",
+        "--no-record",
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["verdict"]["probes"][0]["outcome"] == "replied"
+    assert document["meta"]["dst_ip"] == address6(lab_ipv6.B)
+    engine = document["meta"]["engine"]
+    assert (engine["host"], engine["selected_by"]) == (own_engine.HOST, "DOCKER_HOST")
 
 
 def test_container_to_container_over_ipv6_five_points_both_ways(ipv6: ScenarioState) -> None:
@@ -132,9 +207,10 @@ def test_both_families_the_rule_is_said_and_minus_4_or_6_chooses(ipv6: ScenarioS
 
 
 @pytest.fixture(scope="module")
-def to_outside(ipv6: ScenarioState, nat66: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def to_outside(ipv6: ScenarioState, tmp_path_factory: pytest.TempPathFactory) -> Any:
     out = tmp_path_factory.mktemp("ipv6") / "nat66"
-    return api.trace(lab_ipv6.A, OUTSIDE6, count=1, output_dir=out), out
+    with own_engine.entered():
+        return api.trace(lab_ipv6.A, OUTSIDE6, count=1, output_dir=out), out
 
 
 def test_container_to_the_ipv6_outside_host_through_nat66(
@@ -193,7 +269,7 @@ def test_the_nat66_set_reads_in_tshark_analyze_load_and_plots(
     assert (tmp_path / "timeline.png").stat().st_size > 10_000
 
 
-def test_outside_to_a_port_published_on_ipv6_is_dnated(ipv6: ScenarioState, nat66: None) -> None:
+def test_outside_to_a_port_published_on_ipv6_is_dnated(ipv6: ScenarioState) -> None:
     target = f"[{lab_ipv6.UPLINK6_IP}]:{lab_ipv6.WEB_PORT6}"
     web = address6(lab_ipv6.WEB)
     shown = run_cli("tcp", OUTSIDE6, target, "--no-record")
@@ -235,7 +311,7 @@ def solicitation_dropper(ipv6: ScenarioState) -> Iterator[str]:
     """A container of the test's own on ftlab6 whose ip6tables drop neighbour
     solicitations; removed afterwards with its namespace, rules and all, and v6a's
     neighbour entry for it with it."""
-    client = docker.from_env()
+    client = lab_client()
     name = f"ft6-ndp-{secrets.token_hex(3)}"
     container = client.containers.run(
         "flowtrace-lab/busybox:1", ["sleep", "600"], name=name, network=lab_ipv6.NETWORK,
@@ -325,7 +401,7 @@ while True:
 """
 
 
-def test_dns_over_an_ipv6_resolver_through_nat66(nat66: None, resolver6: str) -> None:
+def test_dns_over_an_ipv6_resolver_through_nat66(resolver6: str) -> None:
     lookup = api.dns_lookup(lab_ipv6.A, DNS_NAME, "AAAA", server=resolver6, record=False)
     assert lookup.rcode == "NOERROR", lookup.error
     assert lookup.records == (f"{DNS_NAME} 60 IN AAAA 2001:db8:f6::80",)
