@@ -198,7 +198,10 @@ def resolve_ip(ip: str, *, port: int | None = None) -> Endpoint:
     from flowtrace.topology.kernel import read_state
 
     for ns in named_namespaces():
-        state = read_state(ns.path)
+        try:
+            state = read_state(ns.path)
+        except NotFoundError:  # removed since it was listed (another program's namespace)
+            continue
         if state.owns(ip) and not ipaddress.ip_address(ip).is_loopback:
             addresses = tuple(a.ip for a in state.addresses)
             return Endpoint(ip, ns, addresses, ip, port)

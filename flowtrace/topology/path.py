@@ -321,6 +321,12 @@ def plan_path(
     out = state.link(route.oif)
     if out is None:
         raise NoPathError(f"{src.label}: route to {dst_ip} names an unknown interface")
+    if route.gateway and route.gateway.lower().startswith("fe80:"):
+        plan.notes.append(
+            f"{src.label} reaches {dst_ip} via the link-local next hop {route.gateway} on "
+            f"{out.name}: an IPv6 route names its router by the router's link-local address, "
+            "which neighbour discovery resolves on that link"
+        )
     plan.add(src, out, state, "source")
     ns, link, gateway = src, out, route.gateway
     for _ in range(MAX_HOPS):

@@ -306,6 +306,70 @@ def test_the_host_to_its_ipv6_loopback_port_is_docker_proxys(ipv6: ScenarioState
     assert leg2["points"][-1] == f"{lab_ipv6.WEB}/eth0" and leg2["packets"]
 
 
+def test_an_icmpv6_error_through_nat66_is_matched_to_the_probe_it_quotes(
+    ipv6: ScenarioState,
+) -> None:
+    """UDP to a closed port of the outside host: the port unreachable quotes the
+    masqueraded datagram, and conntrack puts the error's addresses (and its quote's)
+    back on the way in."""
+    target = f"[{lab_ipv6.OUTSIDE6_IP}]:9"
+    trace = api.trace(lab_ipv6.A, target, kind="udp", record=False)
+    (verdict,) = trace.verdicts
+    assert verdict.outcome == "refused"
+    assert verdict.detail == (
+        f"ICMPv6 port unreachable from {lab_ipv6.OUTSIDE6_IP}: nothing listens on 9/udp"
+    )
+    request, error = one(list(trace.packets), "request"), one(list(trace.packets), "reply")
+    assert (error.first.headers.proto, error.first.headers.icmp_type) == (58, 1)
+    assert error.first.headers.inner is not None
+    assert error.first.headers.inner.src == lab_ipv6.UPLINK6_IP  # the quote, as it left
+    assert error.last.headers.inner is not None
+    assert error.last.headers.inner.src == address6(lab_ipv6.A)  # put back with the error
+    (snat,) = request.nat
+    assert snat.rule == f"-A POSTROUTING -s {lab_ipv6.SUBNET6} ! -o {bridge6()} -j MASQUERADE"
+    assert error.nat[0].reverse_of == "SNAT"
+
+
+@pytest.fixture
+def link_local_route(ipv6: ScenarioState) -> Iterator[str]:
+    """ft6-outside given a route to ftlab6's subnet via ft6-uplink's link-local address,
+    as a router advertisement would; removed afterwards."""
+    shown = subprocess.run(
+        ["ip", "-j", "-6", "addr", "show", "dev", lab_ipv6.UPLINK6],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (gateway,) = [a["local"] for a in json.loads(shown)[0]["addr_info"] if a.get("scope") == "link"]
+    route = [lab_ipv6.SUBNET6, "via", gateway, "dev", lab_ipv6.OUTSIDE6_IFNAME]
+    inside = ["ip", "-n", lab_ipv6.OUTSIDE6_NETNS, "-6", "route"]
+    subprocess.run([*inside, "add", *route], check=True)
+    try:
+        yield gateway
+    finally:
+        subprocess.run([*inside, "del", *route], check=True)
+
+
+def test_a_link_local_next_hop_is_walked_and_the_forward_policy_named(
+    ipv6: ScenarioState, link_local_route: str
+) -> None:
+    web, a = address6(lab_ipv6.WEB), address6(lab_ipv6.A)
+    points, notes = api.path(OUTSIDE6, f"[{web}]:80", kind="tcp")
+    assert [p.id for p in points][:3] == [
+        f"{lab_ipv6.OUTSIDE6_NETNS}/eth0", f"host/{lab_ipv6.UPLINK6}", f"host/{bridge6()}"
+    ]  # fmt: skip
+    assert points[-1].id == f"{lab_ipv6.WEB}/eth0"
+    assert any(f"via the link-local next hop {link_local_route} on eth0" in n for n in notes)
+    # Docker's DOCKER chain accepts the published port's container port from outside...
+    opened = api.trace(OUTSIDE6, f"[{web}]:80", kind="tcp", record=False)
+    assert opened.verdicts[0].outcome == "replied"
+    assert one(list(opened.packets), "request").nat == ()  # routed, not NATed
+    # ...and nothing else: FORWARD's policy drops an echo to another container
+    lost = api.trace(OUTSIDE6, a, count=1, timeout=1.0, record=False)
+    (verdict,) = lost.verdicts
+    assert verdict.outcome == "lost" and verdict.last_point == f"host/{lab_ipv6.UPLINK6}"
+    assert verdict.rule == "-P FORWARD DROP"
+    assert f"from {lab_ipv6.UPLINK6} to {bridge6()}" in verdict.detail
+
+
 @pytest.fixture
 def solicitation_dropper(ipv6: ScenarioState) -> Iterator[str]:
     """A container of the test's own on ftlab6 whose ip6tables drop neighbour
