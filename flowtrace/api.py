@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.endpoints.engines import EngineChoice, using
 from flowtrace.model import DnsLookup, Point, PointStats, ProbeKind, Trace, TraceOptions
@@ -46,6 +46,56 @@ def path(
     if route.family_reason:
         notes.insert(0, f"address family: {route.family_reason}")
     return route.plan.points, notes
+
+
+def rules(
+    src: str, dst: str, kind: ProbeKind | None = None, family: int | None = None
+) -> dict[str, Any]:
+    """`flowtrace rules`: the way a packet of `kind` from src to dst would take through every
+    firewall on the path, hook by hook, and its reply's; sends nothing.
+
+    `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
+
+    Returns the document `--json` prints (README: "`flowtrace rules`").
+    """
+    from flowtrace._version import __version__
+    from flowtrace.topology.netfilter import PacketView
+    from flowtrace.topology.route import probe_kind_of, resolve_route
+    from flowtrace.topology.rulepath import segments_of, walk_path
+    from flowtrace.topology.rulesdoc import rules_document
+
+    chosen: ProbeKind = kind or probe_kind_of(dst)
+    route = resolve_route(src, dst, chosen, family)
+    plan = route.plan
+    ipv6 = ":" in route.dst_ip
+    segments = segments_of(plan.points, plan.destination, ipv6)
+    number = {"icmp": 58 if ipv6 else 1, "tcp": 6, "udp": 17}[chosen]
+    packet = PacketView(
+        number,
+        plan.src_ip,
+        route.dst_ip,
+        None,
+        route.dst_port,
+        icmp_type=(128 if ipv6 else 8) if chosen == "icmp" else None,
+    )
+    walked = walk_path(segments, packet, arrives=plan.destination is not None)
+    notes = [*route.src.notes, *route.dst.notes, *plan.notes]
+    if chosen != "icmp":
+        notes.append(
+            f"the {chosen} source port is not known before a socket is opened: rules that "
+            "match on it are shown as maybe"
+        )
+    doc = rules_document(
+        walked,
+        src=src,
+        dst=dst,
+        kind=chosen,
+        dst_ip=route.dst_ip,
+        dst_port=route.dst_port,
+        points=[p.id for p in plan.points],
+        notes=notes,
+    )
+    return {"flowtrace": __version__, **doc}
 
 
 def trace(

@@ -266,6 +266,10 @@ class NatEvent:
     #: Set on a reply's rewrite that undoes the request's translation
     #: (a MASQUERADEd request's reply has its destination put back: DNAT, reverse_of SNAT).
     reverse_of: NatKind | None = None
+    #: Why `rule` may not be the one (a match flowtrace cannot evaluate); None: certain.
+    rule_doubt: str | None = None
+    #: What the rule means in its engine's terms (Docker's, Podman's), when known.
+    explanation: str | None = None
 
     @property
     def label(self) -> str:

@@ -12,7 +12,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SETUP_LOG=/var/log/flowtrace-setup.log
 DOCKERD_LOG=/var/log/flowtrace-dockerd.log
 DOCKERD_WAIT_S="${FLOWTRACE_DOCKERD_WAIT:-90}"
-PACKAGES=(busybox-static iproute2 iptables tcpdump tshark libpcap0.8 conntrack procps)
+PACKAGES=(busybox-static iproute2 iptables nftables tcpdump tshark libpcap0.8 conntrack procps)
 FOR_TESTS=0
 DECIDE_ONLY=0
 for arg in "$@"; do

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from flowtrace.cli import capture, lab, trace  # noqa: F401 - each adds its commands to cli
+from flowtrace.cli import capture, lab, replica, rules, trace  # noqa: F401 - each adds its commands to cli
 from flowtrace.cli.base import cli
 from flowtrace.endpoints import engines
 

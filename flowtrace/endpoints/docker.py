@@ -108,10 +108,23 @@ def inspect_container(spec: str) -> ContainerNet:
 
 
 def running_containers() -> list[ContainerNet]:
-    """Every running container, for naming the namespaces flowtrace finds."""
+    """Every running container, for naming the namespaces flowtrace finds.
+
+    The connection is made once; an engine restarted since answers nothing for a
+    moment, which is DockerUnavailableError like an engine that never answered.
+    """
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
     found = engines.connect()
     api = found.client.api
-    return [_from_attrs(api.inspect_container(c["Id"]), found.info.name) for c in api.containers()]
+    try:
+        listed = api.containers()
+        return [_from_attrs(api.inspect_container(c["Id"]), found.info.name) for c in listed]
+    except (DockerException, RequestException) as exc:
+        raise DockerUnavailableError(
+            f"the {found.info.name} engine stopped answering ({_short(exc)})"
+        ) from None
 
 
 def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:

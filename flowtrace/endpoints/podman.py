@@ -88,7 +88,7 @@ def pod_facts(container: Mapping[str, Any], pod: Mapping[str, Any]) -> PodFacts 
         id=pod_id,
         infra_name=infra_name,
         infra_id=infra_id,
-        shared=tuple(str(n) for n in pod.get("SharedNamespaces") or ()),
+        shared=tuple(sorted(str(n) for n in pod.get("SharedNamespaces") or ())),
     )
 
 

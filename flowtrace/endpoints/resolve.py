@@ -13,7 +13,13 @@ import re
 from dataclasses import replace
 
 from flowtrace.endpoints.netns import HOST_NETNS, netns_inode
-from flowtrace.errors import ExitStatus, FlowtraceError, NotFoundError, NotRootError
+from flowtrace.errors import (
+    DockerUnavailableError,
+    ExitStatus,
+    FlowtraceError,
+    NotFoundError,
+    NotRootError,
+)
 from flowtrace.model import Endpoint, Namespace
 
 NETNS_RUN_DIR = "/run/netns"
@@ -102,18 +108,21 @@ def named_namespaces(with_docker: bool = True) -> list[Namespace]:
     if with_docker:
         from flowtrace.endpoints.docker import docker_available, running_containers
 
-        if docker_available():
-            for c in running_containers():
-                if not c.pid:
-                    continue
-                path = f"/proc/{c.pid}/ns/net"
-                try:
-                    inode = netns_inode(path)
-                except NotFoundError:
-                    continue
-                if inode in seen and seen[inode].container is None and seen[inode].label != "host":
-                    seen[inode] = Namespace(path, c.name, inode, c.name)
-                seen.setdefault(inode, Namespace(path, c.name, inode, c.name))
+        try:
+            containers = running_containers() if docker_available() else []
+        except DockerUnavailableError:
+            containers = []  # names only: the namespaces themselves are all found above
+        for c in containers:
+            if not c.pid:
+                continue
+            path = f"/proc/{c.pid}/ns/net"
+            try:
+                inode = netns_inode(path)
+            except NotFoundError:
+                continue
+            if inode in seen and seen[inode].container is None and seen[inode].label != "host":
+                seen[inode] = Namespace(path, c.name, inode, c.name)
+            seen.setdefault(inode, Namespace(path, c.name, inode, c.name))
     return list(seen.values())
 
 

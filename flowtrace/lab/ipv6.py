@@ -130,7 +130,7 @@ def nat66_rules(subnet: str = SUBNET6) -> list[str]:
 
     net = ipaddress.ip_network(subnet)
     found = []
-    for rule in read_ruleset(HOST_NETNS, ipv6=True).rules("nat"):
+    for rule in read_ruleset(HOST_NETNS, ipv6=True).rules("nat", family="ip6"):
         sources = [c for c in rule.criteria if c.kind == "source" and not c.negated]
         if rule.target == "MASQUERADE" and any(net in c.networks for c in sources):
             found.append(rule.text)

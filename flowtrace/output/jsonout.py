@@ -53,6 +53,8 @@ def nat_dict(ev: NatEvent) -> dict[str, Any]:
         "after": {"ip": ev.after.ip, "port": ev.after.port},
         "reverse_of": ev.reverse_of,
         "rule": ev.rule,
+        "rule_doubt": ev.rule_doubt,
+        "explanation": ev.explanation,
         "conntrack": ev.conntrack,
     }
 

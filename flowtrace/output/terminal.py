@@ -135,6 +135,10 @@ def nat_details(events: Iterable[NatEvent]) -> list[str]:
             continue
         if ev.rule:
             lines.append(f"    rule:      {ev.rule}")
+        if ev.rule_doubt:
+            lines.append(f"               ({ev.rule_doubt})")
+        if ev.explanation:
+            lines.append(f"    meaning:   {ev.explanation}")
         if ev.conntrack:
             lines.append(f"    conntrack: {ev.conntrack}")
     return lines

@@ -46,6 +46,7 @@ from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
+from flowtrace.topology.netfilter.watch import RulesWatch
 from flowtrace.topology.route import Route, resolve_route
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
@@ -107,6 +108,8 @@ class ProbeTrace:
             known = {p.id for p in self.points}
             self.points += [p for p in route.proxy.points if p.id not in known]
         self.point_ids = [p.id for p in self.points]
+        #: Namespaces whose firewall changed while the probes were out, in words.
+        self.rule_notes: list[str] = []
         self.source_point = self.points[0].id
         self.probe = ProbePlan.new(
             options.kind, route.plan.src_ip or "", route.dst_ip, route.dst_port
@@ -207,6 +210,7 @@ class ProbeTrace:
         )
         live = LiveRun(self.points, self.capture_filter(), hooks)
         first_leg_packet = 0
+        watch = RulesWatch.start(p.netns for p in self.points)
         with live:
             if opts.record:
                 live.recorder = self._open_recorder()
@@ -227,6 +231,7 @@ class ProbeTrace:
                 first_leg_packet = live.next_packet_id
                 live.step(self.legs)
         verdicts = self._verdicts(live)
+        self.rule_notes = watch.changes()
         rules = [ev.rule for p in live.packets for ev in p.nat] + [v.rule for v in verdicts]
         self.engine_notes = trace_notes(self.points, rules)
         proxy = None
@@ -332,7 +337,7 @@ class ProbeTrace:
                 "flowtrace sends a bare SYN: the source's kernel, which opened no "
                 "connection, answers a SYN-ACK with a RST"
             )
-        return notes + self.engine_notes
+        return notes + self.engine_notes + self.rule_notes
 
     def _trace(
         self, live: LiveRun, verdicts: list[Verdict], proxy: dict[str, object] | None

@@ -1,17 +1,19 @@
-"""Where a lost packet vanished, and the filter rule that dropped it.
+"""Where a lost packet vanished, and the firewall rule that dropped it.
 
 A capture socket sees a frame when it arrives on a device (before netfilter) and when
 it is handed to one to send (after netfilter).  So a packet seen at one point and not
 at the next point *of the same namespace* vanished inside that namespace, where its
-filter table decides (Docker's isolation chains, a FORWARD policy of DROP...); a veth
-between two namespaces does not drop.  iptables matches on layer-3 interfaces: a
-bridge port's master bridge on the way in, and the device the namespace's route leaves
-by on the way out.
+firewall decides: every base chain of every table at each hook on the packet's way
+(Docker 28's raw drops, its per-bridge DROP, the isolation chains, nftables tables,
+a FORWARD policy of DROP...); a veth between two namespaces does not drop.  Rules
+match on layer-3 interfaces: a bridge port's master bridge on the way in, and the
+device the namespace's route leaves by on the way out.
 
 `drop_site` and `describe_drop` are pure; `explain_loss` reads the namespace's state,
-route and rules and joins them.  An IPv6 packet is judged by ip6tables' rules, and so
-is a neighbour solicitation (NDP is ICMPv6, and goes through INPUT): a firewall that
-drops it leaves the asker without the neighbour's link address.
+route and rules and joins them.  An IPv6 packet is judged by the IPv6 rules (ip6tables',
+nftables' ip6 and inet tables), and so is a neighbour solicitation (NDP is ICMPv6, and
+goes through input): a firewall that drops it leaves the asker without the neighbour's
+link address.
 """
 
 from __future__ import annotations
@@ -32,11 +34,20 @@ from flowtrace.model import (
     ip_version,
 )
 from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
-from flowtrace.topology.netfilter import NatRuleset, attribute, find_drop_rule, read_ruleset
+from flowtrace.topology.netfilter import (
+    DropFinding,
+    Firewall,
+    PacketView,
+    attribute,
+    find_drop,
+    read_firewall,
+)
+from flowtrace.topology.netfilter.engines import drop_words
 from flowtrace.topology.netfilter.owners import forward_conflict
 
-#: ICMPv6, as the filter table matches it (NDP is ICMPv6).
+#: ICMPv6, as the filter rules match it (NDP is ICMPv6), and its neighbour solicitation.
 _ICMPV6 = 58
+_NEIGHBOUR_SOLICITATION = 135
 
 
 @dataclass(frozen=True)
@@ -86,20 +97,43 @@ def drop_site(ingress: Point, state: NetnsState, route: Route) -> DropSite | Non
     return DropSite(ingress.netns, in_iface, out.name)
 
 
-def describe_drop(rule: str, site: DropSite, why: str | None = None) -> str:
-    """The verdict's words for a drop: the rule, where, and Docker's reason if it is one.
+def describe_drop(rule: str | DropFinding, site: DropSite, why: str | None = None) -> str:
+    """The verdict's words for a drop: the rule, where, and what it means in the engine's
+    terms (Docker's, Podman's, firewalld's) where it is one of theirs.
 
     `why`: the reason when flowtrace knows better than the rule's shape (two engines'
     rules in conflict)."""
     way = f"from {site.in_iface}" + (f" to {site.out_iface}" if site.out_iface else "")
-    text = f"dropped in {site.netns.label} by `{rule}`, filter chain {site.chain} {way}"
-    if why:
-        text += f": {why}"
-    elif "DOCKER-ISOLATION" in rule:
-        text += ": Docker isolates its bridge networks from each other"
-    elif rule.startswith("-P "):
-        text += ": no rule accepted it, so the chain's policy dropped it"
+    if isinstance(rule, str):
+        text = f"dropped in {site.netns.label} by `{rule}`, filter chain {site.chain} {way}"
+        if why:
+            text += f": {why}"
+        elif rule.startswith("-P "):
+            text += ": no rule accepted it, so the chain's policy dropped it"
+        return text
+    found = rule
+    maybe = "" if found.certain else "maybe "
+    text = f"{maybe}dropped in {site.netns.label} by `{found.rule}`, {where(found)} {way}"
+    words = why or drop_words(found.source, found.base, found.packet or _no_packet())
+    if words:
+        text += f": {words}"
+    if not found.certain:
+        text += f" ({found.doubt})"
     return text
+
+
+def where(found: DropFinding) -> str:
+    """`filter chain FORWARD`, `raw chain PREROUTING (iptables-legacy)`, or for nftables
+    `the prerouting hook (priority -300)`."""
+    base = found.base
+    if base.source == "nftables":
+        return f"the {found.hook} hook (priority {base.priority})"
+    legacy = " (iptables-legacy)" if base.source == "iptables-legacy" else ""
+    return f"{base.table.name} chain {base.chain.name}{legacy}"
+
+
+def _no_packet() -> PacketView:
+    return PacketView(0)
 
 
 def explain_loss(
@@ -115,28 +149,40 @@ def explain_loss(
         return None
     path = ingress.netns.path
     state = read_state(path)
-    dst, dport = seen.dst, seen.dport
+    dst = seen.dst
     if state.owns(dst) and dst != final_dst:
-        dst, dport = final_dst, final_port
+        dst = final_dst  # routed after the DNAT the walk will find in prerouting
     site = drop_site(ingress, state, route_get(path, dst))
     if site is None:
         return None
-    ruleset = _rules(path, seen.dst)
+    firewall = _rules(path, seen.dst)
     local = [a.ip for a in state.addresses]
-    rule = find_drop_rule(
-        ruleset, seen.proto, seen.src, dst, seen.sport, dport, site.in_iface, site.out_iface, local
+    found = find_drop(
+        firewall,
+        seen.proto,
+        seen.src,
+        seen.dst,
+        seen.sport,
+        seen.dport,
+        site.in_iface,
+        site.out_iface,
+        local,
+        icmp_type=seen.icmp_type,
     )
-    if rule is None:
+    if found is None:
         return None
-    text = describe_drop(rule, site, forward_conflict(rule, ruleset, site.out_iface))
-    if (dst, dport) != (seen.dst, seen.dport):  # PREROUTING's DNAT came before the filter
-        before, after = Address(seen.dst, seen.dport), Address(dst, dport)
+    why = forward_conflict(found.rule, firewall, site.out_iface) if found.certain else None
+    text = describe_drop(found, site, why)
+    seen_by = found.packet
+    if seen_by is not None and (seen_by.dst, seen_by.dport) != (seen.dst, seen.dport):
+        # prerouting's DNAT came before the chain that dropped it
+        before, after = Address(seen.dst, seen.dport), Address(seen_by.dst or "", seen_by.dport)
         ev = NatEvent("DNAT", (last_point, last_point), before, after)
         peer = Address(seen.src, seen.sport)
-        dnat = attribute(ruleset, ev, seen.proto, site.in_iface, None, local, peer=peer)
+        dnat = attribute(firewall, ev, seen.proto, site.in_iface, None, local, peer=peer)
         if dnat is not None:
             text = f"rewritten to {after} by `{dnat}`, then {text}"
-    return DropReason(rule, text)
+    return DropReason(found.rule, text)
 
 
 def arrival(points: Sequence[Point], destination: str) -> Point | None:
@@ -154,13 +200,23 @@ def arrival(points: Sequence[Point], destination: str) -> Point | None:
     return points[first] if first > 0 else None
 
 
-def describe_answer_drop(rule: str, netns_label: str, out_iface: str) -> str:
-    """The verdict's words when the destination's OUTPUT chain dropped the answer."""
+def describe_answer_drop(rule: str | DropFinding, netns_label: str, out_iface: str) -> str:
+    """The verdict's words when the destination's output side dropped the answer."""
+    text_rule = rule if isinstance(rule, str) else rule.rule
+    chain = "filter chain OUTPUT" if isinstance(rule, str) else where(rule)
+    maybe = "" if isinstance(rule, str) or rule.certain else "maybe "
     text = (
-        f"the answer was dropped in {netns_label} by `{rule}`, filter chain OUTPUT to {out_iface}"
+        f"the answer was {maybe}dropped in {netns_label} by `{text_rule}`, {chain} to {out_iface}"
     )
-    if rule.startswith("-P "):
-        text += ": no rule accepted it, so the chain's policy dropped it"
+    words = None
+    if not isinstance(rule, str):
+        words = drop_words(rule.source, rule.base, rule.packet or _no_packet())
+    elif text_rule.startswith("-P "):
+        words = "no rule accepted it, so the chain's policy dropped it"
+    if words:
+        text += f": {words}"
+    if not isinstance(rule, str) and not rule.certain:
+        text += f" ({rule.doubt})"
     return text
 
 
@@ -178,32 +234,41 @@ def explain_unanswered(
         return None
     path = ingress.netns.path
     state = read_state(path)
-    ruleset = _rules(path, seen.dst)
+    firewall = _rules(path, seen.dst)
     local = [a.ip for a in state.addresses]
     site = drop_site(ingress, state, route_get(path, seen.dst))
     if site is not None and site.out_iface is None:
-        rule = find_drop_rule(
-            ruleset, seen.proto, seen.src, seen.dst, seen.sport, seen.dport,
-            site.in_iface, None, local,
+        found = find_drop(
+            firewall, seen.proto, seen.src, seen.dst, seen.sport, seen.dport,
+            site.in_iface, None, local, icmp_type=seen.icmp_type,
         )  # fmt: skip
-        if rule is not None:
-            return DropReason(rule, describe_drop(rule, site))
+        if found is not None:
+            return DropReason(found.rule, describe_drop(found, site))
     back = route_get(path, seen.src)
     out = state.link(back.oif) if back.oif is not None else None
     if out is None:
         return None
-    rule = find_drop_rule(
-        ruleset, seen.proto, seen.dst, seen.src, seen.dport, seen.sport,
-        None, out.name, local, ctstate="ESTABLISHED",
-    )  # fmt: skip
-    if not rule:
+    answer = found_answer_drop(firewall, seen, out.name, local)
+    if answer is None:
         return None
-    return DropReason(rule, describe_answer_drop(rule, ingress.netns.label, out.name))
+    return DropReason(answer.rule, describe_answer_drop(answer, ingress.netns.label, out.name))
 
 
-def _rules(netns_path: str, address: str) -> NatRuleset:
-    """The rules that judge a packet to `address`: iptables' or ip6tables'."""
-    return read_ruleset(netns_path, ipv6=ip_version(address) == 6)
+def found_answer_drop(
+    firewall: Firewall, seen: Headers, out_iface: str, local: list[str]
+) -> DropFinding | None:
+    """The output-side drop of the destination's answer to `seen` (ESTABLISHED, reversed)."""
+    replies = {128: 129} if seen.proto == _ICMPV6 else {8: 0, 13: 14, 15: 16, 17: 18}
+    reply_type = replies.get(seen.icmp_type or -1)
+    return find_drop(
+        firewall, seen.proto, seen.dst, seen.src, seen.dport, seen.sport,
+        None, out_iface, local, ctstate="ESTABLISHED", icmp_type=reply_type,
+    )  # fmt: skip
+
+
+def _rules(netns_path: str, address: str) -> Firewall:
+    """The rules that judge a packet to `address`: the IPv4 or the IPv6 ones."""
+    return read_firewall(netns_path, ipv6=ip_version(address) == 6)
 
 
 def solicited_node(ip: str) -> str:
@@ -236,8 +301,8 @@ def explain_unresolved(
         return None
     master = state.link(link.master) if link.master is not None else None
     in_iface = master.name if master is not None and master.kind == "bridge" else link.name
-    rule = find_drop_rule(
-        read_ruleset(path, ipv6=True),
+    found = find_drop(
+        read_firewall(path, ipv6=True),
         _ICMPV6,
         sender,
         solicited_node(target),
@@ -246,10 +311,11 @@ def explain_unresolved(
         in_iface,
         None,
         [a.ip for a in state.addresses],
+        icmp_type=_NEIGHBOUR_SOLICITATION,
     )
-    if rule is None:
+    if found is None:
         return None
-    return DropReason(rule, describe_ndp_drop(rule, point.netns.label, in_iface))
+    return DropReason(found.rule, describe_ndp_drop(found.rule, point.netns.label, in_iface))
 
 
 class KernelExplainer:

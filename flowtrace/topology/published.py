@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 from flowtrace.endpoints.sockets import TCP_LISTEN, SocketEntry
-from flowtrace.topology.netfilter import PacketView, Rule, walk
-
-if TYPE_CHECKING:
-    from flowtrace.topology.netfilter import NatRuleset
+from flowtrace.topology.netfilter import Firewall, NatRuleset, PacketView, run_hook
 
 
 def binding_serves(host_ip: str, dst_ip: str) -> bool:
@@ -109,49 +105,30 @@ def parse_proxy_cmdline(argv: list[str]) -> ProxyCommand | None:
 
 
 def predict_dnat(
-    ruleset: NatRuleset,
+    ruleset: Firewall | NatRuleset,
     proto: str,
     dst: str,
     dport: int,
     in_iface: str | None,
     local_addresses: frozenset[str],
 ) -> tuple[str, int, str] | None:
-    """The DNAT the nat table gives the first packet to dst:dport, or None.
+    """The DNAT the nat chains give the first packet to dst:dport, or None.
 
-    Walks PREROUTING for a packet that came in by `in_iface`, OUTPUT for one the
-    namespace sends itself (in_iface None), as the kernel would: jumps, RETURNs (Docker
-    returns early for its own bridges) and the `! -d 127.0.0.0/8` of Docker's OUTPUT
-    rule included.  Returns (address, port, rule text); a DNAT that keeps the port
-    gives dport.  Only rules whose matches certainly fit count.
+    Runs the prerouting hook for a packet that came in by `in_iface`, output for one
+    the namespace sends itself (in_iface None), as the kernel would: every nat base
+    chain of every backend in priority order, jumps, RETURNs (Docker returns early for
+    its own bridges) and the `! -d 127.0.0.0/8` of Docker's OUTPUT rule included.
+    Returns (address, port, rule text); a DNAT that keeps the port gives dport.  Only
+    rules whose matches certainly fit count.
     """
-    chain = "PREROUTING" if in_iface is not None else "OUTPUT"
+    firewall = ruleset if isinstance(ruleset, Firewall) else Firewall.from_ruleset(ruleset)
+    hook = "prerouting" if in_iface is not None else "output"
     number = {"tcp": 6, "udp": 17}.get(proto, 0)
     packet = PacketView(number, None, dst, None, dport, in_iface, None, "NEW", local_addresses)
-
-    def decide(rule: Rule, certain: bool) -> Literal["found", "stop", "continue"]:
-        if rule.target == "DNAT" and certain and rule.option("--to-destination"):
-            return "found"
-        if rule.target in ("ACCEPT", "REDIRECT", "DNAT") and certain:
-            return "stop"
-        return "continue"
-
-    rule = walk(ruleset.nat, chain, packet, decide)
-    if rule is None:
-        return None
-    host, port = split_nat_target(rule.option("--to-destination") or "")
-    if not host:
-        return None
-    first_port = port.split("-", 1)[0]
-    return host.split("-", 1)[0], int(first_port) if first_port.isdigit() else dport, rule.text
-
-
-def split_nat_target(spec: str) -> tuple[str, str]:
-    """A DNAT target's address and port text: "172.17.0.4:80" -> ("172.17.0.4", "80");
-    ip6tables writes "[fd00::2]:80"; a bare address has no port ("")."""
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else ""
-    if spec.count(":") == 1:
-        host, _, port = spec.partition(":")
-        return host, port
-    return spec, ""
+    visit, _ = run_hook(firewall, hook, packet)
+    for rewrite in visit.rewrites:
+        address, port = rewrite.after
+        rule = rewrite.rule
+        if rewrite.kind == "DNAT" and rule is not None and rule.target == "DNAT" and address:
+            return address, port if port is not None else dport, rule.shown
+    return None

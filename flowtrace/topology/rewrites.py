@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Address, NatEvent, Packet, Point, ip_version
 from flowtrace.topology.conntrack import find_entry
-from flowtrace.topology.kernel import read_state
-from flowtrace.topology.netfilter import attribute, read_ruleset
+from flowtrace.topology.kernel import NetnsState, read_state
+from flowtrace.topology.netfilter import Firewall, attribute_detail, read_firewall
+from flowtrace.topology.netfilter.engines import nat_words
 
 
 @dataclass(frozen=True)
@@ -44,20 +45,35 @@ def explain_rewrite(
     out_iface: str | None,
     local: Iterable[str] | None = None,
     peer: Address | None = None,
+    before_dnat: Address | None = None,
+    firewalls: dict[str, Firewall] | None = None,
 ) -> NatEvent:
     """`ev` with the nat rule that made it and the conntrack entry of `flow`.
 
     in_iface/out_iface: the packet's interfaces in the namespace that rewrote it (None:
     it has none there).  `local`: that namespace's own addresses (None: read them);
-    `peer`: the packet's other end before the rewrite, for rules that match on it.
+    `peer`: the packet's other end before the rewrite, for rules that match on it;
+    `before_dnat`: for a SNAT, the destination before a DNAT the same namespace made
+    (the marks its prerouting rules set on the way decide some SNATs: netavark's).
+    `firewalls`: namespaces' rules already read at this moment, by path (filled in).
     What cannot be read is said in the field instead ("(rules not readable: ...)").
     """
+    doubt = words = None
     try:
         addresses = (
             list(local) if local is not None else [a.ip for a in read_state(netns_path).addresses]
         )
-        ruleset = read_ruleset(netns_path, ipv6=ip_version(flow.src) == 6)
-        rule = attribute(ruleset, ev, flow.proto, in_iface, out_iface, addresses, peer=peer)
+        known = firewalls if firewalls is not None else {}
+        ipv6 = ip_version(flow.src) == 6
+        key = f"{netns_path} ip6" if ipv6 else netns_path  # ip6tables' rules for IPv6
+        if key not in known:
+            known[key] = read_firewall(netns_path, ipv6=ipv6)
+        found = attribute_detail(
+            known[key], ev, flow.proto, in_iface, out_iface, addresses,
+            peer=peer, before_dnat=before_dnat,
+        )  # fmt: skip
+        rule, doubt = (found.rule, found.doubt) if found else (None, None)
+        words = nat_words(found.source) if found and found.source else None
     except FlowtraceError as exc:
         rule = f"(rules not readable: {exc.message})"
     try:
@@ -66,7 +82,7 @@ def explain_rewrite(
         )
     except FlowtraceError as exc:
         conntrack = f"(conntrack not readable: {exc.message})"
-    return replace(ev, rule=rule, conntrack=conntrack)
+    return replace(ev, rule=rule, conntrack=conntrack, rule_doubt=doubt, explanation=words)
 
 
 def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Packet]:
@@ -79,35 +95,69 @@ def attribute_nat(packets: Sequence[Packet], points: Sequence[Point]) -> list[Pa
     out = []
     #: The latest request rewrite per (kind, hop): a reply's reverse takes its rule and entry.
     forward: dict[tuple[str, str, str], NatEvent] = {}
+    firewalls: dict[str, Firewall] = {}  # each namespace's rules, read once for these packets
     for pkt in packets:
         events = []
+        dnat_in: dict[int, Address] = {}  # namespace inode -> destination before its DNAT
         for ev in pkt.nat:
             a, b = by_id.get(ev.between[0]), by_id.get(ev.between[1])
             if a is None or b is None:
                 events.append(ev)
                 continue
             if ev.reverse_of is None:
-                ev = _between_points(ev, pkt, b if ev.kind == "SNAT" else a, a, b)
+                where = b if ev.kind == "SNAT" else a
+                earlier = dnat_in.get(where.netns.inode) if ev.kind == "SNAT" else None
+                ev = _between_points(ev, pkt, where, a, b, earlier, firewalls)
+                if ev.kind == "DNAT":
+                    dnat_in[where.netns.inode] = ev.before
                 forward[(ev.kind, ev.between[1], ev.between[0])] = ev
             else:
                 twin = next((f for f in forward.values() if f.kind == ev.reverse_of), None)
                 if twin is not None:
-                    ev = replace(ev, rule=twin.rule, conntrack=twin.conntrack)
+                    ev = replace(
+                        ev, rule=twin.rule, conntrack=twin.conntrack, rule_doubt=twin.rule_doubt
+                    )
             events.append(ev)
         out.append(replace(pkt, nat=tuple(events)))
     return out
 
 
-def _between_points(ev: NatEvent, pkt: Packet, where: Point, a: Point, b: Point) -> NatEvent:
+def _between_points(
+    ev: NatEvent,
+    pkt: Packet,
+    where: Point,
+    a: Point,
+    b: Point,
+    before_dnat: Address | None,
+    firewalls: dict[str, Firewall],
+) -> NatEvent:
     before = next((s for s in pkt.sightings if s.point == ev.between[0]), pkt.first)
     h = before.headers
     flow = Flow(h.proto_name, h.src, h.dst, h.sport, h.dport, h.icmp_id)
     inode = where.netns.inode
+    # The packet's other end, for rules that match on it (the source of a DNAT'ed packet).
+    peer = Address(h.src, h.sport) if ev.kind == "DNAT" else Address(h.dst, h.dport)
+    try:
+        state = read_state(where.netns.path)
+    except FlowtraceError:
+        state = None
     return explain_rewrite(
         ev,
         where.netns.path,
         flow,
-        in_iface=a.ifname if a.netns.inode == inode else None,
-        out_iface=b.ifname if b.netns.inode == inode else None,
-        local=(),  # unknown: a rewrite between two points is told by its interfaces
+        in_iface=_l3(state, a) if a.netns.inode == inode else None,
+        out_iface=_l3(state, b) if b.netns.inode == inode else None,
+        local=[x.ip for x in state.addresses] if state is not None else None,
+        peer=peer,
+        before_dnat=before_dnat,
+        firewalls=firewalls,
     )
+
+
+def _l3(state: NetnsState | None, point: Point) -> str:
+    """The interface rules match for a point: a bridge port's bridge, else its device."""
+    link = state.link(point.ifindex) if state is not None else None
+    if state is None or link is None or link.master is None:
+        return point.ifname
+    master = state.link(link.master)
+    return master.name if master is not None and master.kind == "bridge" else point.ifname

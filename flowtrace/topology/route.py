@@ -15,7 +15,7 @@ from flowtrace.endpoints.resolve import resolve, split_port
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
 from flowtrace.model import Address, Endpoint, Namespace, ProbeKind, ip_version
 from flowtrace.topology.kernel import read_state
-from flowtrace.topology.netfilter import read_ruleset
+from flowtrace.topology.netfilter import read_firewall
 from flowtrace.topology.path import LiveView, PathPlan, Redirect, plan_path
 from flowtrace.topology.proxy import ProxyLeg, binding_target, bindings, proxy_leg, unserved_binding
 from flowtrace.topology.published import predict_dnat
@@ -154,28 +154,34 @@ def choose_destination(
 def docker_redirect(kind: ProbeKind) -> Redirect:
     """Predict a published port's DNAT: Docker maps host ports to container ports.
 
-    The host's nat table is walked as the kernel walks it for the first packet
-    (PREROUTING for one that came in by `in_iface`, OUTPUT for the host's own), so
-    what Docker's rules leave out stays out: 127.0.0.0/8 from the host, packets from
-    Docker's own bridges (docker-proxy takes those), a binding on another address.
-    When the rules cannot be read, Docker's bindings are matched instead.
+    The namespace's nat chains are run as the kernel runs them for the first packet
+    (prerouting for one that came in by `in_iface`, output for the namespace's own),
+    so what Docker's rules leave out stays out: 127.0.0.0/8 from the host, packets
+    from Docker's own bridges (docker-proxy takes those), a binding on another address.
+    Any namespace that owns the address is asked (a host of one's own in a namespace
+    DNATs too); when the host's rules cannot be read, Docker's bindings are matched.
     """
 
     def redirect(
         ns: Namespace, ip: str, port: int | None, in_iface: str | None = None
     ) -> tuple[str, int | None, str] | None:
-        if port is None or kind == "icmp" or ns.label != "host":
+        if port is None or kind == "icmp" or ns.container:
             return None
+        is_host = ns.label == "host"
         try:
             local = frozenset(a.ip for a in read_state(ns.path).addresses)
-            ruleset = read_ruleset(ns.path, ipv6=ip_version(ip) == 6)
-            predicted = predict_dnat(ruleset, kind, ip, port, in_iface, local)
+            ipv6 = ip_version(ip) == 6
+            predicted = predict_dnat(read_firewall(ns.path, ipv6), kind, ip, port, in_iface, local)
         except FlowtraceError:
-            predicted = binding_target(kind, ip, port)
+            predicted = binding_target(kind, ip, port) if is_host else None
         if predicted is None:
             return None
         target, cport, _ = predicted
-        owners = [c.name for c, *_ in bindings(kind, port) if target in c.all_addresses]
+        owners = (
+            [c.name for c, *_ in bindings(kind, port) if target in c.all_addresses]
+            if is_host
+            else []
+        )
         by = f"container {owners[0]}" if owners else target
         sent, to = Address(ip, port), Address(target, cport)
         return target, cport, f"{sent} is published by {by}: DNAT to {to}"

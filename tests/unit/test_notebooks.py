@@ -36,14 +36,25 @@ def figures(notebook: Any) -> int:
 
 
 def text_outputs(notebook: Any) -> list[list[str]]:
-    """Per code cell, its printed text and the plain-text form of its results (no images)."""
+    """Per code cell, its printed text and the plain-text form of its results (no images).
+
+    Consecutive stream outputs are joined: how the kernel cuts one cell's printing into
+    messages depends on timing, not on what was printed.
+    """
     texts = []
     for cell in code_cells(notebook):
-        parts = []
+        parts: list[str] = []
+        streaming = False
         for output in cell.outputs:
             if output.output_type == "stream":
-                parts.append(output.text)
-            elif "image/png" not in output.get("data", {}):
+                if streaming:
+                    parts[-1] += output.text
+                else:
+                    parts.append(output.text)
+                streaming = True
+                continue
+            streaming = False
+            if "image/png" not in output.get("data", {}):
                 parts.append(output.get("data", {}).get("text/plain", ""))
         texts.append(parts)
     return texts

@@ -1,23 +1,40 @@
-"""The firewall's rules as flowtrace models them, and which rule rewrote or dropped a packet.
+"""The firewall as flowtrace models it, and which rule rewrote or dropped a packet.
 
-rules: the model (tables, chains, rules, matches); iptables_save: its parser;
-matching: whether a rule fits a packet and the kernel's walk through chains;
-explain: NAT and drop attribution; read: running iptables-save in a namespace.
+rules: the model (tables, chains, rules, matches, mark effects, verdict maps);
+iptables_save and nft_json: its parsers; matching: whether a rule fits a packet;
+walk: one base chain for one packet; firewall: one namespace's tables of every
+backend and the base chains at each hook; hooks: a packet's way through a
+namespace's hooks; explain: NAT and drop attribution; engines: what a rule means in
+Docker's, Podman's or firewalld's terms; read: running the readers in a namespace.
 Pure code except read.  The names callers use are re-exported here.
 """
 
 from __future__ import annotations
 
-from flowtrace.topology.netfilter.explain import attribute, explains, find_drop_rule
-from flowtrace.topology.netfilter.iptables_save import parse_iptables_save, parse_rule
-from flowtrace.topology.netfilter.matching import (
-    PacketView,
-    Tristate,
-    rule_matches,
-    walk,
-    walk_chain,
+from flowtrace.topology.netfilter.explain import (
+    Attribution,
+    DropFinding,
+    attribute,
+    attribute_detail,
+    explains,
+    find_drop,
+    find_drop_rule,
+    first_drop,
+    way_of,
 )
-from flowtrace.topology.netfilter.read import read_ruleset
+from flowtrace.topology.netfilter.firewall import HOOKS, BaseChain, Firewall
+from flowtrace.topology.netfilter.hooks import (
+    ChainVisit,
+    HookVisit,
+    NamespacePass,
+    Rewrite,
+    run_hook,
+    traverse,
+)
+from flowtrace.topology.netfilter.iptables_save import parse_iptables_save, parse_rule
+from flowtrace.topology.netfilter.matching import NEW, PacketView, Tristate, rule_matches
+from flowtrace.topology.netfilter.nft_json import parse_nft_json, rule_texts
+from flowtrace.topology.netfilter.read import read_firewall, read_ruleset
 from flowtrace.topology.netfilter.rules import (
     PROTOCOLS,
     Chain,
@@ -27,24 +44,45 @@ from flowtrace.topology.netfilter.rules import (
     RulesetFormatError,
     Table,
 )
+from flowtrace.topology.netfilter.walk import ChainWalk, Step, walk_chain
 
 __all__ = [
+    "HOOKS",
+    "NEW",
     "PROTOCOLS",
+    "Attribution",
+    "BaseChain",
     "Chain",
+    "ChainVisit",
+    "ChainWalk",
     "Criterion",
+    "DropFinding",
+    "Firewall",
+    "HookVisit",
+    "NamespacePass",
     "NatRuleset",
     "PacketView",
+    "Rewrite",
     "Rule",
     "RulesetFormatError",
+    "Step",
     "Table",
     "Tristate",
     "attribute",
+    "attribute_detail",
     "explains",
+    "find_drop",
     "find_drop_rule",
+    "first_drop",
     "parse_iptables_save",
+    "parse_nft_json",
     "parse_rule",
+    "read_firewall",
     "read_ruleset",
     "rule_matches",
-    "walk",
+    "rule_texts",
+    "run_hook",
+    "traverse",
     "walk_chain",
+    "way_of",
 ]

@@ -1,6 +1,9 @@
 """The parser of `iptables-save` output: tables, chains and rules with their matches parsed.
 
-Pure: it reads text (the recorded output of `iptables-save`, or `read.read_ruleset`'s).
+Pure: it reads text (the recorded output of `iptables-save`, or `read.read_firewall`'s).
+Marks are parsed (`-m mark`, `-m connmark`, the MARK and CONNMARK targets) because
+engines steer NAT by them (netavark's 0x2000 masquerade mark): a probe's packet
+carries mark 0 until a rule sets one, so those matches can be decided.
 """
 
 from __future__ import annotations
@@ -9,19 +12,27 @@ import ipaddress
 import shlex
 
 from flowtrace.topology.netfilter.rules import (
+    ALL_BITS,
+    IPTABLES_NFT,
     Chain,
     Criterion,
+    MarkEffect,
     NatRuleset,
     PortRange,
     Rule,
     RulesetFormatError,
     Table,
+    parse_mark,
     protocol_number,
 )
 
 
-def parse_iptables_save(text: str) -> NatRuleset:
-    """Tables, chains and rules of `iptables-save` output; comments and counters skipped."""
+def parse_iptables_save(text: str, source: str = IPTABLES_NFT, family: str = "ip") -> NatRuleset:
+    """Tables, chains and rules of `iptables-save` output; comments and counters skipped.
+
+    `source` says which backend printed it (iptables-nft or iptables-legacy), `family`
+    whether it was iptables-save (ip) or ip6tables-save (ip6).
+    """
     tables: dict[str, Table] = {}
     table: str | None = None
     policies: dict[str, str | None] = {}
@@ -39,7 +50,7 @@ def parse_iptables_save(text: str) -> NatRuleset:
                 name: Chain(name, policies.get(name), tuple(rules.get(name, ())))
                 for name in [*policies, *(n for n in rules if n not in policies)]
             }
-            tables[table] = Table(table, chains)
+            tables[table] = Table(table, chains, family, source)
             table = None
         elif line.startswith(":"):
             parts = line[1:].split()
@@ -93,7 +104,10 @@ def parse_rule(line: str, table: str = "nat") -> Rule:
         else:
             criteria.append(_criterion(token, values, negated, module))
         negated = False
-    return Rule(table, chain, text, tuple(criteria), target, tuple(target_options), goto, comment)
+    effects = _mark_effects(target, target_options) if target in ("MARK", "CONNMARK") else ()
+    return Rule(
+        table, chain, text, tuple(criteria), target, tuple(target_options), goto, comment, effects
+    )
 
 
 def _option_values(tokens: list[str], i: int) -> tuple[list[str], int]:
@@ -120,6 +134,8 @@ def _target_options(tokens: list[str]) -> list[tuple[str, str]]:
 
 def _criterion(option: str, values: list[str], negated: bool, module: str | None) -> Criterion:
     text = " ".join(["!", option, *values] if negated else [option, *values])
+    if module not in _PLAIN_MODULES:
+        text = f"-m {module} {text}"  # the module says what the match is about
     value = values[0] if values else ""
     try:
         if option in ("-s", "--source", "-d", "--destination"):
@@ -139,12 +155,20 @@ def _criterion(option: str, values: list[str], negated: bool, module: str | None
             return Criterion(kind, negated, names=tuple(value.upper().split(",")), text=text)
         if option in ("--ctstate", "--state"):
             return Criterion("ctstate", negated, names=tuple(value.upper().split(",")), text=text)
-        if option == "--mark" and module == "mark":
-            return Criterion("mark", negated, mark=parse_mark(value), text=text)
+        if option == "--ctstatus":
+            return Criterion("ctstatus", negated, names=tuple(value.upper().split(",")), text=text)
+        if option == "--mark" and module in ("mark", "connmark"):
+            kind = "mark" if module == "mark" else "ctmark"
+            return Criterion(kind, negated, mark=parse_mark(value), text=text)
+        if option in ("--icmp-type", "--icmpv6-type"):
+            return Criterion("icmp-type", negated, names=(value.lower(),), text=text)
     except ValueError:
         pass
     return Criterion("unknown", negated, names=tuple(values), text=text)
 
+
+#: Modules whose options say enough on their own (`--dport 80`, `--dst-type LOCAL`).
+_PLAIN_MODULES = (None, "tcp", "udp", "sctp", "icmp", "icmp6", "multiport", "addrtype", "state")
 
 _PORT_OPTIONS = {
     "--sport": "sport",
@@ -159,14 +183,35 @@ _PORT_OPTIONS = {
 }
 
 
-def parse_mark(text: str) -> tuple[int, int]:
-    """`0x2000/0x2000` -> (0x2000, 0x2000); a value alone has the mask 0xffffffff."""
-    value, _, mask = text.partition("/")
-    return int(value, 0), int(mask, 0) if mask else 0xFFFFFFFF
-
-
 def _port_range(text: str) -> PortRange:
     low, colon, high = text.partition(":")
     first = int(low) if low else 0
     last = int(high) if high else (65535 if colon else first)
     return first, last
+
+
+def _mark_effects(target: str | None, options: list[tuple[str, str]]) -> tuple[MarkEffect, ...]:
+    """What MARK or CONNMARK does to the packet's or the connection's mark."""
+    what = "mark" if target == "MARK" else "ctmark"
+    given = dict(options)
+    try:
+        if "--set-xmark" in given or "--set-mark" in given:
+            value, mask = parse_mark(given.get("--set-xmark") or given["--set-mark"])
+            keep = ~mask & ALL_BITS
+            if "--set-xmark" in given:
+                return (MarkEffect(what, what, keep=keep, flip=value),)
+            return (MarkEffect(what, what, keep=keep, bits=value),)
+        if "--and-mark" in given:
+            return (MarkEffect(what, what, keep=int(given["--and-mark"], 0)),)
+        if "--or-mark" in given:
+            return (MarkEffect(what, what, bits=int(given["--or-mark"], 0)),)
+        if "--xor-mark" in given:
+            return (MarkEffect(what, what, flip=int(given["--xor-mark"], 0)),)
+        full = all(int(given.get(m, "0xffffffff"), 0) == ALL_BITS for m in ("--nfmask", "--ctmask"))
+        if "--save-mark" in given:
+            return (MarkEffect("ctmark", "mark", exact=full),)
+        if "--restore-mark" in given:
+            return (MarkEffect("mark", "ctmark", exact=full),)
+    except ValueError:
+        pass
+    return (MarkEffect(what, None, exact=False),)  # a form flowtrace does not follow

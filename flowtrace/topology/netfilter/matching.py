@@ -1,24 +1,35 @@
-"""Whether a rule fits a packet, and the walk through a table's chains the kernel makes.
+"""Whether a rule fits a packet: three-valued, because flowtrace cannot evaluate every match.
 
-Matches flowtrace cannot evaluate (sets, limits, a mark it does not know...) count as "maybe": a
-maybe-match can still be the answer when its target explains what was seen, but
-never hides the rules after it (a RETURN or ACCEPT must match for certain).
+Matches flowtrace cannot evaluate (ipset and nft sets it cannot read, limits, owners,
+opaque iptables-nft expressions...) count as "maybe": a maybe-match can still be the
+answer when its target explains what was seen, but never hides the rules after it (a
+RETURN or ACCEPT must match for certain).  Marks are known: a probe's packet carries
+mark 0 and its connection ctmark 0 until a rule sets them (walk follows the rules that
+do), and None once a rule that only maybe matched might have changed them.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
-from flowtrace.topology.netfilter.rules import Criterion, Rule, Table
+from flowtrace.topology.netfilter.rules import Criterion, Rule
 
 #: The conntrack state of a connection's first packet, the one nat rules see.
 NEW = "NEW"
 
 #: True: matches; False: does not; None: flowtrace cannot tell.
 Tristate = bool | None
+
+#: ICMP type names as iptables and nft print them.
+ICMP_TYPES = {
+    "echo-reply": 0,
+    "destination-unreachable": 3,
+    "redirect": 5,
+    "echo-request": 8,
+    "time-exceeded": 11,
+    "parameter-problem": 12,
+}
 
 
 @dataclass(frozen=True)
@@ -27,8 +38,7 @@ class PacketView:
 
     An interface of None means there is none at that hook (no input interface for
     locally generated packets, no output interface before routing), which is how
-    the kernel matches `-i`/`-o` there.  An empty `local_addresses` means unknown,
-    and so does a `mark` of None (the packet's fwmark, which MARK targets set).
+    the kernel matches `-i`/`-o` there.  An empty `local_addresses` means unknown.
     """
 
     proto: int
@@ -40,21 +50,47 @@ class PacketView:
     out_iface: str | None = None
     ctstate: str = NEW
     local_addresses: frozenset[str] = frozenset()
-    mark: int | None = None
+    #: The packet's mark and its connection's mark (None: unknown).
+    mark: int | None = 0
+    ctmark: int | None = 0
+    icmp_type: int | None = None
+
+    @property
+    def family(self) -> int:
+        """4 or 6, from the addresses (4 when neither is known)."""
+        for address in (self.src, self.dst):
+            if address:
+                return 6 if ":" in address else 4
+        return 4
 
 
 def rule_matches(rule: Rule, packet: PacketView) -> Tristate:
     """Whether every match of the rule fits the packet (None: some cannot be told)."""
+    return criteria_match(rule.criteria, packet)
+
+
+def criteria_match(criteria: tuple[Criterion, ...], packet: PacketView) -> Tristate:
     result: Tristate = True
-    for criterion in rule.criteria:
-        fits = _fits(criterion, packet)
-        if fits is not None and criterion.negated:
-            fits = not fits
+    for criterion in criteria:
+        fits = criterion_fits(criterion, packet)
         if fits is False:
             return False
         if fits is None:
             result = None
     return result
+
+
+def criterion_fits(criterion: Criterion, packet: PacketView) -> Tristate:
+    """One match, its negation applied (an unknown stays unknown)."""
+    fits = _fits(criterion, packet)
+    if fits is not None and criterion.negated:
+        fits = not fits
+    return fits
+
+
+def unknown_matches(rule: Rule, packet: PacketView) -> tuple[str, ...]:
+    """The texts of the rule's matches flowtrace could not evaluate for this packet."""
+    return tuple(c.text for c in rule.criteria if criterion_fits(c, packet) is None)
 
 
 def _fits(c: Criterion, p: PacketView) -> Tristate:
@@ -66,9 +102,13 @@ def _fits(c: Criterion, p: PacketView) -> Tristate:
         ip = ipaddress.ip_address(address)
         return any(ip in net for net in c.networks)
     if kind == "in" or kind == "out":
-        return _iface_fits(c.names[0], p.in_iface if kind == "in" else p.out_iface)
+        iface = p.in_iface if kind == "in" else p.out_iface
+        return any(_iface_fits(name, iface) for name in c.names)
     if kind == "proto":
-        return c.proto == 0 or c.proto == p.proto
+        wanted = c.protos or ((c.proto,) if c.proto is not None else ())
+        return 0 in wanted or p.proto in wanted
+    if kind == "family":
+        return str(p.family) in c.names
     if kind == "sport" or kind == "dport" or kind == "port":
         ports = {"sport": (p.sport,), "dport": (p.dport,), "port": (p.sport, p.dport)}[kind]
         known = [port for port in ports if port is not None]
@@ -79,9 +119,24 @@ def _fits(c: Criterion, p: PacketView) -> Tristate:
         return _address_type_fits(c.names, p.dst if kind == "dst-type" else p.src, p)
     if kind == "ctstate":
         return p.ctstate in c.names if p.ctstate else None
-    if kind == "mark" and c.mark is not None:
-        return None if p.mark is None else p.mark & c.mark[1] == c.mark[0]
+    if kind == "mark" or kind == "ctmark":
+        value = p.mark if kind == "mark" else p.ctmark
+        if value is None or c.mark is None:
+            return None
+        return value & c.mark[1] == c.mark[0]
+    if kind == "icmp-type":
+        if p.proto not in (1, 58):
+            return False
+        if p.icmp_type is None:
+            return None
+        return any(_icmp_type_number(name) == p.icmp_type for name in c.names)
     return None
+
+
+def _icmp_type_number(name: str) -> int:
+    """`echo-request`, `8` or `8/0` (iptables-save prints numbers) -> 8; -1 if unknown."""
+    head = name.split("/", 1)[0]
+    return int(head) if head.isdigit() else ICMP_TYPES.get(head, -1)
 
 
 def _iface_fits(pattern: str, iface: str | None) -> bool:
@@ -104,6 +159,8 @@ def _address_type_fits(types: tuple[str, ...], address: str | None, p: PacketVie
                 answers.append(False if p.local_addresses else None)
         elif kind == "MULTICAST":
             answers.append(ip.is_multicast)
+        elif kind == "BROADCAST":
+            answers.append(True if str(ip) == "255.255.255.255" else None)
         elif kind == "UNICAST":
             answers.append(None if not ip.is_multicast else False)
         else:
@@ -111,61 +168,3 @@ def _address_type_fits(types: tuple[str, ...], address: str | None, p: PacketVie
     if True in answers:
         return True
     return None if None in answers else False
-
-
-Outcome = Literal["found", "stop", "continue"]
-Decide = Callable[[Rule, bool], Outcome]
-#: How a walk ended: at a rule `decide` found, stopped (an ACCEPT), returned, or off the end.
-WalkStatus = Literal["found", "stop", "return", "fallthrough"]
-_MAX_DEPTH = 32
-
-
-def walk(table: Table, chain: str, packet: PacketView, decide: Decide) -> Rule | None:
-    """Walk `chain` as the kernel would; return the rule `decide` calls "found".
-
-    decide(rule, certain) is asked about every rule whose matches fit (certainly or
-    maybe) and whose target is not a chain: "found" ends the walk with that rule,
-    "stop" ends it with nothing (an ACCEPT), "continue" goes on.
-    """
-    status, rule = walk_chain(table, chain, packet, decide)
-    if status == "found":
-        return rule
-    return None
-
-
-def walk_chain(
-    table: Table, chain: str, packet: PacketView, decide: Decide
-) -> tuple[WalkStatus, Rule | None]:
-    """Like walk, and how the walk ended: a drop by the chain's policy is one that fell off."""
-    return _walk(table, chain, packet, decide, 0)
-
-
-def _walk(
-    table: Table, name: str, packet: PacketView, decide: Decide, depth: int
-) -> tuple[WalkStatus, Rule | None]:
-    chain = table.chains.get(name)
-    if chain is None or depth > _MAX_DEPTH:
-        return "fallthrough", None
-    for rule in chain.rules:
-        fits = rule_matches(rule, packet)
-        if fits is False:
-            continue
-        certain = fits is True
-        target = rule.target
-        if target is not None and target in table.chains:
-            status, found = _walk(table, target, packet, decide, depth + 1)
-            if status == "found" or (status == "stop" and certain):
-                return status, found
-            if rule.goto and certain:
-                return "return", None
-            continue
-        if target == "RETURN":
-            if certain:
-                return "return", None
-            continue
-        outcome = decide(rule, certain)
-        if outcome == "found":
-            return "found", rule
-        if outcome == "stop":
-            return "stop", None
-    return "fallthrough", None

@@ -14,9 +14,12 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from flowtrace.topology.netfilter.rules import NatRuleset
+from flowtrace.topology.netfilter.firewall import Firewall
+from flowtrace.topology.netfilter.rules import NatRuleset, Table
 
 _CHAIN = re.compile(r"-A (\S+)")
+#: A native nftables rule as flowtrace shows it: `table inet netavark chain X handle 7: ...`.
+_NFT_CHAIN = re.compile(r"table \S+ \S+ chain (\S+)")
 _NETAVARK_NETWORK = re.compile(r"^NETAVARK-(DN-)?([0-9A-F]{13})$")
 
 
@@ -26,8 +29,9 @@ def netavark_hash(network: str) -> str:
 
 
 def rule_chain(rule: str) -> str | None:
-    """The chain a rule's text (`-A CHAIN ...`) belongs to."""
-    found = _CHAIN.match(rule)
+    """The chain a rule's text (`-A CHAIN ...`, or nft's `table F T chain CHAIN ...`)
+    belongs to."""
+    found = _CHAIN.match(rule) or _NFT_CHAIN.match(rule)
     return found.group(1) if found else None
 
 
@@ -71,13 +75,27 @@ def rule_notes(rules: Iterable[str | None], networks: Iterable[str] = ()) -> lis
     return notes
 
 
-def both_engines(ruleset: NatRuleset) -> bool:
+def _filter(rules: NatRuleset | Firewall) -> Table:
+    """iptables' filter table (of the backend holding netavark's chains, if two do)."""
+    if isinstance(rules, NatRuleset):
+        return rules.filter
+    found = [t for t in rules.tables if t.name == "filter" and t.family == "ip"]
+    found = [t for t in found if t.source != "nftables"]
+    for table in found:
+        if "NETAVARK_FORWARD" in table.chains:
+            return table
+    return found[0] if found else Table("filter")
+
+
+def both_engines(ruleset: NatRuleset | Firewall) -> bool:
     """Docker's and netavark's chains are both in the filter table."""
-    chains = ruleset.filter.chains
+    chains = _filter(ruleset).chains
     return "NETAVARK_FORWARD" in chains and any(name.startswith("DOCKER") for name in chains)
 
 
-def forward_conflict(rule: str, ruleset: NatRuleset, out_iface: str | None) -> str | None:
+def forward_conflict(
+    rule: str, ruleset: NatRuleset | Firewall, out_iface: str | None
+) -> str | None:
     """Why Docker's FORWARD policy dropped a packet netavark would have let through, in
     words, when that is what happened (else None).
 
@@ -87,7 +105,7 @@ def forward_conflict(rule: str, ruleset: NatRuleset, out_iface: str | None) -> s
     """
     if rule != "-P FORWARD DROP" or not both_engines(ruleset):
         return None
-    forward = ruleset.filter.chains["NETAVARK_FORWARD"]
+    forward = _filter(ruleset).chains["NETAVARK_FORWARD"]
     sources = [
         c.text.split()[-1]
         for r in forward.rules

@@ -15,7 +15,7 @@ from flowtrace.topology.drops import (
     vanished_in,
 )
 from flowtrace.topology.kernel import RTN_LOCAL, RTN_UNREACHABLE, Link, NetnsState, Route
-from flowtrace.topology.netfilter import find_drop_rule, parse_iptables_save
+from flowtrace.topology.netfilter import find_drop, parse_iptables_save
 
 DATA = Path(__file__).parents[2] / "data"
 PUBLISHED = parse_iptables_save((DATA / "iptables-save-docker-published.txt").read_text())
@@ -100,29 +100,36 @@ def test_no_route_or_unknown_interface_is_not_a_filter_drop() -> None:
 def test_isolation_drop_is_named_with_dockers_reason() -> None:
     site = drop_site(C1_TO_C3[1], HOST_STATE, Route(1, 4, None, None))
     assert site is not None
-    rule = find_drop_rule(
+    found = find_drop(
         PUBLISHED, 1, "172.17.0.2", "10.231.7.2", None, None, site.in_iface, site.out_iface
     )
-    assert rule == f"-A DOCKER-ISOLATION-STAGE-2 -o {USER_BRIDGE} -j DROP"
-    text = describe_drop(rule, site)
-    assert text == (
+    assert found is not None and found.certain
+    rule = f"-A DOCKER-ISOLATION-STAGE-2 -o {USER_BRIDGE} -j DROP"
+    assert found.rule == rule
+    text = describe_drop(found, site)
+    assert text.startswith(
         f"dropped in host by `{rule}`, filter chain FORWARD from docker0 to {USER_BRIDGE}: "
-        "Docker isolates its bridge networks from each other"
+        "Docker isolates its bridge networks from each other (DOCKER-ISOLATION-STAGE-2, "
+        "Docker before 29.0): to let containers on two networks talk, connect one of them"
     )
 
 
 def test_a_chain_policy_is_explained() -> None:
     site = DropSite(HOST, "ft-uplink", "docker0")
-    rule = find_drop_rule(
+    found = find_drop(
         PUBLISHED, "tcp", "203.0.113.2", "172.17.0.2", 5555, 81, site.in_iface, site.out_iface
     )
-    assert rule == "-P FORWARD DROP"
-    assert describe_drop(rule, site).endswith(
-        "from ft-uplink to docker0: no rule accepted it, so the chain's policy dropped it"
-    )
+    assert found is not None and found.rule == "-P FORWARD DROP"
+    assert (
+        "from ft-uplink to docker0: no rule accepted it, so the chain's policy dropped it: "
+        "Docker sets the FORWARD policy to DROP"
+    ) in describe_drop(found, site)
     # when flowtrace knows why (two engines' rules in conflict), that is the reason given
     podman = DropSite(HOST, "ft-uplink", "podman0")
-    assert describe_drop(rule, podman, "the engines' rules conflict").endswith(
+    assert describe_drop(found, podman, "the engines' rules conflict").endswith(
+        "filter chain FORWARD from ft-uplink to podman0: the engines' rules conflict"
+    )
+    assert describe_drop(found.rule, podman, "the engines' rules conflict").endswith(
         "filter chain FORWARD from ft-uplink to podman0: the engines' rules conflict"
     )
 

@@ -162,14 +162,13 @@ def test_a_dnat_without_a_port_keeps_the_packets() -> None:
 # --- IPv6: ports published on [::] and their ip6tables DNAT --------------------------------------
 
 IPV6_RULES = parse_iptables_save(
-    (Path(__file__).resolve().parents[2] / "data" / "ip6tables-save-docker-ipv6.txt").read_text()
+    (Path(__file__).resolve().parents[2] / "data" / "ip6tables-save-docker-ipv6.txt").read_text(),
+    family="ip6",
 )
 HOST6 = frozenset({"2001:db8:f6::1", "fd6c:6162:3600::1", "::1"})
 
 
 def test_an_ipv6_dnat_is_predicted_from_ip6tables_as_the_kernel_walks_it() -> None:
-    from flowtrace.topology.published import split_nat_target
-
     outside = predict_dnat(IPV6_RULES, "tcp", "2001:db8:f6::1", 8086, "ft6-uplink", HOST6)
     assert outside is not None and outside[:2] == ("fd6c:6162:3600::2", 80)
     # the host's own connection to a global address: OUTPUT jumps to DOCKER
@@ -180,10 +179,10 @@ def test_an_ipv6_dnat_is_predicted_from_ip6tables_as_the_kernel_walks_it() -> No
     assert (
         predict_dnat(IPV6_RULES, "tcp", "fd6c:6162:3600::1", 8086, "br-b251832aced5", HOST6) is None
     )
-    assert split_nat_target("[fd6c:6162:3600::2]:80") == ("fd6c:6162:3600::2", "80")
-    assert split_nat_target("[fd6c:6162:3600::2]") == ("fd6c:6162:3600::2", "")
-    assert split_nat_target("fd6c:6162:3600::2") == ("fd6c:6162:3600::2", "")
-    assert split_nat_target("172.17.0.4:80") == ("172.17.0.4", "80")
+    assert outside[2] == (
+        "-A DOCKER ! -i br-b251832aced5 -p tcp -m tcp --dport 8086 -j DNAT "
+        "--to-destination [fd6c:6162:3600::2]:80"
+    )
 
 
 def test_a_binding_serves_its_own_family_only() -> None:

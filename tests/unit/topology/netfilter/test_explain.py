@@ -11,7 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowtrace.model import Address, NatEvent
-from flowtrace.topology.netfilter.explain import attribute, explains, find_drop_rule
+from flowtrace.topology.netfilter.explain import (
+    attribute,
+    attribute_detail,
+    explains,
+    find_drop_rule,
+)
 from flowtrace.topology.netfilter.iptables_save import parse_iptables_save
 
 DATA = Path(__file__).resolve().parents[3] / "data"
@@ -242,7 +247,7 @@ def test_input_and_output_chains_and_reject() -> None:
 # --- NAT66 and IPv6 drops (ip6tables) -------------------------------------------------------
 
 #: Recorded with Docker 20.10's "ip6tables": see test_iptables_save.py.
-IPV6 = parse_iptables_save((DATA / "ip6tables-save-docker-ipv6.txt").read_text())
+IPV6 = parse_iptables_save((DATA / "ip6tables-save-docker-ipv6.txt").read_text(), family="ip6")
 BRIDGE6 = "br-b251832aced5"
 HOST6 = {"2001:db8:f6::1", "fd6c:6162:3600::1", "::1"}
 MASQUERADE6 = f"-A POSTROUTING -s fd6c:6162:3600::/64 ! -o {BRIDGE6} -j MASQUERADE"
@@ -287,7 +292,8 @@ def test_ipv6_isolation_and_forward_policy_drop() -> None:
 def test_a_firewall_dropping_neighbour_solicitations_is_found_on_input() -> None:
     container = parse_iptables_save(
         "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
-        "-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP\nCOMMIT\n"
+        "-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP\nCOMMIT\n",
+        family="ip6",
     )
     rule = find_drop_rule(
         container, 58, "fd6c:6162:3600::2", "ff02::1:ff00:3", None, None, "eth0", None,
@@ -295,11 +301,62 @@ def test_a_firewall_dropping_neighbour_solicitations_is_found_on_input() -> None
     )  # fmt: skip
     assert rule == "-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP"
     tcp_only = parse_iptables_save(
-        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -j DROP\nCOMMIT\n"
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -j DROP\nCOMMIT\n", family="ip6"
     )
     assert (
         find_drop_rule(tcp_only, 58, "fd6c:6162:3600::2", "ff02::1:ff00:3", in_iface="eth0") is None
     )
+
+
+# --- Docker and Podman on one host (recorded here with Podman 4.3 / netavark 1.4) --------
+
+PODMAN_AND_DOCKER = parse_iptables_save(
+    (
+        DATA / "firewalls" / "podman-4.3-netavark-1.4" / "host-with-docker-20.10.iptables-save"
+    ).read_text()
+)
+
+
+def test_a_mark_match_nothing_set_is_decided_not_guessed() -> None:
+    # POSTROUTING jumps to NETAVARK-HOSTPORT-MASQ before Docker's MASQUERADE; its
+    # `-m mark --mark 0x2000/0x2000` cannot match a probe no rule marked.
+    event = snat(Address("172.17.0.2", 7), Address("203.0.113.1", 7))
+    found = attribute_detail(
+        PODMAN_AND_DOCKER, event, "icmp", "docker0", "ft-uplink", HOST | {"203.0.113.1"}
+    )
+    assert found is not None
+    assert found.rule == "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
+    assert found.doubt is None
+
+
+def test_netavarks_mark_set_on_the_way_in_decides_its_masquerade() -> None:
+    # From Podman's own network to its published port on the host: prerouting's
+    # NETAVARK-DN chain jumps to SETMARK, and POSTROUTING's mark rule masquerades it.
+    event = snat(Address("10.88.0.7", 41000), Address("10.88.0.1", 41000))
+    found = attribute_detail(
+        PODMAN_AND_DOCKER, event, "tcp", "podman0", "podman0", {"10.88.0.1", "127.0.0.1"},
+        peer=Address("10.88.0.4", 80), before_dnat=Address("10.88.0.1", 8089),
+    )  # fmt: skip
+    assert found is not None and found.doubt is None
+    assert found.rule == (
+        '-A NETAVARK-HOSTPORT-MASQ -m comment --comment "netavark portfw masq mark" '
+        "-m mark --mark 0x2000/0x2000 -j MASQUERADE"
+    )
+
+
+def test_a_match_that_truly_cannot_be_evaluated_is_said_to_be_a_maybe() -> None:
+    ruleset = parse_iptables_save(
+        "*nat\n:POSTROUTING ACCEPT [0:0]\n"
+        "-A POSTROUTING -m set --match-set vips src -j SNAT --to-source 198.51.100.9\n"
+        "-A POSTROUTING -o eth1 -j SNAT --to-source 198.51.100.9\nCOMMIT\n"
+    )
+    event = snat(Address("10.0.0.3", 5000), Address("198.51.100.9", 5000))
+    found = attribute_detail(ruleset, event, "tcp", None, "eth1")
+    assert found is not None
+    assert (
+        found.rule == "-A POSTROUTING -m set --match-set vips src -j SNAT --to-source 198.51.100.9"
+    )
+    assert found.doubt == "maybe: flowtrace cannot evaluate `-m set --match-set vips src`"
 
 
 # --- netavark (Podman 4.3.1) next to Docker 20.10 ---------------------------------------------
@@ -351,3 +408,16 @@ def test_docker_forward_policy_drops_the_outside_to_a_podman_published_port() ->
         NETAVARK, "tcp", "203.0.113.2", "10.88.0.4", 40000, 80, "ft-uplink", "podman0", PODMAN_HOST
     )
     assert rule == "-P FORWARD DROP"
+
+
+def test_the_hosts_own_connection_to_its_published_port_is_dnatted_in_output() -> None:
+    """No interface known either way (the host's socket to its own address): the DNAT
+    is output's, which a packet of the namespace's own meets."""
+    dn = NatEvent(
+        "DNAT", ("host/lo", "host/podman0"), Address("203.0.113.1", 8089), Address("10.88.0.4", 80)
+    )
+    peer = Address("203.0.113.1", 40000)
+    assert attribute(NETAVARK, dn, "tcp", None, None, PODMAN_HOST, peer=peer) == (
+        "-A NETAVARK-DN-1D8721804F16F -p tcp -m tcp --dport 8089 -j DNAT "
+        "--to-destination 10.88.0.4:80"
+    )

@@ -127,4 +127,4 @@ def test_ipv6_icmp_and_the_icmpv6_type_match() -> None:
     rule = parse_rule("-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP", "filter")
     (proto, icmp_type) = rule.criteria
     assert (proto.kind, proto.proto) == ("proto", 58)
-    assert (icmp_type.kind, icmp_type.names) == ("unknown", ("135",))  # evaluated as a maybe
+    assert (icmp_type.kind, icmp_type.names) == ("icmp-type", ("135",))

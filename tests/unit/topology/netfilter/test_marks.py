@@ -1,19 +1,41 @@
 """The fwmark a packet carries into POSTROUTING, on the ruleset recorded with netavark 1.4
 (Podman 4.3.1) next to Docker 20.10 here: tests/data/iptables-save-netavark-with-docker.txt
 (Podman's default network 10.88.0.0/16 on podman0, a user network 10.89.0.0/24, a
-container 10.88.0.4 publishing 8089 -> 80/tcp)."""
+container 10.88.0.4 publishing 8089 -> 80/tcp).
+
+The marks are those of the hook model (hooks.run_hook, walk): a probe's packet starts
+with mark 0, MARK rules met on its way change it, and a later `-m mark` sees the result.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from flowtrace.topology.netfilter.firewall import Firewall
+from flowtrace.topology.netfilter.hooks import run_hook
 from flowtrace.topology.netfilter.iptables_save import parse_iptables_save, parse_rule
-from flowtrace.topology.netfilter.marks import apply_mark, mark_before_postrouting
 from flowtrace.topology.netfilter.matching import PacketView, rule_matches
+from flowtrace.topology.netfilter.rules import NatRuleset, Rule
 
 DATA = Path(__file__).resolve().parents[3] / "data"
 NETAVARK = parse_iptables_save((DATA / "iptables-save-netavark-with-docker.txt").read_text())
 HOST = frozenset({"10.88.0.1", "10.89.0.1", "172.17.0.1", "203.0.113.1", "127.0.0.1"})
+
+
+def apply_mark(mark: int, rule: Rule) -> int | None:
+    """The packet's mark after a MARK rule (None: a form flowtrace does not follow)."""
+    (effect,) = rule.effects
+    return effect.apply(mark, 0)
+
+
+def mark_before_postrouting(
+    ruleset: NatRuleset, packet: PacketView, local_stack: bool = False
+) -> int | None:
+    """The mark the packet (as it entered) carries out of prerouting, or output for the
+    namespace's own packets: what postrouting's `-m mark` sees."""
+    hook = "output" if local_stack else "prerouting"
+    _, after = run_hook(Firewall.from_ruleset(ruleset), hook, packet)
+    return after.mark
 
 
 def test_mark_targets_change_the_mark_as_iptables_does() -> None:
@@ -33,7 +55,8 @@ def test_a_mark_match_fits_the_masked_value_and_is_unknown_without_a_mark() -> N
     assert rule_matches(rule, PacketView(1, mark=0x2000)) is True
     assert rule_matches(rule, PacketView(1, mark=0x3000)) is True
     assert rule_matches(rule, PacketView(1, mark=0)) is False
-    assert rule_matches(rule, PacketView(1)) is None
+    assert rule_matches(rule, PacketView(1, mark=None)) is None  # unknown after a maybe MARK
+    assert rule_matches(rule, PacketView(1)) is False  # a probe carries mark 0
     whole = parse_rule("-A X -m mark ! --mark 0x1 -j ACCEPT")
     assert rule_matches(whole, PacketView(1, mark=1)) is False
 
