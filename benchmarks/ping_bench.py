@@ -62,31 +62,60 @@ def container_ip(name: str) -> str:
     ).stdout.strip()
 
 
+#: The goals: a one-probe ping's median at most this many seconds, and at most this
+#: many times `docker exec c1 ping -c 1`'s median in the same run.
+PING_GOAL_S = 0.35
+PING_GOAL_RATIO = 3.5
+
+
 def compare(runs: int, workdir: Path) -> list[tuple[str, list[float]]]:
-    """Alternate the two commands run by run; a warm-up run of each is not counted."""
+    """Alternate the commands run by run; a warm-up run of each is not counted."""
     c2_ip = container_ip("c2")
-    flowtrace = [str(REPO / ".venv/bin/flowtrace"), "ping", "c1", "c2", "-c", "1", "-o"]
+    program = str(REPO / ".venv/bin/flowtrace")
+    flowtrace = [program, "ping", "c1", "c2", "-c", "1", "-o"]
     docker = ["docker", "exec", "c1", "ping", "-c", "1", c2_ip]
+    others = {
+        "flowtrace path c1 c2": [program, "path", "c1", "c2"],
+        "flowtrace --help": [program, "--help"],
+    }
     wall_times([*flowtrace, str(workdir / "warm-up")])
     wall_times(docker)
     ours: list[float] = []
     theirs: list[float] = []
+    rest: dict[str, list[float]] = {name: [] for name in others}
     for run in range(runs):
         ours += wall_times([*flowtrace, str(workdir / f"run-{run}")])
         theirs += wall_times(docker)
+        for name, command in others.items():
+            rest[name] += wall_times(command)
     return [
         ("flowtrace ping c1 c2 -c 1 -o DIR", ours),
         (f"docker exec c1 ping -c 1 {c2_ip}", theirs),
+        *rest.items(),
+    ]
+
+
+def goals(rows: list[tuple[str, list[float]]]) -> list[tuple[str, bool]]:
+    """The issue's two goals for the ping, judged on this run's medians."""
+    ours = statistics.median(rows[0][1])
+    theirs = statistics.median(rows[1][1])
+    return [
+        (f"ping median {ours:.3f} s (goal <= {PING_GOAL_S} s)", ours <= PING_GOAL_S),
+        (
+            f"ping median / docker exec's {ours / theirs:.2f}x (goal <= {PING_GOAL_RATIO}x)",
+            ours / theirs <= PING_GOAL_RATIO,
+        ),
     ]
 
 
 # --- the breakdown, in a process of its own ------------------------------------------------
 
 #: Functions that make up the stages of a trace: (module, attribute, method or None, phase).
+#: A function is wrapped where it is called from (the module that imported its name).
 STAGES = (
-    ("flowtrace.endpoints.resolve", "resolve", None, "endpoints (Docker, /proc)"),
+    ("flowtrace.topology.route", "resolve", None, "endpoints (Docker, /proc, netlink)"),
     ("flowtrace.topology.route", "choose_destination_ip", None, "topology (netlink)"),
-    ("flowtrace.topology.path", "plan_path", None, "topology (netlink)"),
+    ("flowtrace.topology.route", "plan_path", None, "topology (netlink)"),
     ("flowtrace.capture.session", "CaptureSession", "start", "capture start"),
     ("flowtrace.run.trace", "open_sender", None, "probe: send + wait for the answer"),
     ("flowtrace.run.trace", "ProbeStep", "send", "probe: send + wait for the answer"),
@@ -135,6 +164,10 @@ def breakdown_main(workdir: str, modules_file: str) -> None:
     for name in json.loads(Path(modules_file).read_text()):
         by_root.setdefault(name.split(".")[0], []).append(name)
     import_times: dict[str, float] = {}
+    # As flowtrace imports pyroute2's submodules: without the package's __init__.
+    from flowtrace.topology.netlink import lean_pyroute2
+
+    lean_pyroute2()
     started = time.perf_counter()
     for root, names in by_root.items():
         begun = time.perf_counter()
@@ -185,8 +218,12 @@ def breakdown_main(workdir: str, modules_file: str) -> None:
                 "outcome": str(trace.verdicts[0]) if trace.verdicts else "none",
                 "profile": top.getvalue(),
             }
-        )
+        ),
+        flush=True,
     )
+    # As `flowtrace` itself ends (cli.main): no interpreter teardown.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def modules_a_ping_imports(workdir: Path) -> list[str]:
@@ -229,9 +266,15 @@ def breakdown(workdir: Path) -> dict[str, Any]:
     return result
 
 
-def print_report(rows: list[tuple[str, list[float]]], parts: dict[str, Any]) -> None:
+def print_report(
+    rows: list[tuple[str, list[float]]], parts: dict[str, Any], load_before: float
+) -> None:
     load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} cores, kernel {os.uname().release}, load {load[0]:.2f}")
+    print(
+        f"machine: {os.cpu_count()} cores, kernel {os.uname().release}, "
+        f"Python {sys.version.split()[0]}, load (1 min) {load_before:.2f} before the runs, "
+        f"{load[0]:.2f} after"
+    )
     print()
     width = max(len(name) for name, _ in rows)
     print(f"{'command':<{width}}  runs  median s   min s   max s")
@@ -255,7 +298,7 @@ def print_report(rows: list[tuple[str, list[float]]], parts: dict[str, Any]) -> 
     total = parts["process"]
     inside = parts["left"] - parts["entered"]
     phases.append(("harness (cProfile, report)", inside - parts["imports"] - parts["trace_total"]))
-    phases.append(("interpreter exit (module teardown)", parts["exit"]))
+    phases.append(("process exit (os._exit, as the CLI)", parts["exit"]))
     width = max(len(name) for name, _ in phases)
     print(f"{'phase':<{width}}      ms  share")
     for name, seconds in phases:
@@ -273,6 +316,10 @@ def print_report(rows: list[tuple[str, list[float]]], parts: dict[str, Any]) -> 
     lines = [line for line in parts["profile"].splitlines() if line.strip()]
     start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
     print("\n".join(lines[start:]))
+    print()
+    print("goals:")
+    for text, ok in goals(rows):
+        print(f"  {text}: {'PASS' if ok else 'FAIL'}")
 
 
 def main() -> None:
@@ -284,10 +331,12 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root, with the lab up (flowtrace lab up)")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ping-bench-") as workdir:
         rows = compare(args.runs, Path(workdir))
         parts = breakdown(Path(workdir))
-    print_report(rows, parts)
+    print_report(rows, parts, load_before)
+    sys.exit(0 if all(ok for _, ok in goals(rows)) else 1)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
+import random
 import socket
 import struct
 from dataclasses import dataclass
 
-from flowtrace.correlate.probes import MAGIC, isn_of
+from flowtrace.correlate.probes import isn_of
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Headers, ProbeKind, ip_version, is_echo_request
@@ -39,6 +39,9 @@ _PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
 _ICMPV6 = 58
 _ICMP4_ERRORS = "(icmp[0] = 3 or icmp[0] = 11 or icmp[0] = 12)"
 _ICMP6_ERRORS = "(icmp6[0] = 1 or icmp6[0] = 2 or icmp6[0] = 3 or icmp6[0] = 4)"
+MAGIC = b"flowtrace"
+#: The OS's randomness, as `secrets` uses it, without secrets' import of hmac and OpenSSL.
+_random = random.SystemRandom()
 
 
 @dataclass(frozen=True)
@@ -58,15 +61,15 @@ class ProbePlan:
     def new(cls, kind: ProbeKind, src_ip: str, dst_ip: str, dport: int | None = None) -> ProbePlan:
         if kind in ("tcp", "udp") and not dport:
             raise FlowtraceError(f"a {kind} probe needs a destination port (DST:PORT)")
-        mark = secrets.randbits(32) | 1
+        mark = _random.getrandbits(32) | 1
         return cls(
             kind=kind,
             src_ip=src_ip,
             dst_ip=dst_ip,
             dport=dport,
-            sport=32768 + secrets.randbelow(28000),
+            sport=32768 + _random.randrange(28000),
             mark=mark,
-            icmp_id=secrets.randbits(16) or 1,
+            icmp_id=_random.getrandbits(16) or 1,
         )
 
     def seq_mark(self, seq: int) -> int:
@@ -138,7 +141,7 @@ class ProbePlan:
             return ipv6_header(self.src_ip, self.dst_ip, proto, self.flow_label, len(segment)) + (
                 segment
             )
-        ip_id = secrets.randbits(16) or 1
+        ip_id = _random.getrandbits(16) or 1
         return ipv4_header(self.src_ip, self.dst_ip, proto, ip_id, len(segment)) + segment
 
     def _segment(self, seq: int) -> tuple[int, bytes]:

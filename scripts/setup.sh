@@ -12,7 +12,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SETUP_LOG=/var/log/flowtrace-setup.log
 DOCKERD_LOG=/var/log/flowtrace-dockerd.log
 DOCKERD_WAIT_S="${FLOWTRACE_DOCKERD_WAIT:-90}"
-PACKAGES=(busybox-static iproute2 iptables nftables tcpdump tshark libpcap0.8 conntrack procps)
+# gcc, libc6-dev and python3-dev build the C capture writer (flowtrace/capture/_ringpcap.c).
+PACKAGES=(busybox-static iproute2 iptables nftables tcpdump tshark libpcap0.8 conntrack procps
+    gcc libc6-dev python3-dev)
 FOR_TESTS=0
 DECIDE_ONLY=0
 for arg in "$@"; do
@@ -123,13 +125,25 @@ if ! venv_ok; then
         quietly "$PYTHON" -m venv .venv
     fi
 fi
-# Reinstall only when the project's requirements or the venv's python changed.
-stamp="$({ cat pyproject.toml; .venv/bin/python -V; } | sha256sum | cut -c1-16)"
+# Reinstall only when the project's requirements, its C part or the venv's python changed.
+stamp="$({ cat pyproject.toml setup.py flowtrace/capture/_ringpcap.c; .venv/bin/python -V; } |
+    sha256sum | cut -c1-16)"
+native_ok() {
+    ! command -v gcc >/dev/null 2>&1 || .venv/bin/python -c 'import flowtrace.capture._ringpcap' 2>/dev/null
+}
 if [ "$(cat .venv/.flowtrace-setup 2>/dev/null)" = "$stamp" ] &&
-    .venv/bin/python -c 'import flowtrace' 2>/dev/null && [ -x .venv/bin/flowtrace ]; then
+    .venv/bin/python -c 'import flowtrace' 2>/dev/null && [ -x .venv/bin/flowtrace ] && native_ok; then
     say "venv: .venv up to date ($(.venv/bin/python -V))"
 else
     quietly .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
     echo "$stamp" >.venv/.flowtrace-setup
     say "venv: installed flowtrace and its dev tools into .venv ($(.venv/bin/python -V))"
 fi
+if .venv/bin/python -c 'import flowtrace.capture._ringpcap' 2>/dev/null; then
+    say "capture: the C ring writer is built"
+else
+    say "capture: the C ring writer is not built (no compiler or Python headers): captures use the pure-Python path"
+fi
+# An editable install leaves flowtrace's own modules uncompiled, and with
+# PYTHONDONTWRITEBYTECODE set every run would compile them again (0.1 s of a trace).
+quietly .venv/bin/python -m compileall -q flowtrace

@@ -1,7 +1,8 @@
 """The reader of a capture's rings: one loop per thread or forked worker, and its counters.
 
-A pump reads its rings block by block and appends whole pcapng blocks, one os.write
-per ring block, to the session's file (opened with O_APPEND, so several workers can
+A pump reads its rings block by block and appends whole pcapng blocks, one write
+per ring block (in C when capture.native has the writer and nothing is kept in
+memory), to the session's file (opened with O_APPEND, so several workers can
 append side by side and the file is a valid pcapng at every moment), and keeps the
 frames in memory when the tracer asks.  Counters live in anonymous shared memory:
 each ring has exactly one reader, which is the only writer of that ring's counters,
@@ -16,10 +17,11 @@ import os
 import select
 import signal
 import time
-import traceback
 from collections.abc import Sequence
 from operator import itemgetter
+from types import ModuleType
 
+from flowtrace.capture import native
 from flowtrace.capture.ring import PacketRing
 from flowtrace.model import Frame
 from flowtrace.pcap.pcapng import enhanced_packet_block
@@ -107,6 +109,8 @@ class Pump:
         self._retire_ms = retire_ms
         self._parent_pid = parent_pid
         self._stop_requested = False
+        #: The C writer (capture.native), for a pump that writes and keeps nothing.
+        self._writer = native.ringpcap() if keep is None and out_fd is not None else None
 
     def request_stop(self) -> None:
         """Ask the loop to finish at its next wake-up (a worker's SIGTERM handler)."""
@@ -143,6 +147,9 @@ class Pump:
 
     def _consume(self, index: int, ring: PacketRing) -> None:
         """Turn every ready block of one ring into one write (and kept Frames)."""
+        if self._writer is not None:
+            self._consume_native(index, ring, self._writer)
+            return
         counters = self._counters
         for _ in range(ring.geometry.block_count):
             frames = ring.read_block()
@@ -169,6 +176,20 @@ class Pump:
                 )
             counters.add(index, CAPTURED, len(frames))
             counters.add(index, BYTES, sum(map(_orig_len, frames)))
+            if counters.get(index, STATE) == STATE_DOWN:
+                counters.set(index, STATE, STATE_OK)
+
+    def _consume_native(self, index: int, ring: PacketRing, writer: ModuleType) -> None:
+        """The same in C: every ready block to EPBs and one write each, counted here."""
+        counters = self._counters
+        fd = -1 if self._out_fd is None else self._out_fd
+        captured, wire_bytes, error = ring.drain_to(writer, index, fd)
+        if error:
+            counters.write_error = error
+            self._out_fd = None
+        if captured:
+            counters.add(index, CAPTURED, captured)
+            counters.add(index, BYTES, wire_bytes)
             if counters.get(index, STATE) == STATE_DOWN:
                 counters.set(index, STATE, STATE_OK)
 
@@ -216,6 +237,8 @@ def worker_main(pump: Pump, signal_mask: set[int | signal.Signals]) -> None:
         code = 0
     except BaseException:
         with contextlib.suppress(OSError):
+            import traceback  # only a worker that failed prints one
+
             os.write(2, traceback.format_exc().encode(errors="replace"))
     finally:
         os._exit(code)

@@ -15,6 +15,8 @@ closes, so nothing is left changed on the host.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -22,6 +24,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from enum import Enum
+from types import ModuleType
 
 from flowtrace.capture.bpf import DROP_ALL, attach_filter
 from flowtrace.endpoints.netns import run_in_netns
@@ -33,6 +36,7 @@ SOF_TIMESTAMPING_SOFTWARE = 1 << 4
 SO_TIMESTAMPNS = 35
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
+PACKET_DROP_MEMBERSHIP = 2
 PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
@@ -72,6 +76,8 @@ _FRAME_HEADER = struct.Struct("=6IH6xIH20xB")
 _STATS_V3 = struct.Struct("=III")  # packets (drops included), drops, freeze_q_cnt
 _PACKET_MREQ = struct.Struct("=iHH8s")
 _VLAN_TAG = struct.Struct("!HH")
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 #: One captured frame as the session receives it: (time_ns, data, orig_len, outbound).
 RingFrame = tuple[int, bytes, int, bool]
@@ -137,6 +143,18 @@ class RingProfile(Enum):
         )
 
 
+def _setsockopt_unlocked(sock: socket.socket, level: int, option: int, value: bytes) -> None:
+    """setsockopt(2) without holding the GIL, which socket.setsockopt keeps.
+
+    Setting up a ring waits for an RCU grace period in the kernel (5-15 ms here); with
+    the GIL held, rings opened side by side in threads would open one after another.
+    ctypes lets the GIL go for the call.
+    """
+    if _libc.setsockopt(sock.fileno(), level, option, value, len(value)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 class PacketRing:
     """A bound, filtered TPACKET_V3 receive ring on one interface.
 
@@ -153,6 +171,7 @@ class PacketRing:
         )
         self._next_block = 0
         self._closed = False
+        self._ifindex = 0
 
     @classmethod
     def open(
@@ -202,13 +221,14 @@ class PacketRing:
                 0,
             )
             try:
-                sock.setsockopt(SOL_PACKET, PACKET_RX_RING, request)
+                _setsockopt_unlocked(sock, SOL_PACKET, PACKET_RX_RING, request)
             except OSError as exc:
                 raise FlowtraceError(
                     f"cannot allocate a {geometry.size // MIB} MB capture ring on {point.id}: "
                     f"{exc.strerror}"
                 ) from None
             ring = cls(sock, point, geometry)
+            ring._ifindex = ifindex
             try:
                 sock.bind((point.ifname, ETH_P_ALL))
             except OSError as exc:
@@ -260,6 +280,24 @@ class PacketRing:
         self._next_block = (self._next_block + 1) % self.geometry.block_count
         return frames
 
+    def drain_to(self, writer: ModuleType, interface_id: int, fd: int) -> tuple[int, int, int]:
+        """Every retired block as pcapng EPBs appended to fd, in C (capture.native).
+
+        What read_block() and pcapng.enhanced_packet_block() do frame by frame, with
+        no Python per frame; fd < 0 gives the blocks back unwritten.  Returns (frames,
+        bytes on the wire, errno of a failed write or 0).
+        """
+        geometry = self.geometry
+        self._next_block, _, frames, wire_bytes, error = writer.drain(
+            self._map,
+            geometry.block_size,
+            geometry.block_count,
+            self._next_block,
+            interface_id,
+            fd,
+        )
+        return frames, wire_bytes, error
+
     def pending(self) -> bool:
         """True while the kernel holds frames we have not read (ready or still filling)."""
         base = self._next_block * self.geometry.block_size
@@ -296,6 +334,13 @@ class PacketRing:
         except OSError:
             return True
         return name == ""
+
+    def drop_promisc(self) -> None:
+        """Give the bridge's promiscuity back now (closing does it too, but later)."""
+        if self.point.promisc and not self._closed:
+            membership = _PACKET_MREQ.pack(self._ifindex, PACKET_MR_PROMISC, 0, b"")
+            with contextlib.suppress(OSError):  # gone with its interface
+                self._sock.setsockopt(SOL_PACKET, PACKET_DROP_MEMBERSHIP, membership)
 
     def close(self) -> None:
         """Unmap and close; the kernel drops the promisc membership with the socket."""

@@ -4,10 +4,11 @@ The session is the barrier the tracer relies on: start() opens, filters and bind
 a ring on every point before it returns, so any packet sent afterwards is seen.
 Then pumps (pump.py) read the rings and append whole pcapng blocks to one file.
 
-Per-packet Python work is the whole cost of a capture, so for bulk capture the
-rings are split between forked worker processes (they inherit the rings the parent
-opened and mapped); the tracer uses one in-process thread and keeps the frames in
-memory as well.
+For bulk capture the rings are split between forked worker processes (they inherit
+the rings the parent opened and mapped), and each block goes from the ring to the
+pcapng in C (capture/_ringpcap.c, see capture.native; the pure-Python reader is the
+fallback); the tracer uses one in-process thread and keeps the frames in memory as
+well (a trace's few frames cost microseconds in Python).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 from flowtrace._version import __version__
+from flowtrace.capture import native
 from flowtrace.capture.bpf import DEFAULT_SNAPLEN, compile_filter
 from flowtrace.capture.pump import (
     BYTES,
@@ -111,6 +113,7 @@ class CaptureSession:
         self._final_states: list[int] = []
         self._write_failure = 0
         self._notes: list[str] = []
+        self._closers: list[threading.Thread] = []
         self._started = False
         self._stopped = False
 
@@ -130,6 +133,8 @@ class CaptureSession:
                 self._out_fd = self._open_output(self.output)
             self._wake = os.pipe()
             self._started = True
+            if self.output is not None and not self.keep_frames:
+                native.say_once_if_python()
             if self.workers == 0:
                 self._start_thread()
             else:
@@ -306,12 +311,17 @@ class CaptureSession:
             self._final_states = [counters.get(i, STATE) for i in range(len(self.points))]
             counters.close()
             self._counters = None
-        # Closing a packet socket waits for an RCU grace period: close them side by side.
-        closers = [threading.Thread(target=ring.close) for ring in self._rings]
-        for closer in closers:
+        # Closing a packet socket waits for two RCU grace periods (20-40 ms here): the
+        # bridges get their promiscuity back now, and the sockets close side by side in
+        # the background while the caller correlates and records (wait_closed() joins).
+        for ring in self._rings:
+            ring.drop_promisc()
+        self._closers = [
+            threading.Thread(target=ring.close, name="flowtrace-close", daemon=True)
+            for ring in self._rings
+        ]
+        for closer in self._closers:
             closer.start()
-        for closer in closers:
-            closer.join()
         if self._out_fd is not None:
             os.close(self._out_fd)
             self._out_fd = None
@@ -319,6 +329,11 @@ class CaptureSession:
             for fd in self._wake:
                 os.close(fd)
             self._wake = None
+
+    def wait_closed(self) -> None:
+        """Wait until every ring's socket is closed (stop() leaves that to threads)."""
+        for closer in self._closers:
+            closer.join()
 
     def __enter__(self) -> CaptureSession:
         self.start()

@@ -65,7 +65,7 @@ def path_cmd(
 
     from flowtrace.output.terminal import render_path
 
-    render_path(points, notes, Console(highlight=False, soft_wrap=True, markup=False))
+    render_path(points, notes, Console(highlight=False, soft_wrap=True, emoji=False, markup=False))
 
 
 def _trace_options(func: F) -> F:
@@ -264,5 +264,5 @@ def dns_cmd(
 
         from flowtrace.output.dnsview import render
 
-        render(result, Console(highlight=False, soft_wrap=True, markup=False))
+        render(result, Console(highlight=False, soft_wrap=True, emoji=False, markup=False))
     finish(result)

@@ -1,10 +1,12 @@
-"""Container facts from the chosen engine (Docker SDK), turned into namespaces.
+"""Container facts from the chosen engine, turned into namespaces.
 
 The engine is Docker or Podman's Docker-compatible API, whichever
 flowtrace.endpoints.engines chose; Podman's own facts (pods, infra containers) come
 from flowtrace.endpoints.podman.  The engine is only asked when the user names a
 container (or when flowtrace wants names for namespaces it found), so
-netns:/pid:/host endpoints work with no engine at all.
+netns:/pid:/host endpoints work with no engine at all.  The reads go through
+`engines.api()`: the engine's socket with the standard library (endpoints.engine_http)
+when it is a unix socket or TCP without TLS, else the Docker SDK's APIClient.
 """
 
 from __future__ import annotations
@@ -56,6 +58,27 @@ def _short(exc: Exception) -> str:
     return text[:160]
 
 
+def _engine_call(call: Any, *args: str) -> Any:
+    """Call an engine read; the SDK's errors and EngineError as (status, message) errors."""
+    from flowtrace.endpoints.engine_http import EngineError
+
+    try:
+        return call(*args)
+    except EngineError as exc:
+        raise _EngineRefused(exc.status, _short(exc)) from None
+    except Exception as exc:  # the SDK's (docker, requests, urllib3): status 0, no answer
+        if not type(exc).__module__.startswith(("docker", "requests", "urllib3")):
+            raise
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        raise _EngineRefused(int(status or 0), _short(exc)) from None
+
+
+class _EngineRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def docker_available() -> bool:
     """Whether the chosen engine (Docker or Podman) answers."""
     return engines.available()
@@ -90,19 +113,18 @@ def _from_attrs(attrs: dict[str, Any], engine: str = "docker") -> ContainerNet:
 
 def inspect_container(spec: str) -> ContainerNet:
     """Find a container by name or id; NotFoundError when there is none."""
-    from docker.errors import APIError, NotFound
-
     found = engines.connect()
     try:
-        attrs = found.client.api.inspect_container(spec)
-    except NotFound:
-        raise NotFoundError(
-            f"no container named {spec!r} on {found.info.name} (an endpoint is a container, "
-            f"host, netns:NAME, pid:N or an IP address){engines.elsewhere_hint(spec)}"
-        ) from None
-    except APIError as exc:
+        attrs = _engine_call(found.api.inspect_container, spec)
+    except _EngineRefused as exc:
+        if exc.status == 404:
+            raise NotFoundError(
+                f"no container named {spec!r} on {found.info.name} (an endpoint is a "
+                "container, host, netns:NAME, pid:N or an IP address)"
+                f"{engines.elsewhere_hint(spec)}"
+            ) from None
         raise DockerUnavailableError(
-            f"{found.info.name} refused to inspect {spec!r}: {_short(exc)}"
+            f"{found.info.name} refused to inspect {spec!r}: {exc}"
         ) from None
     return _from_attrs(attrs, found.info.name)
 
@@ -113,18 +135,27 @@ def running_containers() -> list[ContainerNet]:
     The connection is made once; an engine restarted since answers nothing for a
     moment, which is DockerUnavailableError like an engine that never answered.
     """
-    from docker.errors import DockerException
-    from requests.exceptions import RequestException
-
     found = engines.connect()
-    api = found.client.api
+    api = found.api
+    containers = []
     try:
-        listed = api.containers()
-        return [_from_attrs(api.inspect_container(c["Id"]), found.info.name) for c in listed]
-    except (DockerException, RequestException) as exc:
+        for listed in _engine_call(api.containers):
+            try:
+                attrs = _engine_call(api.inspect_container, listed["Id"])
+            except _EngineRefused as exc:
+                if exc.status != 404:  # one that went away since the list is left out
+                    raise
+                continue
+            containers.append(_from_attrs(attrs, found.info.name))
+    except _EngineRefused as exc:
+        if exc.status == 0:
+            raise DockerUnavailableError(
+                f"the {found.info.name} engine stopped answering ({exc})"
+            ) from None
         raise DockerUnavailableError(
-            f"the {found.info.name} engine stopped answering ({_short(exc)})"
+            f"{found.info.name} refused to list containers: {exc}"
         ) from None
+    return containers
 
 
 def container_netns(spec: str) -> tuple[ContainerNet, str, list[str]]:
@@ -227,7 +258,7 @@ def _engine_word(info: ContainerNet) -> str:
 
 
 def _pod_of(info: ContainerNet) -> PodFacts | None:
-    return pod_of(engines.client(), info.id)
+    return pod_of(engines.api(), info.id)
 
 
 def rootless_note(container: str, engine: str) -> str:

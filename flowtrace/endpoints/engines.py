@@ -11,6 +11,14 @@ engine answered is read from its version, not guessed from the socket's name.
 
 The selection is process-wide (a trace, a lookup, the lab: one engine each), set by
 `using()` around a library call; `close()` stops what flowtrace started.
+
+What a trace reads (ping, version, the containers, Podman's pods and networks) goes over
+the engine's socket with the standard library (flowtrace.endpoints.engine_http) when it
+is a unix socket or TCP without TLS: the Docker SDK with requests and urllib3 is 0.11-0.15 s
+of imports, more than a ping's own work.  TLS and ssh://
+engines, and the lab, which builds images and containers, use the SDK's client
+(`client()`, made on first use).  The docker CLI's config and contexts are read by
+flowtrace.endpoints.docker_config.
 """
 
 from __future__ import annotations
@@ -24,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flowtrace.endpoints.docker_config import DOCKER_SOCKET, current_context_name, docker_context
 from flowtrace.errors import DockerUnavailableError, ExitStatus, FlowtraceError
 
 if TYPE_CHECKING:
     from flowtrace.endpoints.podman_service import PodmanService
 
 ENGINE_NAMES = ("docker", "podman")
-DOCKER_SOCKET = "unix:///var/run/docker.sock"
 #: Podman's rootful API socket (podman.socket under systemd).
 PODMAN_SOCKET = "unix:///run/podman/podman.sock"
 #: Where scripts/setup.sh and the tests start Podman's API when nothing else serves it.
@@ -234,12 +242,30 @@ def is_rootless(info: Mapping[str, Any]) -> bool:
 
 @dataclass
 class Connection:
-    """A client and what it is connected to."""
+    """What reads the engine (`api`), and what it is connected to.
+
+    `api` has the reads a trace makes (inspect_container, containers, info, version):
+    an engine_http.EngineAPI on a plain socket, else the SDK's APIClient.  `client`, the
+    Docker SDK's DockerClient, is made on first use (the lab's work).
+    """
 
     info: EngineInfo
-    client: Any
+    api: Any
     #: What was tried before it answered (for error messages), in words.
     tried: list[str] = field(default_factory=list)
+    timeout: float = DEFAULT_TIMEOUT_S
+    sdk: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self.sdk is None:
+            self.sdk = _client(self.info, self.timeout)
+        return self.sdk
+
+    def close(self) -> None:
+        if self.sdk is not None:
+            self.sdk.close()
+        self.api.close()
 
 
 _choice = EngineChoice()
@@ -275,7 +301,7 @@ def connect(timeout: float = DEFAULT_TIMEOUT_S) -> Connection:
     if timeout not in made:
         if made:  # the same engine, asked with another timeout
             first = next(iter(made.values()))
-            made[timeout] = Connection(first.info, _client(first.info, timeout), first.tried)
+            made[timeout] = _reconnect(first, timeout)
         else:
             made[timeout] = _open(_choice, timeout)
     return made[timeout]
@@ -289,9 +315,24 @@ def _client(info: EngineInfo, timeout: float) -> Any:
     )
 
 
+def _reconnect(first: Connection, timeout: float) -> Connection:
+    """The engine `first` reached, read with another timeout."""
+    from flowtrace.endpoints.engine_http import EngineAPI, speaks
+
+    if speaks(first.info.host, first.info.tls):
+        return Connection(first.info, EngineAPI(first.info.host, timeout), first.tried, timeout)
+    made = _client(first.info, timeout)
+    return Connection(first.info, made.api, first.tried, timeout, made)
+
+
 def client(timeout: float = DEFAULT_TIMEOUT_S) -> Any:
     """The Docker SDK client of the chosen engine: flowtrace's one client factory."""
     return connect(timeout).client
+
+
+def api(timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+    """What reads the chosen engine for a trace: EngineAPI or the SDK's APIClient."""
+    return connect(timeout).api
 
 
 def available() -> bool:
@@ -319,7 +360,7 @@ def close() -> None:
     for made in _connections.values():
         for found in made.values():
             with suppress(Exception):
-                found.client.close()
+                found.close()
     _connections.clear()
     while _services:
         _services.pop().stop()
@@ -343,31 +384,12 @@ def is_local(host: str) -> bool:
     return False
 
 
-def _docker_context(name: str) -> tuple[str, Any] | None:
-    from docker.context import ContextAPI
-
-    ctx = ContextAPI.get_context(name)
-    if ctx is None:
-        return None
-    return ctx.Host or "", ctx.TLSConfig
-
-
-def _current_context_name() -> str | None:
-    from docker.context.config import get_current_context_name
-
-    return get_current_context_name()
-
-
 def _open(choice: EngineChoice, timeout: float) -> Connection:
-    try:
-        import docker  # noqa: F401 - the SDK must be there
-    except ImportError as exc:  # pragma: no cover - a dependency
-        raise DockerUnavailableError(f"the docker Python package is missing ({exc})") from None
     plan = candidates(
         choice,
         os.environ,
-        _current_context_name(),
-        _docker_context,
+        current_context_name(),
+        docker_context,
         shutil.which("podman") is not None,
     )
     tried: list[str] = []
@@ -376,7 +398,7 @@ def _open(choice: EngineChoice, timeout: float) -> Connection:
         if found is None:
             continue
         if candidate.expect and found.info.name != candidate.expect:
-            found.client.close()
+            found.close()
             raise DockerUnavailableError(
                 f"{candidate.selected_by} leads to {found.info.name} {found.info.version} "
                 f"at {found.info.host}, not {candidate.expect}"
@@ -419,8 +441,6 @@ def _start_hint(engine: str | None) -> str:
 def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection | None:
     """A pinged connection at `candidate`, or None (with why in `tried`) when it is not
     explicit; an explicit candidate that does not answer is an error."""
-    from docker.errors import DockerException
-
     service = None
     host = candidate.host
     if candidate.start_podman:
@@ -441,9 +461,9 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
             )
         return None
     try:
-        made, (name, version, api) = _client_at(host, candidate.tls, timeout)
-        backend, rootless = _engine_facts(made, name, host)
-    except (DockerException, OSError) as exc:
+        reader, made, (name, version, api) = _client_at(host, candidate.tls, timeout)
+        backend, rootless = _engine_facts(reader, name, host)
+    except _Unanswered as exc:
         if service is not None:
             service.stop()
         why = _short(exc)
@@ -470,48 +490,78 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
         service.pid if service is not None else None,
         candidate.tls,
     )
-    return Connection(info, made)
+    return Connection(info, reader, [], timeout, made)
 
 
-def _client_at(host: str, tls: Any, timeout: float) -> tuple[Any, tuple[str, str, str]]:
-    """A client of the engine at `host`, and (name, version, API version) from its answer
-    to GET /_ping: Podman's /version takes half a second (it asks conmon and the OCI
-    runtime for theirs), its /_ping a few milliseconds and says as much."""
+class _Unanswered(Exception):
+    """The engine at a host did not answer (the SDK's or engine_http's error, in words)."""
+
+
+def _client_at(host: str, tls: Any, timeout: float) -> tuple[Any, Any, tuple[str, str, str]]:
+    """What reads the engine at `host` (EngineAPI, or the SDK's APIClient), the SDK's
+    client when that is what reads it (else None), and (name, version, API version) from
+    its answer to GET /_ping: Podman's /version takes half a second (it asks conmon and
+    the OCI runtime for theirs), its /_ping a few milliseconds and says as much."""
+    from flowtrace.endpoints.engine_http import EngineAPI, EngineError, speaks
+
+    if speaks(host, tls):
+        reader = EngineAPI(host, timeout)
+        try:
+            status, headers, _ = reader.request("/_ping")
+            if status != 200:
+                raise EngineError(status, f"GET /_ping answered {status}")
+            return reader, None, identify_ping(headers) or identify(reader.version())
+        except (EngineError, OSError, ValueError) as exc:
+            raise _Unanswered(_short(exc)) from None
     import docker
-    from docker.errors import APIError
+    from docker.errors import APIError, DockerException
 
-    probe = docker.DockerClient(base_url=host, tls=tls, timeout=timeout, version=MIN_API)
     try:
-        answer = probe.api.get(f"{probe.api.base_url}/_ping", timeout=timeout)
-        if answer.status_code != 200:
-            raise APIError(f"GET /_ping answered {answer.status_code}")
-        found = identify_ping(answer.headers) or identify(probe.version())
-    finally:
-        probe.close()
-    made = docker.DockerClient(base_url=host, tls=tls, timeout=timeout, version=found[2] or MIN_API)
-    return made, found
+        probe = docker.DockerClient(base_url=host, tls=tls, timeout=timeout, version=MIN_API)
+        try:
+            answer = probe.api.get(f"{probe.api.base_url}/_ping", timeout=timeout)
+            if answer.status_code != 200:
+                raise APIError(f"GET /_ping answered {answer.status_code}")
+            found = identify_ping(answer.headers) or identify(probe.version())
+        finally:
+            probe.close()
+        made = docker.DockerClient(
+            base_url=host, tls=tls, timeout=timeout, version=found[2] or MIN_API
+        )
+    except (DockerException, OSError) as exc:
+        raise _Unanswered(_short(exc)) from None
+    return made.api, made, found
 
 
 def identify_ping(headers: Mapping[str, str]) -> tuple[str, str, str] | None:
     """(engine name, version, API version) from the headers of GET /_ping (pure): Podman
     sends Libpod-Api-Version, Docker `Server: Docker/VERSION (os)`; None when neither."""
-    api = str(headers.get("Api-Version", ""))
-    if headers.get("Libpod-Api-Version"):
-        return "podman", str(headers["Libpod-Api-Version"]), api
-    server = str(headers.get("Server", ""))
+    headers = {str(name).lower(): value for name, value in headers.items()}
+    api = str(headers.get("api-version", ""))
+    if headers.get("libpod-api-version"):
+        return "podman", str(headers["libpod-api-version"]), api
+    server = str(headers.get("server", ""))
     if server.startswith("Docker/"):
         return "docker", server.removeprefix("Docker/").split()[0], api
     return None
 
 
-def _engine_facts(made: Any, name: str, host: str) -> tuple[str | None, bool]:
-    """(network backend, rootless) of the engine, read cheaply: Docker says rootless in
-    /info; a local Podman is rootless when its socket is not root's, and its network
-    backend is what it recorded in its storage on first use."""
+def _engine_facts(reader: Any, name: str, host: str) -> tuple[str | None, bool]:
+    """(network backend, rootless) of the engine, read cheaply: a local engine is rootless
+    when its socket is not root's (a rootless dockerd's or Podman's is its user's); a
+    remote Docker says so in /info (8-14 ms, which a local trace does not spend); Podman's
+    network backend is what it recorded in its storage on first use."""
+    unix = host.startswith(("unix://", "http+unix://"))  # http+unix://: a context the SDK made
+    path = host.split("://", 1)[1] if unix else ""
+    local_socket = unix and os.path.exists(path)
     if name != "podman":
-        return None, is_rootless(made.info())
-    path = host.removeprefix("unix://")
-    if not host.startswith("unix://") or not os.path.exists(path):
+        if local_socket:
+            return None, os.stat(path).st_uid != 0
+        try:
+            return None, is_rootless(reader.info())
+        except Exception as exc:  # EngineError, the SDK's errors
+            raise _Unanswered(_short(exc)) from None
+    if not local_socket:
         return None, False
     rootless = os.stat(path).st_uid != 0
     backend = None
@@ -541,20 +591,18 @@ def elsewhere_hint(name: str) -> str:
         named = os.environ.get("CONTAINER_HOST", "")
         sockets = (*([named] if named.startswith("unix://") else []), PODMAN_SOCKET,
                    FLOWTRACE_PODMAN_SOCKET)  # fmt: skip
-    import docker
-    from docker.errors import DockerException
+    from flowtrace.endpoints.engine_http import EngineAPI, EngineError
 
     for url in sockets:
         if url == current.host or not os.path.exists(url[len("unix://") :]):
             continue
-        probe = docker.DockerClient(base_url=url, timeout=3)
+        probe = EngineAPI(url, timeout=3)
         try:
-            if identify(probe.version())[0] != other:
+            _, headers, _ = probe.request("/_ping")
+            if (identify_ping(headers) or identify(probe.version()))[0] != other:
                 continue
-            probe.api.inspect_container(name)
-        except (DockerException, OSError):
+            probe.inspect_container(name)
+        except (EngineError, OSError, ValueError):
             continue
-        finally:
-            probe.close()
         return f"; {other.capitalize()} has a container named {name}: add --engine {other}"
     return ""

@@ -31,10 +31,21 @@ _NETNS_NAME = re.compile(r"^netns-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")
 
 def libpod_get(client: Any, path: str) -> Any:
     """GET a libpod endpoint (`/info`, `/pods/NAME/json`) on the client's socket; {} when
-    the engine does not serve it (Docker) or refuses."""
+    the engine does not serve it (Docker) or refuses.
+
+    `client`: what engines.api() reads with (an engine_http.EngineAPI, or the SDK's
+    APIClient), or a Docker SDK DockerClient."""
+    from flowtrace.endpoints.engine_http import EngineAPI, EngineError
+
+    if isinstance(client, EngineAPI):
+        try:
+            answer = client.get(f"/{LIBPOD_API}/libpod{path}")
+        except EngineError:
+            return {}
+        return answer if isinstance(answer, (dict, list)) else {}
     from docker.errors import DockerException
 
-    api = client.api
+    api = getattr(client, "api", client)
     try:
         response = api.get(f"{api.base_url}/{LIBPOD_API}/libpod{path}", timeout=api.timeout)
     except (DockerException, OSError):

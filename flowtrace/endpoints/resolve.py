@@ -10,7 +10,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from flowtrace.endpoints.netns import HOST_NETNS, netns_inode
 from flowtrace.errors import (
@@ -21,6 +23,12 @@ from flowtrace.errors import (
     NotRootError,
 )
 from flowtrace.model import Endpoint, Namespace
+
+if TYPE_CHECKING:
+    from flowtrace.topology.kernel import NetnsState
+
+#: Reads a namespace's links and addresses (topology.kernel's, or a caller's cache of it).
+StateReader = Callable[[Namespace], "NetnsState"]
 
 NETNS_RUN_DIR = "/run/netns"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -149,8 +157,11 @@ def label_namespace(ns: Namespace) -> Namespace:
     return ns
 
 
-def resolve(spec: str, *, allow_port: bool = False) -> Endpoint:
-    """Resolve one endpoint as the user typed it."""
+def resolve(
+    spec: str, *, allow_port: bool = False, read_state: StateReader | None = None
+) -> Endpoint:
+    """Resolve one endpoint as the user typed it (`read_state`: a cache the caller keeps,
+    so a namespace read here is not read again for the path)."""
     _require_root()
     name, port = split_port(spec.strip())
     if port is not None and not allow_port:
@@ -183,14 +194,17 @@ def resolve(spec: str, *, allow_port: bool = False) -> Endpoint:
             f"cannot read endpoint {spec!r}: give a container, host, netns:NAME, pid:N or an IP",
             ExitStatus.USAGE,
         )
-    addresses = _addresses(ns)
+    addresses = _addresses(ns, read_state)
     return Endpoint(spec, ns, addresses, _primary(addresses), port, notes)
 
 
-def _addresses(ns: Namespace) -> tuple[str, ...]:
-    from flowtrace.topology.kernel import read_state
+def _addresses(ns: Namespace, read_state: StateReader | None) -> tuple[str, ...]:
+    if read_state is None:
+        from flowtrace.topology import kernel
 
-    state = read_state(ns.path)
+        state = kernel.read_state(ns.path)
+    else:
+        state = read_state(ns)
     return tuple(a.ip for a in state.addresses)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from flowtrace.endpoints.podman_service import REMOTE_VARIABLES
 from flowtrace.errors import FlowtraceError, MissingToolError
+from flowtrace.lab import netavark_chains
 from flowtrace.lab.base import (
     BUSYBOX,
     HTTPD_COMMAND,
@@ -346,6 +347,7 @@ def up(busybox: str = BUSYBOX) -> LabState:
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             raise LabConflictError(found[0] + more)
         changes: list[str] = []
+        netavark_chains.note_before_up()
         with podman_env() as env:
             changes += _ensure_image(env, busybox)
             changes += _ensure_network(env)
@@ -418,6 +420,8 @@ def down() -> list[str]:
                 removed.append(f"image {PODMAN_IMAGE}")
             except PodmanCommandError as exc:
                 kept.append(f"image {PODMAN_IMAGE} ({exc.message})")
+        running = podman("ps", "--quiet", env=env).split()
+        removed += netavark_chains.remove_if_ours(podman_running=bool(running))
         if not _docker_lab_present():
             removed += remove_outside()
     if kept:

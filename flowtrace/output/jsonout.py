@@ -6,10 +6,10 @@ Field names are part of the interface: add fields, never rename or remove them.
 from __future__ import annotations
 
 import json
-import statistics
 from typing import Any
 
 from flowtrace._version import __version__
+from flowtrace.correlate.stats import median
 from flowtrace.model import DnsLookup, NatEvent, Packet, Point, Sighting, Trace
 
 SCHEMA_VERSION = 1
@@ -82,7 +82,7 @@ def hop_summary(trace: Trace) -> list[dict[str, Any]]:
             "to": b,
             "count": len(v),
             "min_ns": min(v),
-            "median_ns": int(statistics.median(v)),
+            "median_ns": int(median(v)),
             "max_ns": max(v),
         }
         for (d, kind, a, b), v in hops.items()

@@ -8,7 +8,6 @@ an IPv6 address in brackets, `[fd00::2]:80`, for a style tag and drop it.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flowtrace.correlate.stats import median
 from flowtrace.model import (
     ICMP_KINDS,
     Address,
@@ -157,7 +157,7 @@ def print_hop_stats(trace: Trace, console: Console) -> None:
                 f"  {a} -> {b}",
                 str(len(values)),
                 _us(min(values)),
-                _us(int(statistics.median(values))),
+                _us(int(median(values))),
                 _us(max(values)),
             )
         )
@@ -201,7 +201,7 @@ def engine_line(meta: Mapping[str, Any]) -> str | None:
 
 
 def render_trace(trace: Trace, console: Console | None = None) -> None:
-    console = console or Console(highlight=False, soft_wrap=True, markup=False)
+    console = console or Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
     points = {p.id: p for p in trace.points}
     header = trace.meta.get("title")
     if header:
@@ -264,7 +264,7 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         rtt = ""
         if rtts:
             rtt = (
-                f", rtt min/median/max {_us(min(rtts))}/{_us(int(statistics.median(rtts)))}"
+                f", rtt min/median/max {_us(min(rtts))}/{_us(int(median(rtts)))}"
                 f"/{_us(max(rtts))} µs"
             )
         console.print()

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from glob import glob, has_magic
@@ -192,17 +193,43 @@ def point_entry(point: Point) -> dict[str, Any]:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape what is recorded."""
+    """Versions of Python and the libraries that shape what is recorded.
+
+    Read from the names of the installed `NAME-VERSION.dist-info` folders (the layout
+    the packaging spec fixes for installed projects) on sys.path; importlib.metadata,
+    which reads the same folders, costs 10 ms of a 0.3 s trace to import and is only
+    asked for a library installed another way.
+    """
     import platform
-    from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for name in RECORDED_LIBRARIES:
+    wanted = {name: f"{name}-" for name in RECORDED_LIBRARIES}
+    for entry in sys.path:
         try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
+            names = os.listdir(entry or ".")
+        except OSError:
             continue
-    return versions
+        for folder in names:
+            if not folder.endswith(".dist-info"):
+                continue
+            for name, prefix in wanted.items():
+                version = folder[len(prefix) : -len(".dist-info")]
+                if (
+                    name not in versions
+                    and folder.lower().startswith(prefix)
+                    and "-" not in version
+                ):
+                    versions[name] = version
+    missing = [name for name in RECORDED_LIBRARIES if name not in versions]
+    if missing:
+        from importlib import metadata
+
+        for name in missing:
+            try:
+                versions[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+    return {"python": versions.pop("python"), **dict(sorted(versions.items()))}
 
 
 def _now() -> str:

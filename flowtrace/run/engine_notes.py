@@ -8,25 +8,29 @@ from collections.abc import Iterable, Sequence
 
 from flowtrace.endpoints import engines, podman
 from flowtrace.model import Point
-from flowtrace.topology.netfilter.owners import rule_notes
 
 
 def _podman_networks() -> list[podman.PodmanNetwork]:
     info = engines.used()
     if info is None or info.name != "podman":
         return []
-    return podman.networks(engines.client())
+    return podman.networks(engines.api())
 
 
 def trace_notes(points: Sequence[Point], rules: Iterable[str | None]) -> list[str]:
     """The Podman bridges the path crosses and the netavark chains its rules are in."""
+    named = [rule for rule in rules if rule]
     networks = _podman_networks()
     notes: list[str] = []
     for point in points:
         net = podman.network_of_bridge(networks, point.ifname) if point.role == "bridge" else None
         if net is not None and podman.bridge_note(net) not in notes:
             notes.append(podman.bridge_note(net))
-    return notes + rule_notes(rules, [net.name for net in networks])
+    if not named:  # no rule to name (a ping with no NAT): the rule model stays unloaded
+        return notes
+    from flowtrace.topology.netfilter.owners import rule_notes
+
+    return notes + rule_notes(named, [net.name for net in networks])
 
 
 def resolver_note(server: str, name: str) -> str | None:

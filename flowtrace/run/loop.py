@@ -158,14 +158,18 @@ class LiveRun:
         """Let every ring hand over the step's frames, then flush them.
 
         Done once the step says so (plus two block-retire periods, so a packet still in
-        flight, like the source's RST after a SYN-ACK, is not split between two chunks);
-        otherwise after step.settle_s.
+        flight, like the source's RST after a SYN-ACK, is not split between two chunks;
+        a step whose answer ends its exchange says `linger_s = 0`); otherwise after
+        step.settle_s.
         """
         deadline = time.monotonic() + step.settle_s
+        linger_s = getattr(step, "linger_s", None)
+        if linger_s is None:
+            linger_s = 2 * self.session.geometry.retire_ms / 1000
         while time.monotonic() < deadline:
             self.absorb()
             if step.settled(self.pending):
-                time.sleep(2 * self.session.geometry.retire_ms / 1000)
+                time.sleep(linger_s)
                 break
             time.sleep(POLL_S)
         self.absorb()

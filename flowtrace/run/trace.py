@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.correlate.decode import is_ndp
 from flowtrace.correlate.probes import ProbeNumbers
@@ -41,13 +41,13 @@ from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.probe import ProbePlan, neighbor_filter, open_sender, send_probe
-from flowtrace.run.engine_notes import trace_notes
-from flowtrace.run.legs import Legs
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
-from flowtrace.topology.netfilter.watch import RulesWatch
 from flowtrace.topology.route import Route, resolve_route
+
+if TYPE_CHECKING:
+    from flowtrace.run.legs import Legs
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
 SETTLE_S = 0.03
@@ -63,6 +63,9 @@ class ProbeStep:
         self.seq = seq
         self.sender = sender
         self.timeout_s = trace.options.timeout
+        #: An echo reply ends its exchange: nothing follows it to wait for (a TCP answer
+        #: is followed by the source's RST, which the loop's default linger waits for).
+        self.linger_s: float | None = 0.0 if trace.options.kind == "icmp" else None
 
     def send(self) -> None:
         t = self.trace
@@ -124,6 +127,8 @@ class ProbeTrace:
         #: With a docker-proxy: the real connection's two legs.
         self.legs: Legs | None = None
         if route.proxy is not None:
+            from flowtrace.run.legs import Legs  # a docker-proxy's legs: tcp to a published port
+
             self.legs = Legs(
                 route.proxy,
                 route.src.netns.path,
@@ -210,12 +215,17 @@ class ProbeTrace:
         )
         live = LiveRun(self.points, self.capture_filter(), hooks)
         first_leg_packet = 0
-        watch = RulesWatch.start(p.netns for p in self.points)
+        from flowtrace.topology.netfilter.watch import RulesWatch  # subprocess: 7 ms
+
+        # The rules' fingerprints are read while the capture starts, and are in before the
+        # first probe goes out.
+        watch = RulesWatch.begin(p.netns for p in self.points)
         with live:
             if opts.record:
                 live.recorder = self._open_recorder()
             sender = open_sender(self.route.src.netns.path, self.probe.version)
             try:
+                watch.ready()
                 for seq in range(opts.count):
                     started = time.monotonic()
                     live.step(ProbeStep(self, seq, sender))
@@ -233,6 +243,8 @@ class ProbeTrace:
         verdicts = self._verdicts(live)
         self.rule_notes = watch.changes()
         rules = [ev.rule for p in live.packets for ev in p.nat] + [v.rule for v in verdicts]
+        from flowtrace.run.engine_notes import trace_notes
+
         self.engine_notes = trace_notes(self.points, rules)
         proxy = None
         if self.legs is not None:

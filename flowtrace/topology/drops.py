@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import (
@@ -34,16 +35,11 @@ from flowtrace.model import (
     ip_version,
 )
 from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
-from flowtrace.topology.netfilter import (
-    DropFinding,
-    Firewall,
-    PacketView,
-    attribute,
-    find_drop,
-    read_firewall,
-)
-from flowtrace.topology.netfilter.engines import drop_words
-from flowtrace.topology.netfilter.owners import forward_conflict
+
+# The rule model is imported where a drop is explained: a trace whose probes all came
+# back never loads it (8-10 ms of imports).
+if TYPE_CHECKING:
+    from flowtrace.topology.netfilter import DropFinding, Firewall, PacketView
 
 #: ICMPv6, as the filter rules match it (NDP is ICMPv6), and its neighbour solicitation.
 _ICMPV6 = 58
@@ -114,6 +110,8 @@ def describe_drop(rule: str | DropFinding, site: DropSite, why: str | None = Non
     found = rule
     maybe = "" if found.certain else "maybe "
     text = f"{maybe}dropped in {site.netns.label} by `{found.rule}`, {where(found)} {way}"
+    from flowtrace.topology.netfilter.engines import drop_words
+
     words = why or drop_words(found.source, found.base, found.packet or _no_packet())
     if words:
         text += f": {words}"
@@ -133,6 +131,8 @@ def where(found: DropFinding) -> str:
 
 
 def _no_packet() -> PacketView:
+    from flowtrace.topology.netfilter import PacketView
+
     return PacketView(0)
 
 
@@ -155,6 +155,9 @@ def explain_loss(
     site = drop_site(ingress, state, route_get(path, dst))
     if site is None:
         return None
+    from flowtrace.topology.netfilter import attribute, find_drop
+    from flowtrace.topology.netfilter.owners import forward_conflict
+
     firewall = _rules(path, seen.dst)
     local = [a.ip for a in state.addresses]
     found = find_drop(
@@ -210,6 +213,8 @@ def describe_answer_drop(rule: str | DropFinding, netns_label: str, out_iface: s
     )
     words = None
     if not isinstance(rule, str):
+        from flowtrace.topology.netfilter.engines import drop_words
+
         words = drop_words(rule.source, rule.base, rule.packet or _no_packet())
     elif text_rule.startswith("-P "):
         words = "no rule accepted it, so the chain's policy dropped it"
@@ -232,6 +237,8 @@ def explain_unanswered(
     ingress = arrival(points, destination)
     if ingress is None:
         return None
+    from flowtrace.topology.netfilter import find_drop
+
     path = ingress.netns.path
     state = read_state(path)
     firewall = _rules(path, seen.dst)
@@ -258,6 +265,8 @@ def found_answer_drop(
     firewall: Firewall, seen: Headers, out_iface: str, local: list[str]
 ) -> DropFinding | None:
     """The output-side drop of the destination's answer to `seen` (ESTABLISHED, reversed)."""
+    from flowtrace.topology.netfilter import find_drop
+
     replies = {128: 129} if seen.proto == _ICMPV6 else {8: 0, 13: 14, 15: 16, 17: 18}
     reply_type = replies.get(seen.icmp_type or -1)
     return find_drop(
@@ -268,6 +277,8 @@ def found_answer_drop(
 
 def _rules(netns_path: str, address: str) -> Firewall:
     """The rules that judge a packet to `address`: the IPv4 or the IPv6 ones."""
+    from flowtrace.topology.netfilter import read_firewall
+
     return read_firewall(netns_path, ipv6=ip_version(address) == 6)
 
 
@@ -291,6 +302,8 @@ def explain_unresolved(
 ) -> DropReason | None:
     """The rule that dropped a neighbour solicitation (from `sender`, for `target`) seen
     arriving at a point, if any."""
+    from flowtrace.topology.netfilter import find_drop, read_firewall
+
     point = next((p for p in points if p.id == point_id), None)
     if point is None or ip_version(target) != 6:
         return None

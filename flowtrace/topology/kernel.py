@@ -1,4 +1,4 @@
-"""Read a namespace's links, addresses and routes over netlink (pyroute2).
+"""Read a namespace's links, addresses and routes over netlink (pyroute2's messages).
 
 Each call enters the namespace in a short-lived thread (endpoints.netns) and returns
 plain frozen records, so the path walker (topology.path) is pure logic over them and
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowtrace.endpoints.netns import run_in_netns
+from flowtrace.topology import netlink
 
 RTN_LOCAL = 2
 RTN_UNREACHABLE = 7
@@ -94,16 +95,37 @@ class Route:
         return self.kind == RTN_LOCAL
 
 
-def _attrs(msg: Any) -> dict[str, Any]:
-    return dict(msg.get("attrs", []))
+#: The link attributes a Link is made of: only these are decoded (pyroute2 decodes an
+#: attribute when it is read, and a link carries dozens: stats, per-family settings).
+LINK_ATTRS = frozenset(
+    {
+        "IFLA_IFNAME",
+        "IFLA_LINKINFO",
+        "IFLA_MASTER",
+        "IFLA_LINK",
+        "IFLA_LINK_NETNSID",
+        "IFLA_ADDRESS",
+        "IFLA_PROMISCUITY",
+    }
+)
+
+
+def _attrs(msg: Any, wanted: frozenset[str] | None = None) -> dict[str, Any]:
+    """A message's attributes by name (the first of each), decoding only `wanted` ones."""
+    found: dict[str, Any] = {}
+    for slot in msg.get("attrs", []):
+        name = slot[0]
+        if (wanted is None or name in wanted) and name not in found:
+            found[name] = slot[1]
+    return found
 
 
 def _link_from_msg(msg: Any) -> Link:
-    attrs = _attrs(msg)
+    attrs = _attrs(msg, LINK_ATTRS)
     kind = ""
     info = attrs.get("IFLA_LINKINFO")
     if info is not None:
-        kind = dict(info.get("attrs", [])).get("IFLA_INFO_KIND", "") or ""
+        kind = _attrs(info, frozenset({"IFLA_INFO_KIND"})).get("IFLA_INFO_KIND", "") or ""
     flags = int(msg.get("flags", 0))
     return Link(
         index=int(msg["index"]),
@@ -120,13 +142,11 @@ def _link_from_msg(msg: Any) -> Link:
 
 
 def _read_state() -> NetnsState:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        links = tuple(_link_from_msg(m) for m in ipr.get_links())
+    with netlink.RouteSocket() as rs:
+        links = tuple(_link_from_msg(m) for m in netlink.links(rs))
         addrs = []
-        for m in ipr.get_addr():
-            attrs = _attrs(m)
+        for m in netlink.addresses(rs):
+            attrs = _attrs(m, frozenset({"IFA_LOCAL", "IFA_ADDRESS"}))
             ip = attrs.get("IFA_LOCAL") or attrs.get("IFA_ADDRESS")
             if ip:
                 addrs.append(IfAddress(str(ip), int(m["prefixlen"]), int(m["index"])))
@@ -139,15 +159,12 @@ def read_state(ns_path: str) -> NetnsState:
 
 
 def _route_get(dst: str) -> Route:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with IPRoute() as ipr:
+    with netlink.RouteSocket() as rs:
         try:
-            msgs = ipr.route("get", dst=dst)
-        except NetlinkError as exc:
+            msgs = netlink.route_get(rs, dst)
+        except netlink.netlink_error() as exc:
             # ENETUNREACH (101) / EHOSTUNREACH (113): no route at all
-            if exc.code in (101, 113, 22):
+            if getattr(exc, "code", None) in (101, 113, 22):
                 return Route(RTN_UNREACHABLE, None, None, None)
             raise
     msg = msgs[0]
@@ -169,18 +186,13 @@ def route_get(ns_path: str, dst: str) -> Route:
 def _nsid_of(target_path: str) -> int | None:
     import os
 
-    from pyroute2 import IPRoute
-
     fd = os.open(target_path, os.O_RDONLY)
     try:
-        with IPRoute() as ipr:
-            msgs = ipr.get_netnsid(fd=fd)
+        with netlink.RouteSocket() as rs:
+            msgs = netlink.netnsid(rs, fd)
     finally:
         os.close(fd)
-    if isinstance(msgs, dict):
-        value = msgs.get("nsid")
-    else:
-        value = _attrs(msgs[0]).get("NETNSA_NSID") if msgs else None
+    value = _attrs(msgs[0]).get("NETNSA_NSID") if msgs else None
     if value is None or int(value) < 0 or int(value) == 0xFFFFFFFF:
         return None
     return int(value)

@@ -455,6 +455,11 @@ class LiveView:
         self._namespaces: list[Namespace] | None = None
         self._states: dict[int, NetnsState] = {}
 
+    def know(self, known: list[Namespace]) -> None:
+        """Name these namespaces (the endpoints) first; before the walk asks for any."""
+        self._known = list(known)
+        self._namespaces = None
+
     def namespaces(self) -> list[Namespace]:
         if self._namespaces is None:
             ordered: dict[int, Namespace] = {}

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Address, NatEvent, Packet, Point, ip_version
 from flowtrace.topology.conntrack import find_entry
 from flowtrace.topology.kernel import NetnsState, read_state
-from flowtrace.topology.netfilter import Firewall, attribute_detail, read_firewall
-from flowtrace.topology.netfilter.engines import nat_words
+
+if TYPE_CHECKING:
+    from flowtrace.topology.netfilter import Firewall
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ def explain_rewrite(
     `firewalls`: namespaces' rules already read at this moment, by path (filled in).
     What cannot be read is said in the field instead ("(rules not readable: ...)").
     """
+    # Imported here: only a trace that saw a rewrite reads rules (the model costs 8-10 ms).
+    from flowtrace.topology.netfilter import attribute_detail, read_firewall
+    from flowtrace.topology.netfilter.engines import nat_words
+
     doubt = words = None
     try:
         addresses = (

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flowtrace.endpoints.resolve import resolve, split_port
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError
 from flowtrace.model import Address, Endpoint, Namespace, ProbeKind, ip_version
 from flowtrace.topology.kernel import read_state
-from flowtrace.topology.netfilter import read_firewall
 from flowtrace.topology.path import LiveView, PathPlan, Redirect, plan_path
-from flowtrace.topology.proxy import ProxyLeg, binding_target, bindings, proxy_leg, unserved_binding
-from flowtrace.topology.published import predict_dnat
+
+if TYPE_CHECKING:
+    from flowtrace.topology.proxy import ProxyLeg
+
+# Published ports, docker-proxy and the rule model (topology.published, .proxy,
+# .netfilter: 15 ms to import) are imported where a destination port asks for them:
+# a ping never does.
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,10 @@ def docker_redirect(kind: ProbeKind) -> Redirect:
     ) -> tuple[str, int | None, str] | None:
         if port is None or kind == "icmp" or ns.container:
             return None
+        from flowtrace.topology.netfilter import read_firewall
+        from flowtrace.topology.proxy import binding_target, bindings
+        from flowtrace.topology.published import predict_dnat
+
         is_host = ns.label == "host"
         try:
             local = frozenset(a.ip for a in read_state(ns.path).addresses)
@@ -208,8 +217,11 @@ def resolve_route(
 
     `family` is 4 or 6 (`-4`/`-6`), None for the destination's best (choose_destination).
     """
-    src = resolve(src_spec)
-    dst = _loopback_destination(src, dst_spec) or resolve(dst_spec, allow_port=True)
+    view = LiveView()
+    src = resolve(src_spec, read_state=view.state)
+    dst = _loopback_destination(src, dst_spec) or resolve(
+        dst_spec, allow_port=True, read_state=view.state
+    )
     if kind in ("tcp", "udp") and dst.port is None:
         if ":" in dst.spec and not dst.spec.startswith("["):
             raise FlowtraceError(
@@ -222,7 +234,7 @@ def resolve_route(
         raise FlowtraceError(
             f"ping takes no port ({dst_spec}): use flowtrace tcp for ports", ExitStatus.USAGE
         )
-    view = LiveView([src.netns, dst.netns])
+    view.know([src.netns, dst.netns])
     chosen = choose_destination(view, src.netns, dst, family)
     dst_ip = chosen.ip
     plan = plan_path(view, src.netns, dst_ip, dst.port, docker_redirect(kind))
@@ -231,12 +243,16 @@ def resolve_route(
     if not plan.points:
         raise NoPathError(f"no path from {src_spec} to {dst_spec}")
     if plan.redirected is None and plan.destination and plan.dst_port is not None:
+        from flowtrace.topology.proxy import unserved_binding
+
         hint = unserved_binding(kind, plan.dst_ip, plan.dst_port)
         if hint:
             plan.notes.append(hint)
             plan.closed_hint = hint
     proxy = None
     if kind == "tcp" and plan.redirected is None and plan.destination and dst.port is not None:
+        from flowtrace.topology.proxy import proxy_leg
+
         proxy = proxy_leg(view, plan, dst.port)
     mates = (src.netns.container, dst.netns.container)
     if src.netns.inode == dst.netns.inode and all(mates) and mates[0] != mates[1]:

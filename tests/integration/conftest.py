@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -206,11 +207,18 @@ def podman_lab(podman_lab_users: LabUsers) -> Iterator[LabState]:
     """The Podman lab for one module, taken down after it when this session made it and
     no other session uses it (module scope: Docker's lab tests that take the outside host
     down, last in the session, find it gone)."""
+    from flowtrace.lab import netavark_chains
+
     found_up = podman_lab_complete()
+    chains_before = netavark_chains.present()
     state = podman_lab_module.up()
     yield state
     if not found_up and podman_lab_users.try_exclusive():
         podman_lab_module.down()
+        running = subprocess.run(["podman", "ps", "-q"], capture_output=True, text=True).stdout
+        if not chains_before and not running.split():
+            # netavark never removes its chains; the lab must, when they were its doing
+            assert not netavark_chains.present(), "netavark's chains left after lab down"
 
 
 def podman_lab_complete() -> bool:

@@ -11,6 +11,7 @@ veth peer, c2/eth0.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import socket
@@ -66,7 +67,9 @@ def c1_netns_and_c2_ip(lab: LabState) -> tuple[str, str]:
     return c1.netns, c2.ip
 
 
-def start_cli_capture(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+def start_cli_capture(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], list[str]]:
     """Start `flowtrace capture ARGS` and return once it says every point is capturing."""
     process = subprocess.Popen(
         [*FLOWTRACE, "capture", *args],
@@ -74,6 +77,7 @@ def start_cli_capture(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parents[2],
+        env=env,
     )
     assert process.stderr is not None
     said: list[str] = []
@@ -187,6 +191,27 @@ def test_count_stops_after_exactly_that_many_packets(lab_now: LabState, tmp_path
     assert count == [str(port)] * 25
     manifest = json.loads((folder / "manifest.json").read_text())
     assert sum(s["packets"] for s in manifest["stats"]) == 25
+
+
+def test_the_pure_python_path_captures_the_same_and_says_so_once(
+    lab_now: LabState, tmp_path: Path
+) -> None:
+    # What a machine without a compiler runs (FLOWTRACE_NATIVE=0 forces it here).
+    netns, c2_ip = c1_netns_and_c2_ip(lab_now)
+    port, folder, burst = free_port(), tmp_path / "set", 500
+    env = {**os.environ, "FLOWTRACE_NATIVE": "0"}
+    process, said = start_cli_capture(
+        "--point", "c1/eth0", "--point", "host/docker0",
+        "-f", f"udp and dst port {port}", "-n", str(2 * burst), "-d", "20", "-o", str(folder),
+        env=env,
+    )  # fmt: skip
+    send_burst(netns, c2_ip, port, burst)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    note = "flowtrace: note: FLOWTRACE_NATIVE=0 chose the pure-Python capture path"
+    assert (said + err.splitlines()).count(note) == 1
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [(s["packets"], s["drops"]) for s in manifest["stats"]] == [(burst, 0)] * 2
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from flowtrace.capture import native
 from flowtrace.capture.session import CaptureSession
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import NotFoundError
@@ -179,9 +180,21 @@ def sequence_number(frame: bytes) -> int:
     return int(struct.unpack_from("!I", frame, 14 + ihl + 8)[0])
 
 
+@pytest.mark.parametrize("path", ["native", "python"])
 def test_burst_is_captured_whole_at_every_point(
-    topo: Topology, sender: socket.socket, sink: socket.socket, tmp_path: Path
+    topo: Topology,
+    sender: socket.socket,
+    sink: socket.socket,
+    tmp_path: Path,
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Both ways from the ring to the pcapng: the C writer (capture/_ringpcap.c) and the
+    # pure-Python fallback a machine without a compiler runs (FLOWTRACE_NATIVE=0 forces it).
+    if path == "python":
+        monkeypatch.setenv("FLOWTRACE_NATIVE", "0")
+    elif native.ringpcap() is None:
+        pytest.skip(native.why_not() or "the C writer is not built")
     points = [
         topo.point(topo.a, "eth0", "source"),
         topo.point(topo.br, "pa", "veth-peer"),
@@ -331,10 +344,13 @@ def test_vlan_tag_taken_off_by_the_kernel_is_put_back(topo: Topology) -> None:
 
 CHILD = textwrap.dedent(
     """
-    import json, sys
+    import json, signal, sys
     from flowtrace.capture.session import CaptureSession
     from flowtrace.model import Namespace, Point, PointStats
 
+    # As `flowtrace capture` does: Ctrl-C stops it even when pytest runs in a script's
+    # background job (whose children start with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = json.loads(sys.argv[1])
     points = [
         Point(id=p["id"], netns=Namespace(path=p["path"], label=p["id"]), ifname=p["ifname"],

@@ -55,8 +55,11 @@ def _embedded_dns_ports(client: Any, name: str) -> dict[str, int]:
 
 
 def _dockerd_pid() -> int:
+    """The host's dockerd: the one in this network namespace (the hosts scenario runs more)."""
     out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[0])
+    ours = os.readlink("/proc/self/ns/net")
+    pids = [int(pid) for pid in out.stdout.split()]
+    return next(pid for pid in pids if os.readlink(f"/proc/{pid}/ns/net") == ours)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:

@@ -11,7 +11,7 @@ is no engine's).
 from __future__ import annotations
 
 from flowtrace.topology.netfilter.firewall import BaseChain
-from flowtrace.topology.netfilter.matching import PacketView
+from flowtrace.topology.netfilter.matching import PacketView, criteria_match
 from flowtrace.topology.netfilter.rules import NFTABLES, Criterion, Rule
 
 _DIRECT = (
@@ -63,6 +63,11 @@ _NETAVARK_ISOLATION = (
 _INVALID = (
     "conntrack found the packet INVALID (it belongs to no connection it knows, such as a "
     "TCP packet of a connection it never saw open), and Podman's netavark drops those"
+)
+_FIREWALLD_NO_ZONE = (
+    "firewalld {verb} it: no zone it is in accepts it; allow it there (`firewall-cmd "
+    "--get-active-zones` says which zone has the interface, `--add-port=PORT/PROTO` or "
+    "`--add-service=NAME` allows it)"
 )
 _FIREWALLD = (
     "firewalld's zone {zone} {verb} it: allow it in that zone (`firewall-cmd --zone={zone} "
@@ -116,7 +121,11 @@ def _nft_drop(rule: Rule | None, base: BaseChain, packet: PacketView) -> str | N
         rule is not None and rule.chain.startswith(("filter_IN_", "filter_FWD_"))
     ):
         zone = _firewalld_zone(rule.chain if rule else base.chain.name)
+        if zone == "?":  # the base chain's own reject, after the zones: the packet's zone
+            zone = _zone_of_packet(base, packet)
         verb = "rejects" if rule is not None and rule.target == "REJECT" else "drops"
+        if zone == "?":
+            return _FIREWALLD_NO_ZONE.format(verb=verb)
         return _FIREWALLD.format(zone=zone, verb=verb)
     if rule is None:
         if table == "docker-bridges":
@@ -300,9 +309,22 @@ def _chain_bridge(chain: str) -> str:
     return chain.split("__", 1)[1] if "__" in chain else chain
 
 
+def _zone_of_packet(base: BaseChain, packet: PacketView) -> str:
+    """The zone firewalld's dispatch chain (filter_INPUT_ZONES, filter_FORWARD_ZONES or,
+    before firewalld 1.0, filter_FORWARD_IN_ZONES) sends the packet to by its interface."""
+    for name in ("filter_INPUT_ZONES", "filter_FORWARD_ZONES", "filter_FORWARD_IN_ZONES"):
+        if name.startswith("filter_INPUT") != (base.hook == "input"):
+            continue
+        chain = base.table.chains.get(name)
+        for rule in chain.rules if chain is not None else ():
+            if rule.target and criteria_match(rule.criteria, packet) is True:
+                return _firewalld_zone(rule.target)
+    return "?"
+
+
 def _firewalld_zone(chain: str) -> str:
     """filter_IN_public_deny -> public."""
-    for prefix in ("filter_IN_", "filter_FWD_", "filter_OUT_"):
+    for prefix in ("filter_IN_", "filter_FWDI_", "filter_FWDO_", "filter_FWD_", "filter_OUT_"):
         if chain.startswith(prefix):
             rest = chain[len(prefix) :]
             for suffix in ("_pre", "_log", "_deny", "_allow", "_post", "_reject"):

@@ -9,7 +9,6 @@ carries mark 0 until a rule sets one, so those matches can be decided.
 from __future__ import annotations
 
 import ipaddress
-import shlex
 
 from flowtrace.topology.netfilter.rules import (
     ALL_BITS,
@@ -68,6 +67,8 @@ def parse_rule(line: str, table: str = "nat") -> Rule:
     text = line.strip()
     if text.startswith("["):  # iptables-save -c
         text = text.split("]", 1)[1].strip()
+    import shlex  # here, not above: only a trace that reads rules pays for it
+
     try:
         tokens = shlex.split(text)
     except ValueError as exc:

@@ -13,6 +13,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -72,22 +73,52 @@ class RulesWatch:
     """Fingerprints of the namespaces on a path, taken before the probes."""
 
     before: dict[str, tuple[Namespace, str | None]] = field(default_factory=dict)
+    _reading: threading.Thread | None = field(default=None, repr=False)
+    _failed: list[BaseException] = field(default_factory=list, repr=False)
 
     @classmethod
     def start(cls, namespaces: Iterable[Namespace]) -> RulesWatch:
-        watch = cls()
-        for ns in namespaces:
-            if ns.path not in watch.before:
-                watch.before[ns.path] = (ns, _read(ns))
+        """The fingerprints, read now."""
+        watch = cls.begin(namespaces)
+        watch.ready()
         return watch
+
+    @classmethod
+    def begin(cls, namespaces: Iterable[Namespace]) -> RulesWatch:
+        """Start reading the fingerprints in the background (while the capture starts);
+        `ready()` waits for them, and must come before the first probe."""
+        watch = cls()
+        unique = {ns.path: ns for ns in namespaces}
+
+        def read() -> None:
+            try:
+                for path, found in _read_all(list(unique.values())).items():
+                    watch.before[path] = (unique[path], found)
+            except BaseException as exc:  # raised by ready(), in the caller
+                watch._failed.append(exc)
+
+        watch._reading = threading.Thread(target=read, name="rules-watch", daemon=True)
+        watch._reading.start()
+        return watch
+
+    def ready(self) -> None:
+        """Wait for the fingerprints `begin()` started reading."""
+        if self._reading is not None:
+            self._reading.join()
+            self._reading = None
+        if self._failed:
+            raise self._failed[0]
 
     def changes(self) -> list[str]:
         """A note for each namespace whose rules differ now from before the probes."""
+        self.ready()
         notes = []
+        asked = [ns for ns, first in self.before.values() if first is not None]
+        again = _read_all(asked)
         for ns, first in self.before.values():
             if first is None:
                 continue
-            now = _read(ns)
+            now = again[ns.path]
             if now is not None and now != first:
                 notes.append(
                     f"the firewall rules of {ns.label} changed while the probes were out: the "
@@ -95,6 +126,30 @@ class RulesWatch:
                     "probes met"
                 )
         return notes
+
+
+def _read_all(namespaces: list[Namespace]) -> dict[str, str | None]:
+    """Each namespace's fingerprint, read side by side (one reader process each, 7-10 ms
+    on the 2-core VM: one after the other they were 40 ms of a one-probe trace)."""
+    found: dict[str, str | None] = {}
+    failed: list[BaseException] = []
+
+    def one(ns: Namespace) -> None:
+        try:
+            found[ns.path] = _read(ns)
+        except BaseException as exc:  # raised in the caller, as one after the other did
+            failed.append(exc)
+
+    threads = [threading.Thread(target=one, args=(ns,), daemon=True) for ns in namespaces[1:]]
+    for thread in threads:
+        thread.start()
+    if namespaces:
+        one(namespaces[0])
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
+    return found
 
 
 def _read(ns: Namespace) -> str | None:

@@ -141,3 +141,14 @@ def test_hop_stats_groups_by_hop_and_direction() -> None:
     first_hop = stats[("c1/eth0", "host/veth1", "request")]
     assert (first_hop.count, first_hop.min, first_hop.max) == (2, 10_000, 12_000)
     assert stats[("host/veth1", "c1/eth0", "reply")].summary()["max_ns"] == 22_000
+
+
+def test_median_is_statistics_median() -> None:
+    import statistics
+
+    from flowtrace.correlate.stats import median
+
+    for values in ([5], [3, 1], [9, 2, 7], [4, 4, 1, 8], [2.5, 1.0, 7.25, 3.0, 3.0]):
+        assert median(values) == statistics.median(values)
+    with pytest.raises(ValueError):
+        median([])

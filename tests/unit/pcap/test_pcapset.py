@@ -214,3 +214,14 @@ def test_a_set_that_never_started_is_taken_back(tmp_path: Path) -> None:
     kept.start({"complete": False})
     kept.discard()
     assert own.is_dir() and not any(own.iterdir())  # the user's own folder stays, empty
+
+
+def test_library_versions_are_what_importlib_metadata_says() -> None:
+    import platform
+    from importlib import metadata
+
+    from flowtrace.pcap.pcapset import RECORDED_LIBRARIES, library_versions
+
+    expected = {"python": platform.python_version()}
+    expected.update({name: metadata.version(name) for name in RECORDED_LIBRARIES})
+    assert library_versions() == expected

@@ -95,3 +95,31 @@ def test_nat_words() -> None:
     (hostport,) = mark.chains["NETAVARK-HOSTPORT-MASQ"].rules
     assert (nat_words(hostport) or "").startswith("netavark masquerades what it marked 0x2000")
     assert "route back" in routed_words("10.247.4.2", "ftfw-up")
+
+
+def test_firewalld_names_the_zone_whose_interface_the_packet_came_by() -> None:
+    """firewalld's base chain rejects after its zones (`reject with icmpx admin-prohibited`
+    in filter_INPUT): the zone is the one filter_INPUT_ZONES sent the packet to."""
+    firewall = recorded("firewalld-nftables")
+    local = ["198.51.100.1"]
+    found = find_drop(
+        firewall, "tcp", "198.51.100.2", "198.51.100.1", 40000, 8080, "eth0", None, local
+    )
+    assert found is not None and found.certain and found.hook == "input"
+    assert found.rule == (
+        "table inet firewalld chain filter_INPUT handle 27: reject with icmpx admin-prohibited"
+    )
+    words = drop_words(found.source, found.base, found.packet or PacketView(0))
+    assert words is not None
+    assert words.startswith("firewalld's zone public rejects it: allow it in that zone")
+    assert "`firewall-cmd --zone=public --add-port=PORT/PROTO`" in words
+    # the zone's services are accepted: ssh passes, ping (icmp) too
+    assert (
+        find_drop(firewall, "tcp", "198.51.100.2", local[0], 40000, 22, "eth0", None, local) is None
+    )
+    assert (
+        find_drop(
+            firewall, "icmp", "198.51.100.2", local[0], None, None, "eth0", None, local, icmp_type=8
+        )
+        is None
+    )
