@@ -109,12 +109,16 @@ def trace(
     record: bool = True,
     on_probe: Callable[[int], None] | None = None,
     family: int | None = None,
+    rules: str = "model",
     engine: str | None = None,
     context: str | None = None,
 ) -> Trace:
     """Send `count` marked probes from src to dst and follow each one hop by hop.
 
     `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
+
+    `rules="kernel"`: also the kernel's own nftables trace of the probes in every
+    namespace on the path, and its drop reasons (`trace.meta["kernel"]`).
     """
     options = TraceOptions(
         kind=kind,
@@ -123,7 +127,9 @@ def trace(
         timeout=timeout,
         output_dir=Path(output_dir) if output_dir is not None else None,
         record=record,
-        command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}",
+        command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}"
+        + (f" --rules {rules}" if rules != "model" else ""),
+        rules=rules,
         family=family,
     )
     return run_trace(src, dst, options, on_probe, EngineChoice(engine, context))
@@ -182,11 +188,16 @@ def dns_lookup(
     output_dir: str | Path | None = None,
     record: bool = True,
     command: str = "",
+    rules: str = "model",
     engine: str | None = None,
     context: str | None = None,
 ) -> DnsLookup:
-    """Look `name` up from `src` as its resolver would and follow the query and the answer."""
+    """Look `name` up from `src` as its resolver would and follow the query and the answer.
+
+    `rules="kernel"`: also the kernel's own nftables trace of the query and the answer
+    (`lookup.meta["kernel"]`).
+    """
     from flowtrace.run.dns import lookup
 
     with using(EngineChoice(engine, context)):
-        return lookup(src, name, qtype, server, timeout, output_dir, record, command)
+        return lookup(src, name, qtype, server, timeout, output_dir, record, command, rules)

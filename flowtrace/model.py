@@ -344,9 +344,10 @@ class Verdict:
 
 @dataclass(frozen=True)
 class DropReason:
-    """Why a packet went no further: the rule that dropped it and the verdict's words."""
+    """Why a packet went no further: the rule that dropped it (None: no rule did, the
+    kernel's state says why) and the verdict's words."""
 
-    rule: str
+    rule: str | None
     text: str
 
 
@@ -407,6 +408,10 @@ class Trace:
         return [ev for pkt in self.packets for ev in pkt.nat]
 
 
+#: What `--rules` may name: flowtrace's reading of the rules, or the kernel's trace too.
+RULES_SOURCES = ("model", "kernel")
+
+
 @dataclass(frozen=True)
 class TraceOptions:
     """Everything a trace needs to know, converted from CLI flags or notebook arguments."""
@@ -420,8 +425,15 @@ class TraceOptions:
     command: str = ""
     #: 4 or 6 (`-4`/`-6`); None: the family the destination's addresses rank first.
     family: int | None = None
+    #: Where the rules shown come from: "model" (flowtrace reads and walks them) or
+    #: "kernel" (also the kernel's own nftables trace of the probes: run.kernel_word).
+    rules: str = "model"
 
     def check(self) -> None:
+        if self.rules not in RULES_SOURCES:
+            raise FlowtraceError(
+                f"bad --rules {self.rules!r}: give one of {', '.join(RULES_SOURCES)}"
+            )
         if self.count < 1:
             raise FlowtraceError(f"bad count {self.count}: send at least one probe")
         if self.interval < 0:

@@ -235,6 +235,8 @@ def _analyze(
     verdicts: tuple[Verdict, ...] = ()
     if manifest:
         meta["manifest"] = manifest
+        if isinstance(manifest.get("kernel"), dict):  # --rules kernel: as a live trace has it
+            meta["kernel"] = manifest["kernel"]
         if probes is not None:
             verdicts = verdicts_from(manifest, probes)
     # Path order as the manifest lists it (the file may describe interfaces otherwise).

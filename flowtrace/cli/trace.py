@@ -68,6 +68,18 @@ def path_cmd(
     render_path(points, notes, Console(highlight=False, soft_wrap=True, emoji=False, markup=False))
 
 
+_RULES_OPTION = click.option(
+    "--rules",
+    type=click.Choice(["model", "kernel"]),
+    default="model",
+    show_default=True,
+    help="Where the rules shown come from: flowtrace's reading of the firewall (model), or "
+    "also the kernel's own nftables trace of the probe in every namespace on the path "
+    "(kernel: adds a tracing table of flowtrace's own for the probe's duration, and reads "
+    "the kernel's drop reasons).",
+)
+
+
 def _trace_options(func: F) -> F:
     options = [
         click.option(
@@ -106,6 +118,7 @@ def _trace_options(func: F) -> F:
             help="Folder for the pcap set [default: captures/<time>-<src>-<dst>/].",
         ),
         click.option("--no-record", is_flag=True, help="Do not write a pcap set."),
+        _RULES_OPTION,
     ]
     for option in reversed(options):
         func = option(func)
@@ -124,6 +137,7 @@ def _run_trace(
     no_record: bool,
     ipv4: bool,
     ipv6: bool,
+    rules: str,
     engine: str | None,
     context: str | None,
 ) -> None:
@@ -141,6 +155,7 @@ def _run_trace(
         record=not no_record,
         command=command_line(),
         family=_family(ipv4, ipv6),
+        rules=rules,
     )
     result = api.run_trace(src, dst, options, engine=EngineChoice(engine, context))
     if as_json:
@@ -217,6 +232,7 @@ def udp(src: str, dst: str, **opts: Any) -> None:
     help="Folder for the pcap set [default: captures/<time>-<src>-dns-<name>/].",
 )
 @click.option("--no-record", is_flag=True, help="Do not write a pcap set.")
+@_RULES_OPTION
 @engine_options
 @handle_errors
 def dns_cmd(
@@ -228,6 +244,7 @@ def dns_cmd(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    rules: str,
     engine: str | None,
     context: str | None,
 ) -> None:
@@ -250,6 +267,7 @@ def dns_cmd(
         output,
         record=not no_record,
         command=command_line(),
+        rules=rules,
         engine=engine,
         context=context,
     )

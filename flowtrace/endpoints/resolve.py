@@ -80,6 +80,8 @@ def _named_netns(name: str) -> Namespace:
     path = os.path.join(NETNS_RUN_DIR, name)
     if not name or "/" in name or not os.path.exists(path):
         raise NotFoundError(f"no network namespace named {name!r} under {NETNS_RUN_DIR}")
+    if os.stat(path).st_dev != os.stat(HOST_NETNS).st_dev:  # `ip netns add` not done yet
+        raise NotFoundError(f"{path} is not (yet) a network namespace")
     return Namespace(path, name, netns_inode(path))
 
 

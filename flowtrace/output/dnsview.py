@@ -7,6 +7,7 @@ from typing import Any
 from rich.text import Text
 
 from flowtrace.model import DNS_PORT, Address, DnsLookup
+from flowtrace.output.kernelview import kernel_lines
 from flowtrace.output.terminal import engine_line, nat_details, packet_table
 
 
@@ -71,5 +72,10 @@ def render(result: DnsLookup, console: Any) -> None:
                 out(f"  {line}")
     for note in result.notes:
         out(f"note: {note}")
+    kernel = result.meta.get("kernel")
+    if isinstance(kernel, dict):  # --rules kernel
+        out("")
+        for text, style in kernel_lines(kernel):
+            out(text, style=style or None)
     if result.meta.get("pcap"):
         out(f"pcap set: {result.meta['pcap']}")

@@ -150,6 +150,8 @@ def lookup_dict(result: DnsLookup, with_packets: bool = True) -> dict[str, Any]:
         "notes": list(result.notes),
         "engine": result.meta.get("engine"),
     }
+    if "kernel" in result.meta:  # --rules kernel
+        data["kernel"] = result.meta["kernel"]
     if with_packets:
         data["points"] = [point_dict(p) for p in result.points]
         data["packets"] = [packet_dict(p) for p in result.packets]

@@ -29,6 +29,7 @@ from flowtrace.model import (
     is_echo_reply,
     is_echo_request,
 )
+from flowtrace.output.kernelview import kernel_lines
 
 FULL_TABLES_UP_TO = 3  # probes shown hop by hop; later ones get one line each
 FLOWS_SHOWN = 20  # flows and NAT rewrites listed by `flowtrace analyze`; the rest counted
@@ -254,6 +255,11 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         console.print()
         for line in proxy_lines(proxy, trace.packets):
             console.print(line)
+    kernel = trace.meta.get("kernel")
+    if isinstance(kernel, dict):  # --rules kernel
+        console.print()
+        for text, style in kernel_lines(kernel):
+            console.print(text, style=style or None)
     if len(trace.verdicts) > 1:
         print_hop_stats(trace, console)
     if trace.verdicts:

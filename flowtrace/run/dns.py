@@ -36,6 +36,7 @@ from flowtrace.endpoints.sockets import find_socket_owner
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError, NotFoundError
 from flowtrace.model import (
     DNS_PORT,
+    RULES_SOURCES,
     Address,
     DnsLookup,
     Endpoint,
@@ -49,7 +50,9 @@ from flowtrace.output.jsonout import lookup_dict, nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.run.engine_notes import resolver_note
+from flowtrace.run.kernel_word import kernel_word
 from flowtrace.run.loop import Hooks, LiveRun
+from flowtrace.topology.nftrace import TraceMatch
 from flowtrace.topology.path import LiveView, plan_path
 from flowtrace.topology.rewrites import Flow, explain_rewrite
 
@@ -173,6 +176,7 @@ def lookup(
     output_dir: str | Path | None = None,
     record: bool = True,
     command: str = "",
+    rules: str = "model",
 ) -> DnsLookup:
     """Resolve `name` from `src_spec` the way its resolver would, and follow the packets."""
     import dns.exception
@@ -191,6 +195,10 @@ def lookup(
         ) from None
     if timeout <= 0:
         raise FlowtraceError(f"bad timeout {timeout}: it must be positive", ExitStatus.USAGE)
+    if rules not in RULES_SOURCES:
+        raise FlowtraceError(
+            f"bad rules {rules!r}: give one of {', '.join(RULES_SOURCES)}", ExitStatus.USAGE
+        )
     src = resolve(src_spec)
     config = resolver_config(src)
     if server is None:
@@ -213,7 +221,7 @@ def lookup(
         if not config.nameservers:
             raise NoPathError(f"{config.described_as} names no nameserver: nothing to ask")
         server = config.nameservers[0]
-    return DnsRun(src, name, qtype.upper(), config, server, timeout, command).run(
+    return DnsRun(src, name, qtype.upper(), config, server, timeout, command, rules).run(
         Path(output_dir) if output_dir is not None else None, record
     )
 
@@ -271,9 +279,10 @@ class DnsRun:
         server: str,
         timeout: float,
         command: str,
+        rules: str = "model",
     ) -> None:
         self.src, self.name, self.qtype, self.config = src, name, qtype, config
-        self.server, self.timeout = server, timeout
+        self.server, self.timeout, self.rules = server, timeout, rules
         self.command = command or f"flowtrace dns {src.spec} {name}"
         self.notes: list[str] = []
         self.sent_from: Address | None = None
@@ -347,13 +356,27 @@ class DnsRun:
             step = DnsQuery(sock, query.to_wire(), query.id, self.timeout)
             step.points = len(points)
             live = LiveRun(points, capture_filter, Hooks(number=self.number))
-            with live:
+            namespaces = [self.src.netns, *(p.netns for p in points)]
+            word = kernel_word(
+                self.rules,
+                namespaces,
+                TraceMatch.for_socket(sport),
+                [ns.label for ns in namespaces],
+            )
+            with word, live:
                 if record:
                     live.recorder = self._open_recorder(output_dir, points)
-                live.step(step)
+                live.step(word.watch(step))
         finally:
             sock.close()
         result = self._result(live, points, server_ns, step)
+        asked: list[Packet] = []  # the query's rewrites, held against the kernel's nat rules
+        if result.query is not None:
+            rewrites = tuple(ev for ev in result.nat if ev.reverse_of is None)
+            asked.append(replace(result.query, probe=0, nat=rewrites))
+        kernel = word.report([], asked, points, {})
+        if kernel is not None:
+            result.meta["kernel"] = kernel
         if live.recorder is not None:
             live.recorder.close(
                 live.stats,

@@ -48,6 +48,7 @@ from flowtrace.topology.route import Route, resolve_route
 
 if TYPE_CHECKING:
     from flowtrace.run.legs import Legs
+    from flowtrace.topology.nftrace import TraceMatch
 
 #: After the answer: how long the other rings may take to hand over the probe's frames.
 SETTLE_S = 0.03
@@ -215,12 +216,15 @@ class ProbeTrace:
         )
         live = LiveRun(self.points, self.capture_filter(), hooks)
         first_leg_packet = 0
+        from flowtrace.run.kernel_word import kernel_word
         from flowtrace.topology.netfilter.watch import RulesWatch  # subprocess: 7 ms
 
-        # The rules' fingerprints are read while the capture starts, and are in before the
-        # first probe goes out.
-        watch = RulesWatch.begin(p.netns for p in self.points)
-        with live:
+        netns = [p.netns for p in self.points]
+        # The rules' fingerprints are read while the capture starts (and the tracing tables
+        # of --rules kernel come, which they leave out), and are in before the first probe.
+        watch = RulesWatch.begin(netns)
+        word = kernel_word(opts.rules, netns, self._trace_match(), [ns.label for ns in netns])
+        with word, live:
             if opts.record:
                 live.recorder = self._open_recorder()
             sender = open_sender(self.route.src.netns.path, self.probe.version)
@@ -228,7 +232,7 @@ class ProbeTrace:
                 watch.ready()
                 for seq in range(opts.count):
                     started = time.monotonic()
-                    live.step(ProbeStep(self, seq, sender))
+                    live.step(word.watch(ProbeStep(self, seq, sender)))
                     if on_probe:
                         on_probe(seq)
                     if seq + 1 < opts.count:
@@ -241,6 +245,7 @@ class ProbeTrace:
                 first_leg_packet = live.next_packet_id
                 live.step(self.legs)
         verdicts = self._verdicts(live)
+        kernel = word.report(verdicts, live.packets, self.points, self.numbers.ip_ids)
         self.rule_notes = watch.changes()
         rules = [ev.rule for p in live.packets for ev in p.nat] + [v.rule for v in verdicts]
         from flowtrace.run.engine_notes import trace_notes
@@ -263,8 +268,20 @@ class ProbeTrace:
             }
             if self.legs is not None:
                 extra["proxy"] = proxy
+            if kernel is not None:
+                extra["kernel"] = kernel
             live.recorder.close(live.stats, **extra)
-        return self._trace(live, verdicts, proxy)
+        trace = self._trace(live, verdicts, proxy)
+        if kernel is not None:
+            trace.meta["kernel"] = kernel
+        return trace
+
+    def _trace_match(self) -> TraceMatch:
+        """The probes' packets, as the kernel's trace (`--rules kernel`) picks them."""
+        from flowtrace.topology.nftrace import TraceMatch
+
+        isns = [self.probe.seq_mark(seq) for seq in range(self.options.count)]
+        return TraceMatch.for_probes(self.options.kind, self.probe.mark, isns)
 
     def _open_recorder(self) -> TraceRecorder:
         route = self.route

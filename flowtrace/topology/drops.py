@@ -64,12 +64,22 @@ def vanished_in(points: Sequence[Point], last_point: str) -> Point | None:
     """The first point, along the path, of the namespace where the packet vanished.
 
     None when the packet was lost between namespaces, past the last point, or in the
-    source namespace (where it was seen leaving: its OUTPUT chain had let it go).
+    source namespace (where it was seen leaving: its OUTPUT chain had let it go).  A
+    path that ends where a packet came in (the walk found no way on: a blackhole route)
+    ends in the namespace it came into.
     """
     ids = [p.id for p in points]
     if last_point not in ids:
         return None
     last = ids.index(last_point)
+    ends_short = (
+        last + 1 == len(points)
+        and points[last].role != "destination"
+        and last > 0
+        and points[last - 1].netns.inode != points[last].netns.inode
+    )
+    if ends_short:
+        return points[last]
     if last + 1 >= len(points) or points[last + 1].netns.inode != points[last].netns.inode:
         return None
     first = last
@@ -154,7 +164,7 @@ def explain_loss(
         dst = final_dst  # routed after the DNAT the walk will find in prerouting
     site = drop_site(ingress, state, route_get(path, dst))
     if site is None:
-        return None
+        return without_rule(ingress, state, seen, dst)
     from flowtrace.topology.netfilter import attribute, find_drop
     from flowtrace.topology.netfilter.owners import forward_conflict
 
@@ -173,7 +183,7 @@ def explain_loss(
         icmp_type=seen.icmp_type,
     )
     if found is None:
-        return None
+        return without_rule(ingress, state, seen, dst)
     why = forward_conflict(found.rule, firewall, site.out_iface) if found.certain else None
     text = describe_drop(found, site, why)
     seen_by = found.packet
@@ -186,6 +196,18 @@ def explain_loss(
         if dnat is not None:
             text = f"rewritten to {after} by `{dnat}`, then {text}"
     return DropReason(found.rule, text)
+
+
+def without_rule(ingress: Point, state: NetnsState, seen: Headers, dst: str) -> DropReason | None:
+    """No rule dropped it: what the kernel's route lookup and neighbours say there."""
+    from flowtrace.topology import silent_drops
+
+    link = state.link(ingress.ifindex)
+    if link is None:
+        return None
+    master = state.link(link.master) if link.master is not None else None
+    l3 = master if master is not None and master.kind == "bridge" else link
+    return silent_drops.explain(ingress, l3.name, l3.index, seen, dst)
 
 
 def arrival(points: Sequence[Point], destination: str) -> Point | None:
@@ -254,10 +276,17 @@ def explain_unanswered(
     back = route_get(path, seen.src)
     out = state.link(back.oif) if back.oif is not None else None
     if out is None:
-        return None
+        found_silent = without_rule(ingress, state, seen, seen.dst)
+        if found_silent is not None:
+            return found_silent
+        return DropReason(
+            None,
+            f"the answer cannot leave {ingress.netns.label}: no route back to {seen.src} "
+            "there, and no rule is involved",
+        )
     answer = found_answer_drop(firewall, seen, out.name, local)
     if answer is None:
-        return None
+        return without_rule(ingress, state, seen, seen.dst)
     return DropReason(answer.rule, describe_answer_drop(answer, ingress.netns.label, out.name))
 
 

@@ -32,6 +32,7 @@ from flowtrace.topology.netfilter.rules import (
     Table,
     protocol_number,
 )
+from flowtrace.topology.nftrace import is_flowtraces
 
 _VERDICTS = {"accept": "ACCEPT", "drop": "DROP", "reject": "REJECT", "return": "RETURN",
              "continue": "CONTINUE", "queue": "QUEUE"}  # fmt: skip
@@ -48,7 +49,8 @@ def parse_nft_json(
     """The native tables of a `nft -j list ruleset` document, and notes on what was odd.
 
     `texts` maps (family, table, chain, handle) to the rule's printed text; `skip`
-    names (family, table) pairs that belong to another reader (iptables-nft's).
+    names (family, table) pairs that belong to another reader (iptables-nft's).  The
+    tracing tables of `--rules kernel` runs are left out: they only mark packets.
     """
     try:
         doc = json.loads(text) if text.strip() else {"nftables": []}
@@ -71,6 +73,8 @@ def parse_nft_json(
         key = (str(body.get("family", "")), str(body.get("table", body.get("name", ""))))
         if kind == "table":
             key = (str(body.get("family", "")), str(body.get("name", "")))
+            if is_flowtraces(key[1]):  # a --rules kernel run's tracing table: no verdicts
+                skipped.add(key)
             if key not in skipped and key not in order:
                 order.append(key)
         elif key in skipped:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.errors import FlowtraceError
 from flowtrace.model import Namespace
+from flowtrace.topology.nftrace import is_flowtraces
 
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
 
@@ -46,10 +47,27 @@ def fingerprint() -> str | None:
     lines = [
         _COUNTERS.sub("", line)
         for t in known
-        for line in t.splitlines()
+        for line in without_tracing_tables(t).splitlines()
         if not line.startswith("#")
     ]  # iptables-save's policy counters move with every packet
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def without_tracing_tables(text: str) -> str:
+    """`nft list ruleset` without the tables `--rules kernel` runs make and remove (this
+    run's own come after the first fingerprint and go before the second; another run's
+    come and go at any time): they change no packet's way."""
+    kept, inside = [], False
+    for line in text.splitlines():
+        words = line.split()
+        if not inside and len(words) >= 3 and words[0] == "table" and is_flowtraces(words[2]):
+            inside = not line.rstrip().endswith("}")
+            continue
+        if inside:
+            inside = line != "}"
+            continue
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def _output(argv: list[str]) -> str | None:

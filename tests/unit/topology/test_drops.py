@@ -67,6 +67,14 @@ def test_a_packet_that_stops_inside_the_host_vanished_there() -> None:
     assert vanished_in(OUTSIDE_TO_C1, "host/ft-uplink") == OUTSIDE_TO_C1[1]
 
 
+def test_a_path_that_ends_where_the_packet_came_in_ends_in_that_namespace() -> None:
+    """The walk found no way on from the host (a blackhole route): the host is to blame."""
+    short = C1_TO_C3[:2]
+    assert vanished_in(short, "host/vethc1") == short[1]
+    leaving = [*C1_TO_C3[:2], point(HOST, "ft-uplink", 14, "uplink")]
+    assert vanished_in(leaving, "host/ft-uplink") is None  # seen leaving: not dropped here
+
+
 def test_no_namespace_to_blame_between_namespaces_or_at_the_ends() -> None:
     # c1/eth0 -> host/vethc1 crosses a veth: nothing there drops
     assert vanished_in(C1_TO_C3, "c1/eth0") is None
