@@ -186,7 +186,10 @@ def route_get(ns_path: str, dst: str) -> Route:
 def _nsid_of(target_path: str) -> int | None:
     import os
 
-    fd = os.open(target_path, os.O_RDONLY)
+    try:
+        fd = os.open(target_path, os.O_RDONLY)
+    except (FileNotFoundError, ProcessLookupError):
+        return None  # its process exited while the path was walked: no id, not our peer
     try:
         with netlink.RouteSocket() as rs:
             msgs = netlink.netnsid(rs, fd)
