@@ -30,21 +30,31 @@ def path(
     src: str,
     dst: str,
     kind: ProbeKind = "icmp",
+    family: int | None = None,
     engine: str | None = None,
     context: str | None = None,
 ) -> tuple[list[Point], list[str]]:
-    """The observation points a packet from src to dst crosses, and notes on the way."""
+    """The observation points a packet from src to dst crosses, and notes on the way.
+
+    `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
+    """
     from flowtrace.topology.route import resolve_route
 
     with using(EngineChoice(engine, context)):
-        route = resolve_route(src, dst, kind)
+        route = resolve_route(src, dst, kind, family)
     notes = list(route.src.notes) + list(route.dst.notes) + route.plan.notes
+    if route.family_reason:
+        notes.insert(0, f"address family: {route.family_reason}")
     return route.plan.points, notes
 
 
-def rules(src: str, dst: str, kind: ProbeKind | None = None) -> dict[str, Any]:
+def rules(
+    src: str, dst: str, kind: ProbeKind | None = None, family: int | None = None
+) -> dict[str, Any]:
     """`flowtrace rules`: the way a packet of `kind` from src to dst would take through every
     firewall on the path, hook by hook, and its reply's; sends nothing.
+
+    `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
 
     Returns the document `--json` prints (README: "`flowtrace rules`").
     """
@@ -55,17 +65,18 @@ def rules(src: str, dst: str, kind: ProbeKind | None = None) -> dict[str, Any]:
     from flowtrace.topology.rulesdoc import rules_document
 
     chosen: ProbeKind = kind or probe_kind_of(dst)
-    route = resolve_route(src, dst, chosen)
+    route = resolve_route(src, dst, chosen, family)
     plan = route.plan
-    segments = segments_of(plan.points, plan.destination)
-    number = {"icmp": 1, "tcp": 6, "udp": 17}[chosen]
+    ipv6 = ":" in route.dst_ip
+    segments = segments_of(plan.points, plan.destination, ipv6)
+    number = {"icmp": 58 if ipv6 else 1, "tcp": 6, "udp": 17}[chosen]
     packet = PacketView(
         number,
         plan.src_ip,
         route.dst_ip,
         None,
         route.dst_port,
-        icmp_type=8 if chosen == "icmp" else None,
+        icmp_type=(128 if ipv6 else 8) if chosen == "icmp" else None,
     )
     walked = walk_path(segments, packet, arrives=plan.destination is not None)
     notes = [*route.src.notes, *route.dst.notes, *plan.notes]
@@ -97,11 +108,14 @@ def trace(
     output_dir: str | Path | None = None,
     record: bool = True,
     on_probe: Callable[[int], None] | None = None,
+    family: int | None = None,
     rules: str = "model",
     engine: str | None = None,
     context: str | None = None,
 ) -> Trace:
     """Send `count` marked probes from src to dst and follow each one hop by hop.
+
+    `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
 
     `rules="kernel"`: also the kernel's own nftables trace of the probes in every
     namespace on the path, and its drop reasons (`trace.meta["kernel"]`).
@@ -116,6 +130,7 @@ def trace(
         command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}"
         + (f" --rules {rules}" if rules != "model" else ""),
         rules=rules,
+        family=family,
     )
     return run_trace(src, dst, options, on_probe, EngineChoice(engine, context))
 

@@ -53,7 +53,8 @@ class Endpoint:
     spec: str
     netns: Namespace
     addresses: tuple[str, ...] = ()
-    #: The address other endpoints should send to (first non-loopback IPv4).
+    #: The address other endpoints should send to (first non-loopback IPv4; for an
+    #: endpoint typed as an address, that address).
     ip: str | None = None
     #: Transport port given with the spec (``c2:80``), if any.
     port: int | None = None
@@ -168,8 +169,42 @@ PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
 #: ICMP and ICMPv6 types flowtrace names, by protocol number.
 ICMP_KINDS = {
     1: {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"},
-    58: {128: "echo request", 129: "echo reply", 1: "unreachable", 3: "time exceeded"},
+    58: {
+        128: "echo request",
+        129: "echo reply",
+        1: "unreachable",
+        2: "packet too big",
+        3: "time exceeded",
+        135: "neighbor solicitation",
+        136: "neighbor advertisement",
+    },
 }
+#: The echo request and reply types of ICMP (protocol 1) and ICMPv6 (58).
+ICMP_ECHO_REQUEST = {1: 8, 58: 128}
+ICMP_ECHO_REPLY = {1: 0, 58: 129}
+#: The types whose body quotes the packet they answer: unreachable (and too big), time
+#: exceeded, parameter problem.
+ICMP_ERRORS = {1: frozenset((3, 4, 5, 11, 12)), 58: frozenset((1, 2, 3, 4))}
+
+
+def is_echo_request(h: Headers) -> bool:
+    """An ICMP or ICMPv6 echo request."""
+    return h.icmp_type is not None and ICMP_ECHO_REQUEST.get(h.proto) == h.icmp_type
+
+
+def is_echo_reply(h: Headers) -> bool:
+    """An ICMP or ICMPv6 echo reply."""
+    return h.icmp_type is not None and ICMP_ECHO_REPLY.get(h.proto) == h.icmp_type
+
+
+def is_icmp_error(h: Headers) -> bool:
+    """An ICMP or ICMPv6 error (it quotes the packet it is about)."""
+    return h.icmp_type is not None and h.icmp_type in ICMP_ERRORS.get(h.proto, ())
+
+
+def ip_version(address: str) -> int:
+    """4 or 6, from an address's text (an IPv6 address has colons)."""
+    return 6 if ":" in address else 4
 
 
 class Sighting(NamedTuple):
@@ -427,6 +462,8 @@ class TraceOptions:
     output_dir: Path | None = None  # the pcap set folder; None: captures/<time>-<src>-<dst>/
     record: bool = True  # write a pcap set at all
     command: str = ""
+    #: 4 or 6 (`-4`/`-6`); None: the family the destination's addresses rank first.
+    family: int | None = None
     #: Where the rules shown come from: "model" (flowtrace reads and walks them) or
     #: "kernel" (also the kernel's own nftables trace of the probes: run.kernel_word).
     rules: str = "model"
@@ -442,6 +479,8 @@ class TraceOptions:
             raise FlowtraceError(f"bad interval {self.interval}: it cannot be negative")
         if self.timeout <= 0:
             raise FlowtraceError(f"bad timeout {self.timeout}: it must be positive")
+        if self.family not in (None, 4, 6):
+            raise FlowtraceError(f"bad address family {self.family}: give 4 or 6")
 
 
 #: The port a resolver asks a DNS server on.

@@ -27,7 +27,12 @@ from flowtrace.analyze.manifest import (
     verdicts_from,
 )
 from flowtrace.analyze.summaries import Analysis, Summaries
-from flowtrace.correlate.decode import decode_frame, new_sighting
+from flowtrace.correlate.decode import (
+    NDP_ADVERTISEMENT,
+    NDP_SOLICITATION,
+    decode_frame,
+    new_sighting,
+)
 from flowtrace.correlate.fingerprint import fingerprint
 from flowtrace.correlate.match import Correlator
 from flowtrace.errors import CaptureFormatError, ExitStatus, FlowtraceError, NotFoundError
@@ -182,8 +187,12 @@ def _analyze(
         batch: list[Sighting] = []  # handed to the correlator _BATCH at a time
         decoders = _recent_decodings(points)
         names: list[str] = [p.id for p in points]
-        frames = undecoded = 0
+        frames = undecoded = ndp = 0
         missing = _MISSING
+        # A trace's set holds the NDP that explains a lost probe; the trace followed no
+        # packet of it (nor does analyze, so its packets keep the trace's ids).
+        skips_ndp = probes is not None
+        ndp_types = (NDP_SOLICITATION, NDP_ADVERTISEMENT)
         for frames, (interface, time_ns, data, _, outbound, packet_id, _, _) in enumerate(
             reader, 1
         ):
@@ -200,6 +209,9 @@ def _analyze(
             if headers is None:
                 undecoded += 1
                 continue
+            if skips_ndp and headers.proto == 58 and headers.icmp_type in ndp_types:
+                ndp += 1
+                continue
             if packet_id is not None:
                 recorded_ids[frames - 1] = packet_id
             batch.append(new_sighting((names[interface], time_ns, headers, outbound, frames - 1)))
@@ -211,7 +223,7 @@ def _analyze(
             packet_done(pkt)
         for pkt in correlator.finish():
             packet_done(pkt)
-        analysis.frames, analysis.undecoded = frames, undecoded
+        analysis.frames, analysis.undecoded, analysis.ndp_frames = frames, undecoded, ndp
         analysis.truncated = bool(reader.truncated)
         analysis.notes.extend(reader.problems)
         missing = [point for point in order if point not in {p.id for p in points}]

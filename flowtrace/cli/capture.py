@@ -127,8 +127,8 @@ def capture_cmd(
 
     from flowtrace.api import capture
 
-    out = Console(highlight=False, soft_wrap=True, emoji=False)
-    err = Console(highlight=False, soft_wrap=True, emoji=False, stderr=True)
+    out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
+    err = Console(highlight=False, soft_wrap=True, emoji=False, markup=False, stderr=True)
     live = _LiveCounters(err) if err.is_terminal else None
 
     def on_ready(ready: list[Any], folder: Any) -> None:
@@ -262,7 +262,9 @@ def analyze_cmd(
             shown.append(pkt)
 
     analysis = analyze(target, keep_packets=False, on_packet=keep, point_names=names)
-    render_analysis(analysis, shown, Console(highlight=False, soft_wrap=True, emoji=False))
+    render_analysis(
+        analysis, shown, Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
+    )
 
 
 @cli.command("plot")

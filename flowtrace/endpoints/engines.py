@@ -61,6 +61,10 @@ class EngineChoice:
 
     engine: str | None = None
     context: str | None = None
+    #: A Docker engine's own address (as `docker -H`), e.g. the IPv6 lab's private
+    #: engine; `selected_by` says in words what it is.
+    host: str | None = None
+    selected_by: str = "-H"
 
     def check(self) -> None:
         if self.engine is not None and self.engine not in ENGINE_NAMES:
@@ -148,6 +152,8 @@ def candidates(
     context_host(name): a context's (host, tls), None when there is no such context.
     """
     choice.check()
+    if choice.host:
+        return [Candidate(choice.host, choice.selected_by, "docker", explicit=True)]
     if choice.context:
         return [
             _context_candidate(choice.context, f"--context {choice.context}", choice, context_host)
@@ -365,6 +371,13 @@ def close() -> None:
     _timed_out.clear()
     while _services:
         _services.pop().stop()
+
+
+def forget(choice: EngineChoice) -> None:
+    """Close and drop the connections made for `choice` (its engine went away)."""
+    for found in _connections.pop(choice, {}).values():
+        with suppress(Exception):
+            found.client.close()
 
 
 def is_local(host: str) -> bool:

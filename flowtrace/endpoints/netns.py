@@ -53,6 +53,11 @@ def _enter(path: str) -> None:
         os.close(fd)
 
 
+def enter_netns(path: str) -> None:
+    """Move the calling thread into the network namespace at `path` (the thread only)."""
+    _enter(path)
+
+
 def run_in_netns(path: str, func: Callable[..., T], *args: object) -> T:
     """Call func(*args) in a thread that has entered the namespace at `path`."""
     if netns_inode(path) == netns_inode("/proc/self/ns/net"):

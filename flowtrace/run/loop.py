@@ -62,6 +62,9 @@ class Hooks:
     rewrites: Callable[[list[Packet]], list[Packet]] | None = None
     #: Words that end a packet's pcapng comments (which proxy leg it is on).
     label: Callable[[Packet], str | None] | None = None
+    #: Whether a kept frame's headers become a sighting; False keeps the frame for the
+    #: pcap set only (NDP, which like ARP explains a loss but is no packet to follow).
+    sight: Callable[[Headers], bool] | None = None
 
 
 class LiveRun:
@@ -216,14 +219,14 @@ class LiveRun:
         self.watcher.poll(self.session.gone_at())
         new = self.session.frames(since=self._taken)
         self._taken += len(new)
-        keep = self.hooks.keep
+        keep, sight = self.hooks.keep, self.hooks.sight
         for f in new:
             headers = decode_frame(f.data, self.points[f.point].linktype)
             if keep is not None and not keep(headers):
                 continue
             index = len(self.frames)
             self.frames.append(f)
-            if headers is not None:
+            if headers is not None and (sight is None or sight(headers)):
                 self.sightings.append(
                     Sighting(self.point_ids[f.point], f.time_ns, headers, f.outbound, index)
                 )

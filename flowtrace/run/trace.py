@@ -10,22 +10,39 @@ after the probes (run.legs).
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from flowtrace.correlate.decode import is_ndp
 from flowtrace.correlate.faults import attribute, fault_record
 from flowtrace.correlate.probes import ProbeNumbers
-from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
+from flowtrace.correlate.verdicts import (
+    NeighborSeen,
+    ProbeFacts,
+    decide,
+    neighbor_seen,
+    verdict_record,
+)
 from flowtrace.endpoints import engines
 from flowtrace.errors import FlowtraceError
-from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
+from flowtrace.model import (
+    Address,
+    Headers,
+    Packet,
+    Point,
+    Sighting,
+    Trace,
+    TraceOptions,
+    Verdict,
+    is_echo_reply,
+    is_icmp_error,
+)
 from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
-from flowtrace.probe import ProbePlan, open_sender, send_probe
+from flowtrace.probe import ProbePlan, neighbor_filter, open_sender, send_probe
 from flowtrace.run.faults import source_word
 from flowtrace.run.loop import Hooks, LiveRun
 from flowtrace.run.source_stack import source_rewrites
@@ -57,7 +74,8 @@ class ProbeStep:
     def send(self) -> None:
         t = self.trace
         packet = t.probe.build(self.seq)
-        t.numbers.sent(self.seq, int.from_bytes(packet[4:6], "big"), time.time_ns())
+        ip_id = int.from_bytes(packet[4:6], "big") if t.probe.version == 4 else None
+        t.numbers.sent(self.seq, ip_id, time.time_ns())
         try:
             send_probe(self.sender, packet, t.route.dst_ip)
         except FlowtraceError as exc:
@@ -75,17 +93,17 @@ class ProbeStep:
 
     def settled(self, pending: Sequence[Sighting]) -> bool:
         """The request and its answer were each seen at every point."""
-        ip_ids = self.trace.numbers.ip_ids
-        requests = {s.point for s in pending if ip_ids.get(s.headers.ip_id) == self.seq}
+        probe = self.trace.probe
+        requests = {s.point for s in pending if probe.is_request(s.headers, self.seq)}
         answers = {s.point for s in pending if self._answers(s)}
         return len(requests) == len(answers) == len(self.trace.points)
 
     def _answers(self, s: Sighting) -> bool:
         h = s.headers
-        if h.proto == 1 and h.icmp_type == 0:
+        if is_echo_reply(h):
             return h.icmp_seq == self.seq & 0xFFFF
-        if h.proto == 1 and h.inner is not None:
-            return self.trace.numbers.ip_ids.get(h.inner.ip_id) == self.seq
+        if h.inner is not None and is_icmp_error(h):
+            return self.trace.quoted_probe(h.inner) == self.seq
         if h.proto == 6 and h.tcp_ack is not None and (h.tcp_flags or 0) & 0x14:
             return h.tcp_ack == (self.trace.probe.seq_mark(self.seq) + 1) & 0xFFFFFFFF
         if h.proto == 17:
@@ -142,13 +160,26 @@ class ProbeTrace:
         if self.legs is not None and not self.legs.keeps(h):
             return False  # another connection through the same port or to the same container
         # The filter lets every ICMP error through: one about a packet no probe sent is
-        # not ours (NAT never rewrites the quoted IP ID).
+        # not ours (NAT never rewrites the quoted IP ID, nor an IPv6 probe's marks).
         return not (
             h is not None
-            and h.proto == 1
             and h.inner is not None
-            and h.inner.ip_id not in self.numbers.ip_ids
+            and is_icmp_error(h)
+            and self.quoted_probe(h.inner) is None
         )
+
+    def quoted_probe(self, inner: Headers) -> int | None:
+        """The probe an ICMP error quotes: by its IP ID (IPv4), by its marks (IPv6)."""
+        if inner.version == 4:
+            return self.numbers.ip_ids.get(inner.ip_id)
+        sent = self.numbers.sent_at
+        return next((seq for seq in sent if self.probe.is_request(inner, seq)), None)
+
+    @staticmethod
+    def sight(h: Headers) -> bool:
+        """NDP frames are recorded in the set (they explain a lost probe) but are no
+        packet the trace follows."""
+        return not is_ndp(h)
 
     def number(self, pkt: Packet) -> Packet:
         probe = self.numbers.number(pkt)
@@ -164,16 +195,27 @@ class ProbeTrace:
 
     def capture_filter(self) -> str:
         """The probes' filter (plus a docker-proxy's legs); when the path is blocked, also
-        the ARP about the neighbour the source cannot reach (the only frames such a probe
-        makes)."""
+        the ARP (or NDP) about the neighbour the source cannot reach (the only frames such
+        a probe makes); over IPv6 the NDP of the first hop, always: a neighbour that never
+        answers holds the probe back, and its solicitations then say why."""
         probes = self.probe.capture_filter(self.options.count)
         if self.legs is not None:
             probes = self.legs.capture_filter(probes)
+        neighbors = []
         blocked = self.route.plan.blocked
-        if blocked is None:
+        if blocked is not None:
+            neighbors.append(blocked.neighbor)
+        first_hop = self.first_hop
+        if first_hop is not None and first_hop not in neighbors:
+            neighbors.append(first_hop)
+        if not neighbors:
             return probes
-        ip = int(ipaddress.IPv4Address(blocked.neighbor))
-        return f"({probes}) or (arp and (arp[24:4] = {ip:#x} or arp[14:4] = {ip:#x}))"
+        return " or ".join([f"({probes})", *(neighbor_filter(ip) for ip in neighbors)])
+
+    @property
+    def first_hop(self) -> str | None:
+        """The neighbour an IPv6 probe's source resolves first (None over IPv4)."""
+        return self.route.plan.first_hop if self.probe.version == 6 else None
 
     def run(self, on_probe: Callable[[int], None] | None = None) -> Trace:
         opts = self.options
@@ -182,6 +224,7 @@ class ProbeTrace:
             number=self.number,
             rewrites=self.rewrites,
             label=self.legs.label if self.legs is not None else None,
+            sight=self.sight,
         )
         live = LiveRun(self.points, self.capture_filter(), hooks)
         first_leg_packet = 0
@@ -197,7 +240,7 @@ class ProbeTrace:
         with word, live:
             if opts.record:
                 live.recorder = self._open_recorder()
-            sender = open_sender(self.route.src.netns.path)
+            sender = open_sender(self.route.src.netns.path, self.probe.version)
             try:
                 watch.ready()
                 for seq in range(opts.count):
@@ -304,13 +347,17 @@ class ProbeTrace:
             blocked_neighbor=blocked.neighbor if blocked is not None else None,
             blocked_why=blocked.why if blocked is not None else None,
             points=tuple(self.point_ids),
+            first_hop=self.first_hop,
+            first_hop_owner=next(
+                (p.netns.label for p in self.points if self.first_hop in p.addresses), None
+            ),
         )
 
     def _verdicts(self, live: LiveRun) -> list[Verdict]:
         facts = self.probe_facts()
         sent = self.numbers.sent_at
         verdicts = [
-            decide(seq, live.packets, facts, self.explainer, self._arp(live, seq))
+            decide(seq, live.packets, facts, self.explainer, self._neighbors(live, seq))
             if seq not in self.refused
             else Verdict(seq, "lost", None, f"not sent: {self.refused[seq]}")
             for seq in sorted(sent)
@@ -331,12 +378,13 @@ class ProbeTrace:
             word = source_word(self.points[0], self.route.dst_ip)
         return attribute(verdicts, faults, windows, self.source_point, word)
 
-    def _arp(self, live: LiveRun, seq: int) -> list[ArpSeen]:
-        """The ARP frames captured while probe `seq` was out (a blocked path only)."""
-        if self.route.plan.blocked is None:
+    def _neighbors(self, live: LiveRun, seq: int) -> list[NeighborSeen]:
+        """The ARP and NDP frames captured while probe `seq` was out (a blocked path, or
+        IPv6's first hop)."""
+        if self.route.plan.blocked is None and self.first_hop is None:
             return []
         sent = self.numbers.sent_at
-        return arp_seen(live.frames, self.point_ids, sent[seq], sent.get(seq + 1))
+        return neighbor_seen(live.frames, self.point_ids, sent[seq], sent.get(seq + 1))
 
     def _notes(self) -> list[str]:
         notes = list(self.route.src.notes) + list(self.route.dst.notes)
@@ -360,7 +408,7 @@ class ProbeTrace:
     ) -> Trace:
         kind = {"icmp": "ping", "tcp": "tcp", "udp": "udp"}[self.options.kind]
         route = self.route
-        target = f"{route.dst_ip}" + (f":{route.dst_port}" if route.dst_port else "")
+        target = str(Address(route.dst_ip, route.dst_port or None))
         meta: dict[str, object] = {
             "title": f"flowtrace {kind} {route.src.spec} -> {route.dst.spec} ({target})",
             "command": self.options.command,
@@ -370,8 +418,11 @@ class ProbeTrace:
             "dst_port": route.dst_port,
             "kind": self.options.kind,
             "interrupted": live.interrupted,
+            "family": self.probe.version,
             "engine": engines.used_meta(),
         }
+        if route.family_reason:
+            meta["family_reason"] = route.family_reason
         if live.recorder is not None:
             meta["pcap"] = str(live.recorder.path)
         if proxy is not None:
@@ -392,4 +443,5 @@ def run_trace(
 ) -> Trace:
     """Resolve the route from src to dst and trace it with these options."""
     options.check()
-    return ProbeTrace(resolve_route(src, dst, options.kind), options).run(on_probe)
+    route = resolve_route(src, dst, options.kind, options.family)
+    return ProbeTrace(route, options).run(on_probe)
