@@ -190,7 +190,10 @@ def test_an_interface_deleted_mid_trace_is_the_cause(pair: Pair) -> None:
                       record=False, on_probe=on_probe)  # fmt: skip
     assert [v.outcome for v in trace.verdicts[:2]] == ["replied", "replied"]
     gone = [f for f in trace.faults if f.kind == "interface-gone"]
-    assert {f.subject for f in gone} >= {f"{pair.a}/{pair.link_a}", f"{pair.b}/{pair.link_b}"}
+    # deleting one end deletes the pair; under load a ring may see it only after the
+    # trace's last probe, so at least one end is named, and only these two
+    ends = {f"{pair.a}/{pair.link_a}", f"{pair.b}/{pair.link_b}"}
+    assert gone and {f.subject for f in gone} <= ends, [f.subject for f in gone]
     for v in trace.verdicts[2:]:
         assert v.outcome == "lost" and v.fault is not None, str(v)
         assert "went away" in v.detail and "lost after" not in str(v)
