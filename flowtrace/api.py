@@ -31,26 +31,32 @@ def path(
     src: str,
     dst: str,
     kind: ProbeKind = "icmp",
+    family: int | None = None,
     engine: str | None = None,
     context: str | None = None,
     hosts: Sequence[str] = (),
 ) -> tuple[list[Point], list[str]]:
     """The observation points a packet from src to dst crosses, and notes on the way.
 
+    `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
     `hosts`: `ALIAS=URL` for other Docker hosts (endpoints NAME@ALIAS); a Docker
-    context's name works as HOST without one."""
+    context's name works as HOST without one (across hosts IPv4 only: -6 is refused).
+    """
     from flowtrace.run.hosts import names_hosts
     from flowtrace.topology.route import resolve_route
 
     aliases = _host_specs(hosts)
     with using(EngineChoice(engine, context)):
         if not names_hosts((src, dst), aliases):
-            route = resolve_route(src, dst, kind)
+            route = resolve_route(src, dst, kind, family)
             notes = list(route.src.notes) + list(route.dst.notes) + route.plan.notes
+            if route.family_reason:
+                notes.insert(0, f"address family: {route.family_reason}")
             return route.plan.points, notes
         from flowtrace.endpoints.hosts import HostSet
-        from flowtrace.topology.hostroute import resolve_host_route
+        from flowtrace.topology.hostroute import refuse_ipv6_across, resolve_host_route
 
+        refuse_ipv6_across(family)
         with HostSet(aliases) as connected:
             across = resolve_host_route(src, dst, kind, connected)
             notes = list(across.src.notes) + list(across.dst.notes) + across.plan.notes
@@ -63,9 +69,13 @@ def _host_specs(hosts: Sequence[str]) -> list[HostSpec]:
     return [parse_host_option(text) for text in hosts]
 
 
-def rules(src: str, dst: str, kind: ProbeKind | None = None) -> dict[str, Any]:
+def rules(
+    src: str, dst: str, kind: ProbeKind | None = None, family: int | None = None
+) -> dict[str, Any]:
     """`flowtrace rules`: the way a packet of `kind` from src to dst would take through every
     firewall on the path, hook by hook, and its reply's; sends nothing.
+
+    `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
 
     Returns the document `--json` prints (README: "`flowtrace rules`").
     """
@@ -76,17 +86,18 @@ def rules(src: str, dst: str, kind: ProbeKind | None = None) -> dict[str, Any]:
     from flowtrace.topology.rulesdoc import rules_document
 
     chosen: ProbeKind = kind or probe_kind_of(dst)
-    route = resolve_route(src, dst, chosen)
+    route = resolve_route(src, dst, chosen, family)
     plan = route.plan
-    segments = segments_of(plan.points, plan.destination)
-    number = {"icmp": 1, "tcp": 6, "udp": 17}[chosen]
+    ipv6 = ":" in route.dst_ip
+    segments = segments_of(plan.points, plan.destination, ipv6)
+    number = {"icmp": 58 if ipv6 else 1, "tcp": 6, "udp": 17}[chosen]
     packet = PacketView(
         number,
         plan.src_ip,
         route.dst_ip,
         None,
         route.dst_port,
-        icmp_type=8 if chosen == "icmp" else None,
+        icmp_type=(128 if ipv6 else 8) if chosen == "icmp" else None,
     )
     walked = walk_path(segments, packet, arrives=plan.destination is not None)
     notes = [*route.src.notes, *route.dst.notes, *plan.notes]
@@ -118,6 +129,7 @@ def trace(
     output_dir: str | Path | None = None,
     record: bool = True,
     on_probe: Callable[[int], None] | None = None,
+    family: int | None = None,
     rules: str = "model",
     engine: str | None = None,
     context: str | None = None,
@@ -125,9 +137,12 @@ def trace(
 ) -> Trace:
     """Send `count` marked probes from src to dst and follow each one hop by hop.
 
+    `family`: 4 or 6 (as -4/-6), None for the one the destination's addresses rank first.
+
     Endpoints on other Docker hosts are NAME@HOST (a Docker context, or an alias given in
-    `hosts` as "ALIAS=URL").  `rules="kernel"`: also the kernel's own nftables trace of
-    the probes in every namespace on the path, and its drop reasons (`trace.meta["kernel"]`).
+    `hosts` as "ALIAS=URL"; IPv4 only).  `rules="kernel"`: also the kernel's own nftables
+    trace of the probes in every namespace on the path, and its drop reasons
+    (`trace.meta["kernel"]`).
     """
     options = TraceOptions(
         kind=kind,
@@ -139,6 +154,7 @@ def trace(
         command=f"flowtrace {'ping' if kind == 'icmp' else kind} {src} {dst}"
         + (f" --rules {rules}" if rules != "model" else ""),
         rules=rules,
+        family=family,
     )
     return run_trace(src, dst, options, on_probe, EngineChoice(engine, context), hosts)
 

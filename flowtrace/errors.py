@@ -23,6 +23,9 @@ class ExitStatus(IntEnum):
     MISSING_TOOL = 8  # a system program or file flowtrace needs is absent
     BAD_CAPTURE = 9  # a pcap set that cannot be read
     NO_REPLY = 10  # a trace ran but not every probe was answered
+    #: The pcap set could not be written to its end (a full disk, a read-only file system,
+    #: its folder removed): what was recorded before is kept, marked complete: false.
+    WRITE_FAILED = 11
     INTERRUPTED = 130  # Ctrl-C: what was recorded is kept
 
 
@@ -69,15 +72,28 @@ class CaptureFormatError(FlowtraceError):
     status = ExitStatus.BAD_CAPTURE
 
 
+class SetWriteError(FlowtraceError):
+    """The pcap set could not be written (further): ENOSPC, EROFS, a removed folder."""
+
+    status = ExitStatus.WRITE_FAILED
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 def exit_status_for(result: object) -> ExitStatus:
     """The exit status a finished command's result calls for.
 
-    Interrupted (Ctrl-C, SIGTERM): 130, whatever else; a trace or lookup not answered:
-    10; a lab that is not whole: 5; else 0.  Results say so by their attributes
-    `interrupted`, `answered` and `complete`.
+    Interrupted (Ctrl-C, SIGTERM): 130, whatever else; a set that could not be written
+    to its end: 11; a trace or lookup not answered: 10; a lab that is not whole: 5;
+    else 0.  Results say so by their attributes `interrupted`, `write_error`,
+    `answered` and `complete`.
     """
     if getattr(result, "interrupted", False):
         return ExitStatus.INTERRUPTED
+    if getattr(result, "write_error", None):
+        return ExitStatus.WRITE_FAILED
     if getattr(result, "answered", True) is False:
         return ExitStatus.NO_REPLY
     if getattr(result, "complete", True) is False:

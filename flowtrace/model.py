@@ -95,7 +95,8 @@ class Endpoint:
     spec: str
     netns: Namespace
     addresses: tuple[str, ...] = ()
-    #: The address other endpoints should send to (first non-loopback IPv4).
+    #: The address other endpoints should send to (first non-loopback IPv4; for an
+    #: endpoint typed as an address, that address).
     ip: str | None = None
     #: Transport port given with the spec (``c2:80``), if any.
     port: int | None = None
@@ -232,8 +233,42 @@ PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
 #: ICMP and ICMPv6 types flowtrace names, by protocol number.
 ICMP_KINDS = {
     1: {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"},
-    58: {128: "echo request", 129: "echo reply", 1: "unreachable", 3: "time exceeded"},
+    58: {
+        128: "echo request",
+        129: "echo reply",
+        1: "unreachable",
+        2: "packet too big",
+        3: "time exceeded",
+        135: "neighbor solicitation",
+        136: "neighbor advertisement",
+    },
 }
+#: The echo request and reply types of ICMP (protocol 1) and ICMPv6 (58).
+ICMP_ECHO_REQUEST = {1: 8, 58: 128}
+ICMP_ECHO_REPLY = {1: 0, 58: 129}
+#: The types whose body quotes the packet they answer: unreachable (and too big), time
+#: exceeded, parameter problem.
+ICMP_ERRORS = {1: frozenset((3, 4, 5, 11, 12)), 58: frozenset((1, 2, 3, 4))}
+
+
+def is_echo_request(h: Headers) -> bool:
+    """An ICMP or ICMPv6 echo request."""
+    return h.icmp_type is not None and ICMP_ECHO_REQUEST.get(h.proto) == h.icmp_type
+
+
+def is_echo_reply(h: Headers) -> bool:
+    """An ICMP or ICMPv6 echo reply."""
+    return h.icmp_type is not None and ICMP_ECHO_REPLY.get(h.proto) == h.icmp_type
+
+
+def is_icmp_error(h: Headers) -> bool:
+    """An ICMP or ICMPv6 error (it quotes the packet it is about)."""
+    return h.icmp_type is not None and h.icmp_type in ICMP_ERRORS.get(h.proto, ())
+
+
+def ip_version(address: str) -> int:
+    """4 or 6, from an address's text (an IPv6 address has colons)."""
+    return 6 if ":" in address else 4
 
 
 class Sighting(NamedTuple):
@@ -341,6 +376,33 @@ class Packet:
         return [b.time_ns - a.time_ns for a, b in pairwise(s)]
 
 
+#: What went wrong around a run, as Fault.kind says it.
+FaultKind = Literal[
+    "container-stopped",  # died, was killed or stopped (exit code known)
+    "container-restarted",  # came back with a new namespace: the watched one is gone
+    "container-removed",
+    "container-paused",
+    "engine-gone",  # the engine's event stream ended: later container events are unknown
+    "interface-gone",  # a point's interface was deleted
+    "netns-gone",  # a namespace (netns:NAME, pid:N) went away
+]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something that broke the path during a run: when, what, and the points it took."""
+
+    time_ns: int  # ns since the epoch, the clock probes and frames are stamped with
+    kind: FaultKind
+    #: The container, point or namespace it happened to ("c2", "host/veth1a2b", "netns:x").
+    subject: str
+    #: In words, without the time: "c2 stopped (exit 137)".
+    text: str
+    #: Points of the path it took away (a container's eth0 and its veth peer...).
+    points: tuple[str, ...] = ()
+    exit_code: int | None = None
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What became of one probe."""
@@ -354,6 +416,8 @@ class Verdict:
     rtt_ns: int | None = None
     #: The firewall rule that dropped the probe or its answer, as the system prints it.
     rule: str | None = None
+    #: What broke the path while the probe was out or before it (its words lead `detail`).
+    fault: Fault | None = None
 
     @property
     def answered(self) -> bool:
@@ -361,6 +425,8 @@ class Verdict:
         return self.outcome in ("replied", "refused")
 
     def __str__(self) -> str:
+        if self.fault is not None and not self.answered:
+            return f"{'lost' if self.outcome == 'lost' else self.outcome}: {self.detail}"
         if self.outcome == "lost":
             where = f" after {self.last_point}" if self.last_point else " before the first point"
             text = f"lost{where}"
@@ -403,11 +469,19 @@ class Trace:
     meta: dict[str, object] = field(default_factory=dict)
     #: Plain sentences for the user: mode of a container, why there is no path...
     notes: tuple[str, ...] = ()
+    #: What broke the path during the run (a container stopped, an interface went away).
+    faults: tuple[Fault, ...] = ()
 
     @property
     def interrupted(self) -> bool:
         """Ctrl-C (or SIGTERM) ended the run before it was done."""
         return bool(self.meta.get("interrupted"))
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the pcap set could not be written to its end (a full disk...), if so."""
+        error = self.meta.get("write_error")
+        return str(error) if error else None
 
     @property
     def answered(self) -> bool:
@@ -452,6 +526,8 @@ class TraceOptions:
     output_dir: Path | None = None  # the pcap set folder; None: captures/<time>-<src>-<dst>/
     record: bool = True  # write a pcap set at all
     command: str = ""
+    #: 4 or 6 (`-4`/`-6`); None: the family the destination's addresses rank first.
+    family: int | None = None
     #: Where the rules shown come from: "model" (flowtrace reads and walks them) or
     #: "kernel" (also the kernel's own nftables trace of the probes: run.kernel_word).
     rules: str = "model"
@@ -467,6 +543,8 @@ class TraceOptions:
             raise FlowtraceError(f"bad interval {self.interval}: it cannot be negative")
         if self.timeout <= 0:
             raise FlowtraceError(f"bad timeout {self.timeout}: it must be positive")
+        if self.family not in (None, 4, 6):
+            raise FlowtraceError(f"bad address family {self.family}: give 4 or 6")
 
 
 #: The port a resolver asks a DNS server on.
@@ -516,6 +594,11 @@ class DnsLookup:
     stats: tuple[PointStats, ...] = ()
     notes: tuple[str, ...] = ()
     meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def write_error(self) -> str | None:
+        error = self.meta.get("write_error")
+        return str(error) if error else None
 
     @property
     def answered(self) -> bool:

@@ -4,7 +4,8 @@
 # where there is none), and the project's virtualenv (.venv) with flowtrace installed.
 # Safe to run again: each step does only what is missing and says so in one line.
 #
-#   --for-tests    also Podman (the tests trace both engines); scripts/test.sh passes it
+#   --for-tests    also Podman (the tests trace both engines) and netsniff-ng (trafgen, their
+#                  load generator); scripts/test.sh passes it
 #   --decide-only  say which engine would be used and what would be done; change nothing
 set -euo pipefail
 
@@ -27,6 +28,11 @@ for arg in "$@"; do
         ;;
     esac
 done
+if [ "$FOR_TESTS" = 1 ]; then
+    # trafgen (netsniff-ng): the load generator of the tests that trace under 100k pps;
+    # capinfos (wireshark-common, with tshark): checks that a set ends on a whole block
+    PACKAGES+=(netsniff-ng)
+fi
 
 say() { printf 'setup: %s\n' "$*"; }
 die() {

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from flowtrace.correlate.faults import fault_from_record
 from flowtrace.correlate.probes import ProbeNumbers
 from flowtrace.correlate.verdicts import verdict_from_record
 from flowtrace.errors import ExitStatus, FlowtraceError
-from flowtrace.model import Address, Namespace, NatEvent, Point, Verdict
+from flowtrace.model import Address, Fault, Namespace, NatEvent, Point, Verdict
 
 #: Manifest "kind" of a set a trace wrote (a capture's is "capture", a lookup's "dns").
 TRACE_KINDS = ("icmp", "tcp", "udp")
@@ -130,6 +131,15 @@ def verdicts_from(manifest: dict[str, Any], numbers: ProbeNumbers) -> tuple[Verd
         if verdict is not None:
             verdicts.append(verdict)
     return tuple(verdicts)
+
+
+def faults_from(manifest: dict[str, Any] | None) -> tuple[Fault, ...]:
+    """What broke the path during the run the set recorded (the manifest's `faults`)."""
+    records = (manifest or {}).get("faults")
+    if not isinstance(records, list):
+        return ()
+    found = (fault_from_record(record) for record in records)
+    return tuple(f for f in found if f is not None)
 
 
 def parse_point_names(text: str) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 from flowtrace.analyze.manifest import (
     PacketIds,
     explain_from_manifest,
+    faults_from,
     points_from,
     probe_numbers_for,
     rewrites_in_manifest,
@@ -26,7 +27,12 @@ from flowtrace.analyze.manifest import (
     verdicts_from,
 )
 from flowtrace.analyze.summaries import Analysis, Summaries
-from flowtrace.correlate.decode import decode_frame, new_sighting
+from flowtrace.correlate.decode import (
+    NDP_ADVERTISEMENT,
+    NDP_SOLICITATION,
+    decode_frame,
+    new_sighting,
+)
 from flowtrace.correlate.fingerprint import fingerprint
 from flowtrace.correlate.match import Correlator
 from flowtrace.errors import CaptureFormatError, ExitStatus, FlowtraceError, NotFoundError
@@ -113,10 +119,13 @@ def _analyze(
         if not Path(p).exists():
             raise NotFoundError(f"{p}: no such file or folder")
     manifest = None
-    if len(paths) == 1 and Path(paths[0]).is_dir():
-        manifest = read_manifest(Path(paths[0]) / MANIFEST_NAME)
-    reader = open_capture(paths if len(paths) > 1 else paths[0])
     analysis = Analysis(trace=Trace((), ()))
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        try:
+            manifest = read_manifest(Path(paths[0]) / MANIFEST_NAME)
+        except CaptureFormatError as err:  # the capture itself may still be fine
+            analysis.notes.append(f"{err.message}; the manifest is ignored")
+    reader = open_capture(paths if len(paths) > 1 else paths[0])
     kept: list[Packet] = []
     # The set's own packet ids by frame, held only until the frame's packet comes out.
     recorded_ids: dict[int, int] = {}
@@ -135,6 +144,7 @@ def _analyze(
         order = [p.id for p in points]
         if manifest and manifest.get("points") and point_names is None:
             order = [e["id"] for e in manifest["points"]]
+            order += [point_id for point_id in (p.id for p in points) if point_id not in order]
         one_point = len(points) == 1
         early = rewrites_off_the_path(manifest, [p.id for p in points])
         recent: deque[Any] = deque(maxlen=_REPEAT_LOOKBACK)
@@ -179,8 +189,12 @@ def _analyze(
         batch: list[Sighting] = []  # handed to the correlator _BATCH at a time
         decoders = _recent_decodings(points)
         names: list[str] = [p.id for p in points]
-        frames = undecoded = 0
+        frames = undecoded = ndp = 0
         missing = _MISSING
+        # A trace's set holds the NDP that explains a lost probe; the trace followed no
+        # packet of it (nor does analyze, so its packets keep the trace's ids).
+        skips_ndp = probes is not None
+        ndp_types = (NDP_SOLICITATION, NDP_ADVERTISEMENT)
         for frames, (interface, time_ns, data, _, outbound, packet_id, _, _) in enumerate(
             reader, 1
         ):
@@ -197,6 +211,9 @@ def _analyze(
             if headers is None:
                 undecoded += 1
                 continue
+            if skips_ndp and headers.proto == 58 and headers.icmp_type in ndp_types:
+                ndp += 1
+                continue
             if packet_id is not None:
                 recorded_ids[frames - 1] = packet_id
             batch.append(new_sighting((names[interface], time_ns, headers, outbound, frames - 1)))
@@ -208,8 +225,14 @@ def _analyze(
             packet_done(pkt)
         for pkt in correlator.finish():
             packet_done(pkt)
-        analysis.frames, analysis.undecoded = frames, undecoded
+        analysis.frames, analysis.undecoded, analysis.ndp_frames = frames, undecoded, ndp
         analysis.truncated = bool(reader.truncated)
+        analysis.notes.extend(reader.problems)
+        missing = [point for point in order if point not in {p.id for p in points}]
+        if missing and manifest:
+            analysis.notes.append(
+                f"the manifest lists points the capture has no interface for: {', '.join(missing)}"
+            )
         if one_point and repeats and len(points) == 1:
             analysis.notes.append(_merged_note(points[0].id, repeats))
         analysis.sources = list(reader.sources)
@@ -235,5 +258,7 @@ def _analyze(
     # Path order as the manifest lists it (the file may describe interfaces otherwise).
     rank = {point_id: i for i, point_id in enumerate(order)}
     path_points = sorted(points, key=lambda p: rank.get(p.id, len(rank)))
-    analysis.trace = Trace(tuple(path_points), tuple(kept), verdicts, point_stats, meta)
+    analysis.trace = Trace(
+        tuple(path_points), tuple(kept), verdicts, point_stats, meta, faults=faults_from(manifest)
+    )
     return analysis

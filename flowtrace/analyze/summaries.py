@@ -52,6 +52,8 @@ class Analysis:
     trace: Trace
     frames: int = 0
     undecoded: int = 0
+    #: NDP frames a trace recorded to explain a loss: like its ARP, no packet it follows.
+    ndp_frames: int = 0
     packet_count: int = 0
     flows: dict[FlowKey, FlowSummary] = field(default_factory=dict)
     nat: dict[tuple[str, str, str, str, str], tuple[NatEvent, int]] = field(default_factory=dict)
@@ -157,6 +159,7 @@ def summary_dict(analysis: Analysis) -> dict[str, Any]:
         "points": [point_dict(p) for p in analysis.trace.points],
         "frames": analysis.frames,
         "undecoded": analysis.undecoded,
+        "ndp_frames": analysis.ndp_frames,
         "packets": analysis.packet_count,
         "truncated": analysis.truncated,
         "flows": [f.as_dict() for f in analysis.flows.values()],

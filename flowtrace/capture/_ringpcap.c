@@ -15,6 +15,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <linux/if_packet.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -128,28 +129,53 @@ static unsigned char *write_epb(unsigned char *at, uint32_t interface_id,
     return at + 16;
 }
 
-static int write_all(int fd, const unsigned char *data, size_t size)
+/* The end of the last whole pcapng block within data[0:written]; *blocks counts them. */
+static size_t whole_blocks(const unsigned char *data, size_t written, uint64_t *blocks)
 {
-    while (size > 0) {
-        ssize_t done = write(fd, data, size);
+    size_t at = 0;
+    while (at + 8 <= written) {
+        uint32_t length;
+        memcpy(&length, data + at + 4, 4);
+        if (length < 12 || at + (size_t)length > written)
+            break;
+        at += length;
+        (*blocks)++;
+    }
+    return at;
+}
+
+/* Append data (whole blocks) to fd; on a failed write (a full disk) the file is cut back
+ * to the end of the last whole block that landed, so a reader never meets a torn one. */
+static int write_all(int fd, const unsigned char *data, size_t size, uint64_t *kept_blocks)
+{
+    size_t written = 0;
+    while (written < size) {
+        ssize_t done = write(fd, data + written, size - written);
         if (done < 0) {
             if (errno == EINTR)
                 continue;
-            return errno ? errno : EIO;
+            int code = errno ? errno : EIO;
+            size_t kept = whole_blocks(data, written, kept_blocks);
+            struct stat st;
+            if (written > kept && fstat(fd, &st) == 0 &&
+                ftruncate(fd, st.st_size - (off_t)(written - kept)) != 0) {
+                /* nothing more to do: the reader stops cleanly at a torn block too */
+            }
+            return code;
         }
-        data += done;
-        size -= (size_t)done;
+        written += (size_t)done;
     }
     return 0;
 }
 
 PyDoc_STRVAR(drain_doc,
 "drain(ring, block_size, block_count, next_block, interface_id, fd)\n"
-"-> (next_block, blocks, frames, wire_bytes, write_errno)\n\n"
+"-> (next_block, blocks, frames, wire_bytes, write_errno, written)\n\n"
 "Turn every retired block from next_block on into EPBs for interface_id, give each\n"
 "block back to the kernel, and append its EPBs to fd with one write (fd < 0: count\n"
 "and give back only). write_errno is the errno of a failed write (then nothing more\n"
-"is written), else 0.");
+"is written; the file is cut back to its last whole block), else 0; written counts\n"
+"the frames whose EPB is whole in the file.");
 
 static PyObject *drain(PyObject *self, PyObject *args)
 {
@@ -159,6 +185,7 @@ static PyObject *drain(PyObject *self, PyObject *args)
     int fd, write_errno = 0;
     Py_ssize_t blocks = 0;
     unsigned long long frames = 0, wire_bytes = 0;
+    uint64_t written = 0; /* frames whose EPB is whole in the file */
     (void)self;
 
     if (!PyArg_ParseTuple(args, "w*nnnIi", &view, &block_size, &block_count, &next_block,
@@ -195,25 +222,33 @@ static PyObject *drain(PyObject *self, PyObject *args)
                 write_errno = ENOMEM;
         }
         unsigned char *at = out, *limit = out != NULL ? out + block_size : NULL;
-        uint64_t block_bytes = 0;
+        uint64_t block_bytes = 0, in_out = 0;
         for (i = 0; i < count; i++) {
             if (frame_at(ring, block_end, pos, &f, &step) != 0)
                 break; /* a malformed tail (never seen) is left out, not read past */
             if (at != NULL && (size_t)(limit - at) < epb_size(&f)) {
                 /* cannot happen (see above); should it, what is ready goes first */
-                write_errno = write_all(fd, out, (size_t)(at - out));
+                write_errno = write_all(fd, out, (size_t)(at - out), &written);
+                if (write_errno == 0)
+                    written += in_out;
+                in_out = 0;
                 at = write_errno ? NULL : out;
             }
-            if (at != NULL)
+            if (at != NULL) {
                 at = write_epb(at, interface_id, &f, &block_bytes);
+                in_out++;
+            }
             else
                 block_bytes += f.wirelen + (f.vlan ? 4u : 0u);
             pos += step;
         }
         count = i;
         __atomic_store_n(&h1->block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
-        if (at != NULL && at > out)
-            write_errno = write_all(fd, out, (size_t)(at - out));
+        if (at != NULL && at > out) {
+            write_errno = write_all(fd, out, (size_t)(at - out), &written);
+            if (write_errno == 0)
+                written += in_out;
+        }
         frames += count;
         wire_bytes += block_bytes;
         blocks++;
@@ -221,7 +256,8 @@ static PyObject *drain(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    return Py_BuildValue("nnKKi", next_block, blocks, frames, wire_bytes, write_errno);
+    return Py_BuildValue("nnKKiK", next_block, blocks, frames, wire_bytes, write_errno,
+                         (unsigned long long)written);
 }
 
 static PyMethodDef methods[] = {

@@ -24,11 +24,14 @@ from types import ModuleType
 from flowtrace.capture import native
 from flowtrace.capture.ring import PacketRing
 from flowtrace.model import Frame
+from flowtrace.pcap.blocks import BlockWriteError, append_blocks
 from flowtrace.pcap.pcapng import enhanced_packet_block
 
-#: Per-point counter slots in shared memory.
-CAPTURED, BYTES, RECEIVED, DROPPED, STATE = range(5)
-_FIELDS = 5
+#: Per-point counter slots in shared memory: frames captured, their bytes on the wire,
+#: the kernel's received and dropped, the point's state, frames whole in the output
+#: file, and when the point's interface went away (ns since the epoch).
+CAPTURED, BYTES, RECEIVED, DROPPED, STATE, WRITTEN, GONE_AT = range(7)
+_FIELDS = 7
 #: Point states.
 STATE_OK, STATE_DOWN, STATE_GONE = 0, 1, 2
 #: How often a ring's reader collects the kernel's counters (drops show up live).
@@ -155,6 +158,8 @@ class Pump:
             frames = ring.read_block()
             if frames is None:
                 return
+            if self._out_fd is not None and counters.write_error:
+                self._out_fd = None  # another reader's write failed: the file takes no more
             if self._out_fd is not None:
                 blob = b"".join(
                     [
@@ -163,8 +168,10 @@ class Pump:
                     ]
                 )
                 try:
-                    write_all(self._out_fd, blob)
-                except OSError as exc:
+                    append_blocks(self._out_fd, blob)
+                    counters.add(index, WRITTEN, len(frames))
+                except BlockWriteError as exc:  # the file still ends on a whole block
+                    counters.add(index, WRITTEN, exc.kept_packets)
                     counters.write_error = exc.errno or -1
                     self._out_fd = None
             if self._keep is not None:
@@ -183,7 +190,9 @@ class Pump:
         """The same in C: every ready block to EPBs and one write each, counted here."""
         counters = self._counters
         fd = -1 if self._out_fd is None else self._out_fd
-        captured, wire_bytes, error = ring.drain_to(writer, index, fd)
+        captured, wire_bytes, error, written = ring.drain_to(writer, index, fd)
+        if written:
+            counters.add(index, WRITTEN, written)
         if error:
             counters.write_error = error
             self._out_fd = None
@@ -201,6 +210,8 @@ class Pump:
         """
         error = ring.take_error()
         if ring.interface_gone():
+            if self._counters.get(index, STATE) != STATE_GONE:
+                self._counters.set(index, GONE_AT, time.time_ns())
             self._counters.set(index, STATE, STATE_GONE)
         elif error:
             self._counters.set(index, STATE, STATE_DOWN)

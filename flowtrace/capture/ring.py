@@ -280,15 +280,16 @@ class PacketRing:
         self._next_block = (self._next_block + 1) % self.geometry.block_count
         return frames
 
-    def drain_to(self, writer: ModuleType, interface_id: int, fd: int) -> tuple[int, int, int]:
+    def drain_to(self, writer: ModuleType, interface_id: int, fd: int) -> tuple[int, int, int, int]:
         """Every retired block as pcapng EPBs appended to fd, in C (capture.native).
 
         What read_block() and pcapng.enhanced_packet_block() do frame by frame, with
         no Python per frame; fd < 0 gives the blocks back unwritten.  Returns (frames,
-        bytes on the wire, errno of a failed write or 0).
+        bytes on the wire, errno of a failed write or 0, frames whole in the file: a
+        failed write is cut back to its last whole block).
         """
         geometry = self.geometry
-        self._next_block, _, frames, wire_bytes, error = writer.drain(
+        self._next_block, _, frames, wire_bytes, error, written = writer.drain(
             self._map,
             geometry.block_size,
             geometry.block_count,
@@ -296,7 +297,7 @@ class PacketRing:
             interface_id,
             fd,
         )
-        return frames, wire_bytes, error
+        return frames, wire_bytes, error, written
 
     def pending(self) -> bool:
         """True while the kernel holds frames we have not read (ready or still filling)."""

@@ -29,6 +29,7 @@ from flowtrace.capture.pump import (
     BYTES,
     CAPTURED,
     DROPPED,
+    GONE_AT,
     RECEIVED,
     STATE,
     STATE_DOWN,
@@ -36,14 +37,16 @@ from flowtrace.capture.pump import (
     STATE_OK,
     STATS_INTERVAL_S,
     WORKER_SIGNALS,
+    WRITTEN,
     Pump,
     SharedCounters,
     worker_main,
     write_all,
 )
 from flowtrace.capture.ring import PacketRing, RingProfile
-from flowtrace.errors import FlowtraceError
+from flowtrace.errors import FlowtraceError, SetWriteError
 from flowtrace.model import Frame, Point, PointStats
+from flowtrace.pcap.blocks import BlockWriteError, append_blocks
 from flowtrace.pcap.pcapng import (
     interface_description_block,
     interface_statistics_block,
@@ -119,6 +122,8 @@ class CaptureSession:
         self._frames: list[Frame] = []
         self._final: list[PointStats] | None = None
         self._final_states: list[int] = []
+        self._final_written: list[int] = []
+        self._final_gone_at: list[int] = []
         self._write_failure = 0
         self._notes: list[str] = []
         self._closers: list[threading.Thread] = []
@@ -182,12 +187,12 @@ class CaptureSession:
         return rings
 
     def _open_output(self, path: Path) -> int:
-        try:
+        try:  # owner-only, as the set's other files (a set's folder creates it so first)
             fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
+                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600
             )
         except OSError as exc:
-            raise FlowtraceError(f"cannot write {path}: {exc.strerror}") from None
+            raise SetWriteError(f"cannot write {path}: {exc.strerror}", exc.errno or 0) from None
         header = [section_header_block(f"flowtrace {__version__}")]
         for point in self.points:
             header.append(
@@ -201,7 +206,11 @@ class CaptureSession:
                     mac=_mac_bytes(point.mac),
                 )
             )
-        write_all(fd, b"".join(header))
+        try:
+            write_all(fd, b"".join(header))
+        except OSError as exc:
+            os.close(fd)
+            raise SetWriteError(f"cannot write {path}: {exc.strerror}", exc.errno or 0) from None
         return fd
 
     def _pump(self, indexes: Sequence[int], parent_pid: int | None) -> Pump:
@@ -273,8 +282,6 @@ class CaptureSession:
             self._release(counters)
         if self._thread_error:
             raise self._thread_error[0]
-        if self._write_failure:
-            raise FlowtraceError(f"cannot write {self.output}: {os.strerror(self._write_failure)}")
 
     def _reap_workers(self, timeout_s: float) -> None:
         """Wait for every worker; one that hangs is terminated, one that died is noted."""
@@ -310,13 +317,18 @@ class CaptureSession:
                 )
             )
         assert self._out_fd is not None
-        write_all(self._out_fd, b"".join(blocks))
+        try:
+            append_blocks(self._out_fd, b"".join(blocks))
+        except BlockWriteError as exc:  # the statistics do not fit: the packets stay whole
+            counters.write_error = exc.errno or -1
 
     def _release(self, counters: SharedCounters | None) -> None:
         self._write_failure = counters.write_error if counters is not None else 0
         if counters is not None:
             self._final = self._read_counters(counters)
             self._final_states = [counters.get(i, STATE) for i in range(len(self.points))]
+            self._final_written = [counters.get(i, WRITTEN) for i in range(len(self.points))]
+            self._final_gone_at = [counters.get(i, GONE_AT) for i in range(len(self.points))]
             counters.close()
             self._counters = None
         # Closing a packet socket waits for two RCU grace periods (20-40 ms here): the
@@ -362,11 +374,14 @@ class CaptureSession:
         duration: float | None = None,
         count: int | None = None,
         on_tick: Callable[[list[PointStats]], None] | None = None,
+        stop_when: Callable[[], bool] | None = None,
     ) -> list[PointStats]:
         """Capture until `duration` seconds, at least `count` packets in all, or Ctrl-C.
 
         Calls on_tick with live counters about twice a second; SIGTERM ends the run
-        like Ctrl-C.  Always stops the session and returns the final counters.
+        like Ctrl-C.  A write to the output that failed (a full disk) ends it too, and
+        so does `stop_when` returning True (the set's folder was removed).  Always
+        stops the session and returns the final counters.
         """
         self.start()
         deadline = None if duration is None else time.monotonic() + duration
@@ -384,6 +399,8 @@ class CaptureSession:
                     if deadline is not None and now >= deadline:
                         break
                     if len(self.gone_points()) == len(self.points):
+                        break
+                    if self.write_failure or (stop_when is not None and stop_when()):
                         break
                     pause = 0.05 if deadline is None else min(0.05, max(0.0, deadline - now))
                     time.sleep(pause)
@@ -421,6 +438,27 @@ class CaptureSession:
         else:
             states = self._final_states
         return [p.id for p, s in zip(self.points, states, strict=False) if s == STATE_GONE]
+
+    @property
+    def write_failure(self) -> int:
+        """The errno of the first write to the output that failed (0: none did)."""
+        if self._counters is not None:
+            return self._counters.write_error
+        return self._write_failure
+
+    def written(self) -> list[int]:
+        """Per point: frames whole in the output file (fewer than captured after a failure)."""
+        if self._counters is not None:
+            return [self._counters.get(i, WRITTEN) for i in range(len(self.points))]
+        return list(self._final_written) or [0] * len(self.points)
+
+    def gone_at(self) -> dict[str, int]:
+        """Point id -> when its interface was deleted (ns since the epoch)."""
+        if self._counters is not None:
+            times = [self._counters.get(i, GONE_AT) for i in range(len(self.points))]
+        else:
+            times = self._final_gone_at
+        return {p.id: t for p, t in zip(self.points, times, strict=False) if t}
 
     def notes(self) -> list[str]:
         """Plain sentences about what went wrong on the way (gone interfaces, dead workers)."""

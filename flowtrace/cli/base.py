@@ -29,6 +29,9 @@ def fail(message: str, status: int) -> NoReturn:
 def finish(result: object) -> None:
     """End a command that ran: its exit status as flowtrace.errors decides it."""
     status = exit_status_for(result)
+    write_error = getattr(result, "write_error", None)
+    if status == ExitStatus.WRITE_FAILED and write_error:
+        fail(str(write_error), int(status))
     if status != ExitStatus.OK:
         sys.exit(int(status))
 

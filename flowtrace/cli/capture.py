@@ -127,8 +127,8 @@ def capture_cmd(
 
     from flowtrace.api import capture
 
-    out = Console(highlight=False, soft_wrap=True, emoji=False)
-    err = Console(highlight=False, soft_wrap=True, emoji=False, stderr=True)
+    out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
+    err = Console(highlight=False, soft_wrap=True, emoji=False, markup=False, stderr=True)
     live = _LiveCounters(err) if err.is_terminal else None
 
     def on_ready(ready: list[Any], folder: Any) -> None:
@@ -165,7 +165,9 @@ def capture_cmd(
         out.print(f"note: {note}")
     total = sum(s.packets for s in result.stats)
     drops = sum(s.drops for s in result.stats)
-    if result.interrupted:
+    if result.write_error:
+        how = "stopped: the set could not be written further"
+    elif result.interrupted:
         how = "interrupted"
     elif count is not None and total >= count:
         how = f"stopped after {count:,} packets"
@@ -231,35 +233,22 @@ def analyze_cmd(
     target = paths[0] if len(paths) == 1 else list(paths)
     names = parse_point_names(point_names) if point_names is not None else None
     if as_json:
-        import json
+        from flowtrace.errors import error_status
+        from flowtrace.output.jsonstream import JsonDocument
 
-        from flowtrace.output.jsonstream import packet_json
-
-        out = sys.stdout
-        out.write('{"packets": [')
-        # Packets are written JSON_BATCH at a time: one write per packet cost a tenth of
-        # the pass.  pending[0] is the separator the next batch starts with.
-        pending = ["\n"]
-
-        def on_packet(pkt: Any) -> None:
-            pending.append(packet_json(pkt))
-            if len(pending) > JSON_BATCH:
-                out.write(pending[0] + ",\n".join(pending[1:]))
-                pending[:] = [",\n"]
-
-        analysis = analyze(
-            target,
-            keep_packets=False,
-            on_packet=on_packet if show_packets is not False else None,
-            point_names=names,
-        )
-        if len(pending) > 1:
-            out.write(pending[0] + ",\n".join(pending[1:]))
-        summary = summary_dict(analysis)
-        summary["packet_count"] = summary.pop("packets")
-        out.write("],\n")
-        out.write(json.dumps(summary, indent=1)[1:].lstrip())
-        out.write("\n")
+        document = JsonDocument(sys.stdout, JSON_BATCH)
+        try:
+            analysis = analyze(
+                target,
+                keep_packets=False,
+                on_packet=document.packet if show_packets is not False else None,
+                point_names=names,
+            )
+        except (Exception, KeyboardInterrupt) as exc:
+            known = error_status(exc)
+            document.fail(*(known or (1, f"{type(exc).__name__}: {exc}")))
+            raise
+        document.finish(summary_dict(analysis))
         return
     from rich.console import Console
 
@@ -273,7 +262,9 @@ def analyze_cmd(
             shown.append(pkt)
 
     analysis = analyze(target, keep_packets=False, on_packet=keep, point_names=names)
-    render_analysis(analysis, shown, Console(highlight=False, soft_wrap=True, emoji=False))
+    render_analysis(
+        analysis, shown, Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
+    )
 
 
 @cli.command("plot")

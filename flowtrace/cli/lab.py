@@ -54,8 +54,9 @@ def _show_scenario(state: Any) -> None:
     from flowtrace import lab
     from flowtrace.lab import scenarios
 
-    click.echo(lab.render_state(state.lab))
-    click.echo()
+    if not state.scenario.own_engine:  # else there is no base lab on its engine
+        click.echo(lab.render_state(state.lab))
+        click.echo()
     click.echo(scenarios.render(state))
     click.echo()
     click.echo(scenarios.render_summary(state))
@@ -183,3 +184,28 @@ def lab_down(scenario: str | None, engine: str | None, context: str | None) -> N
                 click.echo(lab.render_removed(exc.removed))
             raise
         click.echo(lab.render_removed(removed))
+
+
+@lab_group.command(
+    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@handle_errors
+def lab_exec(command: tuple[str, ...]) -> None:
+    """Run COMMAND on the IPv6 lab's host: namespace ft6-host, its own Docker engine.
+
+    \b
+    Scenario ipv6 runs on a dockerd of the lab's own (IPv6 NAT on) in a namespace of
+    its own, so the machine's engine is never reconfigured; trace it from there:
+      flowtrace lab exec -- flowtrace ping -6 v6a v6b
+      flowtrace lab exec -- docker ps
+      flowtrace lab exec -- ip6tables-save -t nat
+    DOCKER_HOST points at its engine; `flowtrace` is this flowtrace.
+    """
+    import sys
+
+    from flowtrace.lab import own_engine
+    from flowtrace.lab.guard import require_privileges
+
+    require_privileges()
+    sys.exit(own_engine.run(command))

@@ -7,6 +7,7 @@ import sys
 import click
 
 from flowtrace.cli.base import cli, handle_errors
+from flowtrace.cli.trace import _family, _family_options
 from flowtrace.errors import ExitStatus
 
 
@@ -20,8 +21,9 @@ from flowtrace.errors import ExitStatus
     help="The packet's protocol [default: tcp with a port, else icmp].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the document as JSON (see README).")
+@_family_options
 @handle_errors
-def rules_cmd(src: str, dst: str, proto: str | None, as_json: bool) -> None:
+def rules_cmd(src: str, dst: str, proto: str | None, as_json: bool, ipv4: bool, ipv6: bool) -> None:
     """Show, chain by chain, what every firewall on the path from SRC to DST does with a packet
     of that kind and with its reply: each namespace, each hook, each base chain of every
     table (iptables-nft, iptables-legacy, nftables) in priority order, the rules that match,
@@ -31,7 +33,7 @@ def rules_cmd(src: str, dst: str, proto: str | None, as_json: bool) -> None:
     """
     from flowtrace import api
 
-    doc = api.rules(src, dst, proto)  # type: ignore[arg-type]
+    doc = api.rules(src, dst, proto, _family(ipv4, ipv6))  # type: ignore[arg-type]
     if as_json:
         import json
 

@@ -20,9 +20,26 @@ def _host_option(func: F) -> F:
     )(func)
 
 
+def _family_options(func: F) -> F:
+    """-4 / -6, as ping and curl spell them."""
+    func = click.option(
+        "-6", "ipv6", is_flag=True, help="IPv6 only (the destination's IPv6 address)."
+    )(func)
+    return click.option(
+        "-4", "ipv4", is_flag=True, help="IPv4 only (the destination's IPv4 address)."
+    )(func)
+
+
+def _family(ipv4: bool, ipv6: bool) -> int | None:
+    if ipv4 and ipv6:
+        raise click.UsageError("-4 and -6 exclude each other: give one of them")
+    return 4 if ipv4 else 6 if ipv6 else None
+
+
 @cli.command("path")
 @click.argument("src")
 @click.argument("dst")
+@_family_options
 @click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
 @engine_options
 @_host_option
@@ -30,6 +47,8 @@ def _host_option(func: F) -> F:
 def path_cmd(
     src: str,
     dst: str,
+    ipv4: bool,
+    ipv6: bool,
     as_json: bool,
     engine: str | None,
     context: str | None,
@@ -37,12 +56,21 @@ def path_cmd(
 ) -> None:
     """Print the observation points a packet from SRC to DST crosses, sending nothing.
 
-    DST may carry a port (c2:80, 203.0.113.1:8080) to follow a published port's DNAT.
+    DST may carry a port (c2:80, 203.0.113.1:8080, [fd00::3]:80) to follow a published
+    port's DNAT.
     """
     from flowtrace import api
     from flowtrace.topology.route import probe_kind_of
 
-    points, notes = api.path(src, dst, probe_kind_of(dst), engine, context, hosts)
+    points, notes = api.path(
+        src,
+        dst,
+        probe_kind_of(dst),
+        _family(ipv4, ipv6),
+        engine=engine,
+        context=context,
+        hosts=hosts,
+    )
     if as_json:
         import json
 
@@ -56,7 +84,7 @@ def path_cmd(
 
     from flowtrace.output.terminal import render_path
 
-    render_path(points, notes, Console(highlight=False, soft_wrap=True, emoji=False))
+    render_path(points, notes, Console(highlight=False, soft_wrap=True, emoji=False, markup=False))
 
 
 _RULES_OPTION = click.option(
@@ -113,7 +141,7 @@ def _trace_options(func: F) -> F:
     ]
     for option in reversed(options):
         func = option(func)
-    return engine_options(_host_option(func))
+    return engine_options(_family_options(_host_option(func)))
 
 
 def _run_trace(
@@ -126,6 +154,8 @@ def _run_trace(
     as_json: bool,
     output: str | None,
     no_record: bool,
+    ipv4: bool,
+    ipv6: bool,
     rules: str,
     engine: str | None,
     context: str | None,
@@ -144,6 +174,7 @@ def _run_trace(
         output_dir=Path(output) if output else None,
         record=not no_record,
         command=command_line(),
+        family=_family(ipv4, ipv6),
         rules=rules,
     )
     result = api.run_trace(src, dst, options, engine=EngineChoice(engine, context), hosts=hosts)
@@ -166,6 +197,7 @@ def _run_trace(
 def ping(src: str, dst: str, **opts: Any) -> None:
     """Send ICMP echo from SRC to DST and follow each packet hop by hop.
 
+    Over IPv6 (-6, an IPv6 DST, or a DST whose best address is IPv6) it is ICMPv6 echo.
     Exit status 0 when every probe was answered, 10 when some were not.
     """
     _run_trace("icmp", src, dst, **opts)
@@ -177,7 +209,10 @@ def ping(src: str, dst: str, **opts: Any) -> None:
 @_trace_options
 @handle_errors
 def tcp(src: str, dst: str, **opts: Any) -> None:
-    """Send a TCP SYN from SRC to DST:PORT; see the SYN-ACK or RST, and any DNAT on the way."""
+    """Send a TCP SYN from SRC to DST:PORT; see the SYN-ACK or RST, and any DNAT on the way.
+
+    An IPv6 address takes its port in brackets: [fd00::3]:80.
+    """
     _run_trace("tcp", src, dst, **opts)
 
 
@@ -267,5 +302,5 @@ def dns_cmd(
 
         from flowtrace.output.dnsview import render
 
-        render(result, Console(highlight=False, soft_wrap=True, emoji=False))
+        render(result, Console(highlight=False, soft_wrap=True, emoji=False, markup=False))
     finish(result)

@@ -354,3 +354,34 @@ def arp_fields(frame: bytes) -> tuple[int, str, str] | None:
         return None
     op = int.from_bytes(frame[20:22], "big")
     return op, socket.inet_ntoa(frame[28:32]), socket.inet_ntoa(frame[38:42])
+
+
+#: ICMPv6 neighbour solicitation and advertisement (RFC 4861): IPv6's ARP.
+NDP_SOLICITATION = 135
+NDP_ADVERTISEMENT = 136
+
+
+def ndp_fields(frame: bytes) -> tuple[int, str, str] | None:
+    """(ICMPv6 type, IPv6 source, target address) of an Ethernet frame carrying an NDP
+    neighbour solicitation or advertisement, else None.
+
+    The target is the address being resolved (a solicitation) or announced (an
+    advertisement).  Read at fixed offsets: NDP messages carry no extension headers
+    (RFC 4861 requires a hop limit of 255 and no fragmentation).
+    """
+    if len(frame) < 78 or frame[12:14] != b"\x86\xdd" or frame[20] != _PROTO_ICMPV6:
+        return None
+    icmp_type = frame[54]
+    if icmp_type not in (NDP_SOLICITATION, NDP_ADVERTISEMENT):
+        return None
+    return icmp_type, _address(frame[22:38]), _address(frame[62:78])
+
+
+def is_ndp(h: Headers | None) -> bool:
+    """An NDP neighbour solicitation or advertisement (link-local housekeeping, not a
+    packet a trace follows)."""
+    return (
+        h is not None
+        and h.proto == _PROTO_ICMPV6
+        and h.icmp_type in (NDP_SOLICITATION, NDP_ADVERTISEMENT)
+    )

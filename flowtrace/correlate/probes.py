@@ -7,6 +7,9 @@ ISN + 1, the source's RST continues at ISN + 1); an ICMP error takes the number 
 packet it quotes.  What carries no mark (a UDP answer) belongs to the latest probe sent
 before it, since a trace sends one probe at a time and waits for its answer.
 
+IPv6 has no IP ID: an IPv6 UDP probe (or the quote of one in an ICMPv6 error) is told
+by its payload, which starts with the trace's mark, MAGIC and the probe number.
+
 The live run knows more than a recorded set: the IP ID and send time of each probe and
 the TCP mark.  It tells them with `sent()`; `flowtrace analyze` learns the mark from the
 first SYN and counts UDP probes at the source point.  Both number packets with this
@@ -17,11 +20,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from flowtrace.model import Headers, Packet
+from flowtrace.model import Headers, Packet, is_echo_reply, is_echo_request
 
 #: Probe N's TCP initial sequence number is the trace's mark + N * this.
 PROBE_ISN_STEP = 0x10000
-_ICMP_ECHO_TYPES = (0, 8)
+#: What follows the 4-byte mark in an ICMP echo or UDP probe's payload; then the probe
+#: number (2 bytes): 15 bytes in all, within the payload digest decode keeps.
+MAGIC = b"flowtrace"
+_MAGIC_AT = slice(4, 4 + len(MAGIC))
+_NUMBER_AT = slice(4 + len(MAGIC), 6 + len(MAGIC))
 _TCP_SYN, _TCP_ACK = 0x02, 0x10
 _MASK = 0xFFFFFFFF
 
@@ -60,9 +67,10 @@ class ProbeNumbers:
         self.sent_ns: dict[int, int] = {}
         self.answered_ns: dict[int, int] = {}
 
-    def sent(self, probe: int, ip_id: int, time_ns: int) -> None:
-        """A live run sent probe `probe` with this IP ID at this time."""
-        self.ip_ids[ip_id] = probe
+    def sent(self, probe: int, ip_id: int | None, time_ns: int) -> None:
+        """A live run sent probe `probe` with this IP ID (None: IPv6 has none) at this time."""
+        if ip_id is not None:
+            self.ip_ids[ip_id] = probe
         self.sent_at[probe] = time_ns
 
     def number(self, pkt: Packet) -> int | None:
@@ -95,11 +103,20 @@ class ProbeNumbers:
         if h.inner is not None:
             quoted = self.ip_ids.get(h.inner.ip_id)
             return quoted if quoted is not None else self._marked(h.inner, "quoted")
-        if h.proto == 1 and h.icmp_type in _ICMP_ECHO_TYPES and h.icmp_seq is not None:
+        if (is_echo_request(h) or is_echo_reply(h)) and h.icmp_seq is not None:
             return h.icmp_seq if h.icmp_seq < self.count else None
         if h.proto == 6 and h.tcp_seq is not None:
             return self._from_isn(h, role)
+        if h.version == 6 and h.proto == 17:
+            return self._from_payload(h.payload_digest)
         return None
+
+    def _from_payload(self, digest: bytes) -> int | None:
+        """The probe number a probe's payload carries after MAGIC, if it is one."""
+        if digest[_MAGIC_AT] != MAGIC or len(digest) < _NUMBER_AT.stop:
+            return None
+        number = int.from_bytes(digest[_NUMBER_AT], "big")
+        return number if number < self.count else None
 
     def _from_isn(self, h: Headers, role: Role) -> int | None:
         flags = h.tcp_flags or 0

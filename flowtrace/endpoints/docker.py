@@ -12,7 +12,7 @@ when it is a unix socket or TCP without TLS, else the Docker SDK's APIClient.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flowtrace.endpoints import engines
@@ -44,6 +44,13 @@ class ContainerNet:
     hosts_file: str = ""
     #: "docker" or "podman": the engine that runs it.
     engine: str = "docker"
+    #: network name -> global IPv6 address on it (networks made with --ipv6)
+    addresses6: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_addresses(self) -> tuple[str, ...]:
+        """Its IPv4 and IPv6 addresses on every network."""
+        return (*self.addresses.values(), *self.addresses6.values())
 
 
 def _short(exc: Exception) -> str:
@@ -73,8 +80,9 @@ class _EngineRefused(Exception):
 
 
 def docker_available() -> bool:
-    """Whether the chosen engine (Docker or Podman) answers."""
-    return engines.available()
+    """Whether the chosen engine (Docker or Podman) answers, asked with a short wait
+    (engines.AVAILABLE_WAIT_S): a frozen engine must not hold up netns:/pid: endpoints."""
+    return engines.available(engines.AVAILABLE_WAIT_S)
 
 
 def _from_attrs(attrs: dict[str, Any], engine: str = "docker") -> ContainerNet:
@@ -98,6 +106,9 @@ def _from_attrs(attrs: dict[str, Any], engine: str = "docker") -> ContainerNet:
         resolv_conf=str(attrs.get("ResolvConfPath") or ""),
         hosts_file=str(attrs.get("HostsPath") or ""),
         engine=engine,
+        addresses6={
+            n: v["GlobalIPv6Address"] for n, v in networks.items() if v.get("GlobalIPv6Address")
+        },
     )
 
 

@@ -46,6 +46,9 @@ FLOWTRACE_RUN_DIR = "/run/flowtrace"
 FLOWTRACE_PODMAN_SOCKET = f"unix://{FLOWTRACE_RUN_DIR}/podman.sock"
 #: A client asks quickly when tracing; the lab, which imports images, gives it longer.
 DEFAULT_TIMEOUT_S = 10.0
+#: How long a look for containers that is only nice to have (naming namespaces, finding
+#: the owner of an address) waits: a frozen engine must not hold up netns:/pid: endpoints.
+AVAILABLE_WAIT_S = 2.0
 #: The API version a client starts with (the Docker SDK's minimum) until the engine says its own.
 MIN_API = "1.24"
 #: Where rootful Podman records the network backend it chose (netavark or cni).
@@ -58,6 +61,10 @@ class EngineChoice:
 
     engine: str | None = None
     context: str | None = None
+    #: A Docker engine's own address (as `docker -H`), e.g. the IPv6 lab's private
+    #: engine; `selected_by` says in words what it is.
+    host: str | None = None
+    selected_by: str = "-H"
 
     def check(self) -> None:
         if self.engine is not None and self.engine not in ENGINE_NAMES:
@@ -145,6 +152,8 @@ def candidates(
     context_host(name): a context's (host, tls), None when there is no such context.
     """
     choice.check()
+    if choice.host:
+        return [Candidate(choice.host, choice.selected_by, "docker", explicit=True)]
     if choice.context:
         return [
             _context_candidate(choice.context, f"--context {choice.context}", choice, context_host)
@@ -266,6 +275,9 @@ _choice = EngineChoice()
 #: choice -> timeout -> connection: one engine (and one Podman API started) per choice.
 _connections: dict[EngineChoice, dict[float, Connection]] = {}
 _services: list[PodmanService] = []
+#: host -> the error of an engine that did not answer in time (frozen, overloaded): this
+#: process does not ask it again, so every later ask fails at once, not after another wait.
+_timed_out: dict[str, DockerUnavailableError] = {}
 
 
 @contextmanager
@@ -329,9 +341,9 @@ def api(timeout: float = DEFAULT_TIMEOUT_S) -> Any:
     return connect(timeout).api
 
 
-def available() -> bool:
+def available(timeout: float = DEFAULT_TIMEOUT_S) -> bool:
     try:
-        connect()
+        connect(timeout)
     except DockerUnavailableError:
         return False
     return True
@@ -356,8 +368,16 @@ def close() -> None:
             with suppress(Exception):
                 found.close()
     _connections.clear()
+    _timed_out.clear()
     while _services:
         _services.pop().stop()
+
+
+def forget(choice: EngineChoice) -> None:
+    """Close and drop the connections made for `choice` (its engine went away)."""
+    for found in _connections.pop(choice, {}).values():
+        with suppress(Exception):
+            found.client.close()
 
 
 def is_local(host: str) -> bool:
@@ -425,6 +445,12 @@ def _start_hint(engine: str | None) -> str:
     return "start dockerd (e.g. with `bash scripts/setup.sh`)"
 
 
+def _restart_hint(engine: str | None) -> str:
+    if engine == "podman":
+        return "check `podman system service`, or choose another engine with --engine"
+    return "check dockerd (`systemctl status docker`, its log), or choose another with --context"
+
+
 def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection | None:
     """A pinged connection at `candidate`, or None (with why in `tried`) when it is not
     explicit; an explicit candidate that does not answer is an error."""
@@ -447,6 +473,11 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
                 f"socket {host[len('unix://') :]}; {_start_hint(candidate.expect)}"
             )
         return None
+    if host in _timed_out:  # it did not answer in time earlier in this process
+        tried.append(f"{candidate.selected_by} at {host}: did not answer in time")
+        if candidate.explicit:
+            raise _timed_out[host]
+        return None
     try:
         reader, made, (name, version, api) = _client_at(host, candidate.tls, timeout)
         backend, rootless = _engine_facts(reader, name, host)
@@ -455,6 +486,15 @@ def _try(candidate: Candidate, timeout: float, tried: list[str]) -> Connection |
             service.stop()
         why = _short(exc)
         tried.append(f"{candidate.selected_by} at {host}: {why}")
+        if "timed out" in str(exc).lower():
+            _timed_out[host] = DockerUnavailableError(
+                f"the {_engine_word(candidate)} at {_where(candidate)} did not answer within "
+                f"{timeout:g} s (frozen or overloaded?); {_restart_hint(candidate.expect)}"
+            )
+            tried[-1] = f"{candidate.selected_by} at {host}: no answer within {timeout:g} s"
+            if candidate.explicit:
+                raise _timed_out[host] from None
+            return None
         if candidate.explicit:
             raise DockerUnavailableError(
                 f"the {_engine_word(candidate)} does not answer at {_where(candidate)} "

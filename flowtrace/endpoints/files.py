@@ -17,11 +17,12 @@ def hosts_entries(text: str) -> list[tuple[str, tuple[str, ...]]]:
     return found
 
 
-def hosts_lookup(text: str, name: str) -> str | None:
-    """The address /etc/hosts gives `name` (case-insensitive), IPv4 first, or None."""
+def hosts_lookup(text: str, name: str, family: int = 4) -> str | None:
+    """The address /etc/hosts gives `name` (case-insensitive), or None: one of `family`
+    (4 for an A lookup, 6 for AAAA), as the C resolver answers from the file."""
     wanted = name.rstrip(".").lower()
     found = [ip for ip, names in hosts_entries(text) if wanted in (n.lower() for n in names)]
-    found.sort(key=lambda ip: ":" in ip)
+    found = [ip for ip in found if (":" in ip) == (family == 6)]
     return found[0] if found else None
 
 

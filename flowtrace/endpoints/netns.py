@@ -114,6 +114,11 @@ def _enter(path: str) -> None:
         os.close(fd)
 
 
+def enter_netns(path: str) -> None:
+    """Move the calling thread into the network namespace at `path` (the thread only)."""
+    _enter(path)
+
+
 def run_where(path: str, func: Callable[..., T], *args: object) -> T:
     """Call func(*args) on the host `path` is on, without entering a namespace (for work
     that enters several itself: one call to another host instead of many)."""

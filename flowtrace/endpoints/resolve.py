@@ -1,7 +1,8 @@
 """Turn what the user typed into an Endpoint: a namespace and the addresses it owns.
 
-Accepted forms: a container name or id, `host`, `netns:NAME`, `pid:N`, an IPv4
-address; any of them may carry `:PORT` (``c2:80``, ``203.0.113.1:8080``).
+Accepted forms: a container name or id, `host`, `netns:NAME`, `pid:N`, an IPv4 or
+IPv6 address; any of them may carry `:PORT` (``c2:80``, ``203.0.113.1:8080``), an IPv6
+address in brackets as URLs write it (``[fd00::3]:80``; ``[fd00::3]`` is the address).
 """
 
 from __future__ import annotations
@@ -33,18 +34,37 @@ NETNS_RUN_DIR = "/run/netns"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def _port_number(tail: str, spec: str) -> int:
+    if not tail.isdigit() or not 0 < int(tail) < 65536:
+        raise FlowtraceError(
+            f"bad port {tail!r} in {spec!r}: give a number from 1 to 65535", ExitStatus.USAGE
+        )
+    return int(tail)
+
+
 def split_port(spec: str) -> tuple[str, int | None]:
-    """`c2:80` -> ("c2", 80); `netns:x` and `pid:4` keep their colon."""
+    """`c2:80` -> ("c2", 80); `[fd00::3]:80` -> ("fd00::3", 80); `netns:x`, `pid:4` and a
+    bare IPv6 address keep their colons."""
+    if spec.startswith("["):
+        address, bracket, rest = spec[1:].partition("]")
+        if not bracket or not _is_ip(address) or ":" not in address:
+            raise FlowtraceError(
+                f"cannot read {spec!r}: brackets hold an IPv6 address, as in [fd00::3]:80",
+                ExitStatus.USAGE,
+            )
+        if not rest:
+            return address, None
+        if not rest.startswith(":"):
+            raise FlowtraceError(
+                f"cannot read {spec!r}: after [{address}] comes :PORT", ExitStatus.USAGE
+            )
+        return address, _port_number(rest[1:], spec)
     head, sep, tail = spec.rpartition(":")
     if not sep or head in ("netns", "pid") or not head:
         return spec, None
     if head.startswith(("netns:", "pid:")) or head.count(":") == 0:
-        if not tail.isdigit() or not 0 < int(tail) < 65536:
-            raise FlowtraceError(
-                f"bad port {tail!r} in {spec!r}: give a number from 1 to 65535", ExitStatus.USAGE
-            )
-        return head, int(tail)
-    return spec, None
+        return head, _port_number(tail, spec)
+    return spec, None  # an IPv6 address: a port needs the brackets
 
 
 def _require_root() -> None:
@@ -209,7 +229,10 @@ def resolve_ip(ip: str, *, port: int | None = None) -> Endpoint:
     from flowtrace.topology.kernel import read_state
 
     for ns in named_namespaces():
-        state = read_state(ns.path)
+        try:
+            state = read_state(ns.path)
+        except NotFoundError:  # removed since it was listed (another program's namespace)
+            continue
         if state.owns(ip) and not ipaddress.ip_address(ip).is_loopback:
             addresses = tuple(a.ip for a in state.addresses)
             return Endpoint(ip, ns, addresses, ip, port)

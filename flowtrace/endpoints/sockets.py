@@ -84,8 +84,9 @@ def read_table(path: str) -> list[SocketEntry]:
 
 
 def process_sockets(pid: int | str, proto: str = "tcp") -> list[SocketEntry]:
-    """IPv4 sockets of one protocol in the namespace of process `pid` ("self": ours)."""
-    return read_table(f"/proc/{pid}/net/{proto}")
+    """IPv4 and IPv6 sockets of one protocol in the namespace of process `pid` ("self":
+    ours)."""
+    return read_table(f"/proc/{pid}/net/{proto}") + read_table(f"/proc/{pid}/net/{proto}6")
 
 
 def socket_fds(pid: int) -> dict[int, int]:

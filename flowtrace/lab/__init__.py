@@ -8,6 +8,7 @@ Inside, imports run one way, each module on the ones before it: base (names, vie
 <- guard (root, lock) <- links (netlink facts) <- engine (Docker SDK) <- render <-
 images <- outside <- podman_conf <- podman (the lab on Podman) <- macvlan <- catalog <-
 core (the base lab's verbs) <- scenarios; choose says which engine's lab a command means.
+Scenario ipv6 runs on an engine of the lab's own (own_engine, before ipv6 and catalog).
 """
 
 from flowtrace.lab.base import (

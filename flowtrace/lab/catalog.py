@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import flowtrace.lab.hosts as hosts
+import flowtrace.lab.ipv6 as ipv6
 import flowtrace.lab.macvlan as macvlan
+import flowtrace.lab.own_engine as own_engine
 from flowtrace.errors import ExitStatus, FlowtraceError
 from flowtrace.lab.base import (
     DEFAULT_NETWORK,
@@ -138,7 +140,13 @@ class Scenario:
     members: tuple[Member, ...] = ()
     #: What it builds besides containers: build() before the members, attach() after.
     parts: ScenarioParts | None = None
+    #: It runs on an engine of the lab's own in a namespace of its own
+    #: (flowtrace.lab.own_engine), not on the machine's engine and without the base lab.
+    own_engine: bool = False
 
+
+#: flowtrace on the IPv6 lab's host (its own engine, in namespace ft6-host).
+_IN6 = "flowtrace lab exec -- flowtrace"
 
 #: The port web and the `ports` scenario's httpd containers listen on, as -p writes it.
 _HTTPD_PORT = str(WEB_CONTAINER_PORT)
@@ -236,6 +244,33 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             parts=hosts,
         ),
+        Scenario(
+            ipv6.SCENARIO,
+            f"IPv6: {ipv6.A}, {ipv6.B} and {ipv6.WEB} on the dual-stack network {ipv6.NETWORK} "
+            f"({ipv6.SUBNET6}), the IPv6 outside host {ipv6.OUTSIDE6_NETNS} "
+            f"({ipv6.OUTSIDE6_IP}) through NAT66, {ipv6.WEB} publishing {ipv6.WEB_PORT6} on "
+            f"0.0.0.0 and [::], on the lab's own engine in namespace {own_engine.NETNS}",
+            (
+                f"{_IN6} ping -6 {ipv6.A} {ipv6.B}",
+                f"{_IN6} ping {ipv6.A} {ipv6.B}",
+                f"{_IN6} ping {ipv6.A} netns:{ipv6.OUTSIDE6_NETNS}",
+                f"{_IN6} tcp netns:{ipv6.OUTSIDE6_NETNS} [{ipv6.UPLINK6_IP}]:{ipv6.WEB_PORT6}",
+                f"{_IN6} tcp host [::1]:{ipv6.WEB_PORT6}",
+                f"{_IN6} dns {ipv6.A} {ipv6.B} -t AAAA",
+            ),
+            (
+                Member(ipv6.A, network=ipv6.NETWORK),
+                Member(ipv6.B, network=ipv6.NETWORK),
+                Member(
+                    ipv6.WEB,
+                    network=ipv6.NETWORK,
+                    command=HTTPD_COMMAND,
+                    publish=(f"{ipv6.WEB_PORT6}:{_HTTPD_PORT}",),
+                ),
+            ),
+            parts=ipv6,
+            own_engine=True,
+        ),
     )
 }
 SCENARIO_NAMES = tuple(SCENARIOS)
@@ -253,11 +288,14 @@ def get(name: str) -> Scenario:
 
 
 def remove_parts(client: Any) -> tuple[list[str], list[str]]:
-    """What every scenario made besides containers, for a plain `lab down` (lock held)."""
+    """What every scenario made besides containers, for a plain `lab down` (lock held);
+    a scenario on an engine of its own goes with that engine, containers and all."""
     removed: list[str] = []
     kept: list[str] = []
     for scenario in SCENARIOS.values():
-        if scenario.parts is not None:
+        if scenario.own_engine:
+            removed += own_engine.teardown(scenario.parts)
+        elif scenario.parts is not None:
             gone, still = scenario.parts.remove(client)
             removed += gone
             kept += still

@@ -126,24 +126,25 @@ def host_destinations() -> list[tuple[str, str]]:
     return known_destinations(
         _read("/etc/hosts"),
         _read("/etc/resolv.conf"),
-        {table: _read(f"/proc/self/net/{table}") for table in ("tcp", "udp")},
+        {table: _read(f"/proc/self/net/{table}") for table in ("tcp", "udp", "tcp6", "udp6")},
     )
 
 
 def host_range_conflicts(net: str, own_link: str) -> list[str]:
-    """The host's addresses and main-table routes that overlap `net` (other than on the
-    lab's own link `own_link`), in words."""
+    """The host's addresses and main-table routes that overlap `net` (IPv4 or IPv6; other
+    than on the lab's own link `own_link`), in words."""
     from pyroute2 import IPRoute
 
+    family, anywhere = (socket.AF_INET6, "::") if ":" in net else (socket.AF_INET, "0.0.0.0")
     with IPRoute() as ipr:
         names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
         addresses = [
             (a.get("IFA_ADDRESS"), a["prefixlen"], names.get(a["index"], "?"))
-            for a in ipr.get_addr(family=socket.AF_INET)
+            for a in ipr.get_addr(family=family)
         ]
         routes = [
-            (r.get("RTA_DST") or "0.0.0.0", r["dst_len"], names.get(r.get("RTA_OIF"), "?"))
-            for r in ipr.get_routes(family=socket.AF_INET, table=254)
+            (r.get("RTA_DST") or anywhere, r["dst_len"], names.get(r.get("RTA_OIF"), "?"))
+            for r in ipr.get_routes(family=family, table=254)
         ]
     return overlapping_use(net, addresses, routes, own_link)
 

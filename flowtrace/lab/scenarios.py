@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import flowtrace.lab.core as core
+import flowtrace.lab.ipv6 as ipv6
+import flowtrace.lab.own_engine as own_engine
 from flowtrace.errors import FlowtraceError
 from flowtrace.lab.base import (
     IMAGE,
@@ -32,7 +34,9 @@ from flowtrace.lab.catalog import Member, Scenario, get
 from flowtrace.lab.engine import (
     container_view,
     get_container,
+    get_image,
     is_lab_container,
+    is_lab_labelled,
     lab_client,
     labels,
     owned,
@@ -40,7 +44,8 @@ from flowtrace.lab.engine import (
     short,
 )
 from flowtrace.lab.guard import exclusive, require_privileges
-from flowtrace.lab.links import pid_netns_inode
+from flowtrace.lab.images import ensure_image
+from flowtrace.lab.links import netns_usable, pid_netns_inode
 from flowtrace.lab.render import table
 
 
@@ -221,11 +226,29 @@ def _ensure(client: Any, scenario: Scenario, member: Member) -> list[str]:
 
 
 def up(name: str) -> ScenarioState:
-    """Bring the base lab up, then the scenario's containers; idempotent."""
+    """Bring the base lab up, then the scenario's containers; idempotent.
+
+    A scenario on an engine of its own gets that engine (started when it is not) and
+    its image there instead of the base lab."""
+    scenario = get(name)
+    if scenario.own_engine:
+        require_privileges()
+        here = getattr(scenario.parts, "machine_conflicts", None)
+        found = here() if here is not None else []
+        if found:
+            raise LabConflictError("; ".join(found))
+        with exclusive():
+            started = own_engine.start()
+        with own_engine.entered():
+            built = _build(scenario, own=True)
+        return replace(built, changes=(*started, *built.changes))
+    return _build(scenario, own=False)
+
+
+def _build(scenario: Scenario, own: bool) -> ScenarioState:
     from docker.errors import APIError
 
-    scenario = get(name)
-    base = core.up()
+    base = LabState() if own else core.up()
     client = lab_client()
     changes: list[str] = []
     with exclusive():
@@ -234,6 +257,8 @@ def up(name: str) -> ScenarioState:
             raise LabConflictError("; ".join(conflicts))
         parts = scenario.parts
         try:
+            if own:
+                changes += ensure_image(client)
             if parts is not None:
                 changes += parts.build(client)
             for member in scenario.members:
@@ -241,22 +266,46 @@ def up(name: str) -> ScenarioState:
             if parts is not None:
                 changes += parts.attach(client)
         except APIError as exc:
-            raise FlowtraceError(f"Docker refused to build scenario {name}: {short(exc)}") from None
+            raise FlowtraceError(
+                f"Docker refused to build scenario {scenario.name}: {short(exc)}"
+            ) from None
+        if own:
+            base = _own_base(client)
         state = _survey(client, scenario, base)
     return replace(state, changes=(*base.changes, *changes))
 
 
+def _own_base(client: Any) -> LabState:
+    """What a scenario on its own engine needs of a base: the lab's image there."""
+    image = get_image(client)
+    if image is None or not is_lab_labelled(image.labels):
+        return LabState(missing=(f"image {IMAGE}",))
+    return LabState(image_id=image.id)
+
+
 def status(name: str) -> ScenarioState:
-    """The base lab and the scenario's containers as they are now."""
+    """The base lab (or the scenario's own engine) and the scenario's containers as they
+    are now."""
     scenario = get(name)
+    if scenario.own_engine:
+        require_privileges()
+        if not own_engine.running():
+            return ScenarioState(scenario, LabState(), missing=(own_engine.not_running(),))
+        with own_engine.entered():
+            client = lab_client()
+            return _survey(client, scenario, _own_base(client))
     base = core.status()
     return _survey(lab_client(), scenario, base)
 
 
 def down(name: str) -> list[str]:
-    """Remove the scenario's containers (sharers before owners), then its other parts."""
+    """Remove the scenario's containers (sharers before owners), then its other parts;
+    a scenario on an engine of its own, with that engine."""
     scenario = get(name)
     require_privileges()
+    if scenario.own_engine:
+        with exclusive():
+            return own_engine.teardown(scenario.parts)
     client = lab_client()
     removed: list[str] = []
     kept: list[str] = []
@@ -305,25 +354,35 @@ def _web_of(state: ScenarioState) -> LabContainer:
 
 
 def _published_lines(state: ScenarioState) -> list[str]:
-    """Each IPv4 published port of the scenario (and web's, when it publishes) with the
-    commands that trace it from the outside host and from the host."""
+    """Each published port of the scenario (and web's, when it publishes) with the
+    commands that trace it from an outside host and from the host: an IPv4 binding from
+    ft-outside, a `::` one (the IPv6 twin Docker makes of every binding) from
+    ft6-outside while the ipv6 scenario is up."""
     owners = [(v.member.name, v.container) for v in state.members]
-    if any(v.member.publish or v.member.publish_all for v in state.members):
+    own = state.scenario.own_engine  # no base lab there, and traced from its host
+    if not own and any(v.member.publish or v.member.publish_all for v in state.members):
         owners.insert(0, (WEB_CONTAINER, _web_of(state)))  # -p 8080:80, the base lab's
     published = [(name, *split_binding(p)) for name, item in owners for p in item.ports]
     if not published:
         return []
+    outside6 = netns_usable(ipv6.OUTSIDE6_NETNS_PATH)
     lines = ["", "published (docker port), traced from the outside host and from the host:"]
     for name, host_ip, host_port, inner in published:
         if ":" in host_ip:
-            continue  # the IPv6 twin of a binding: flowtrace traces IPv4
-        lines.append(f"  {name}: {host_ip}:{host_port} -> {inner}")
-        targets = [f"netns:{OUTSIDE_NETNS} {UPLINK_IP}"]
-        if host_ip in ("0.0.0.0", "127.0.0.1"):
-            targets.append("host 127.0.0.1")
-        if host_ip in ("0.0.0.0", UPLINK_IP):
-            targets.append(f"host {UPLINK_IP}")
-        lines += [f"    flowtrace tcp {target}:{host_port}" for target in targets]
+            lines.append(f"  {name}: [{host_ip}]:{host_port} -> {inner}")
+            targets = [f"netns:{ipv6.OUTSIDE6_NETNS} [{ipv6.UPLINK6_IP}]"] if outside6 else []
+            targets.append("host [::1]")
+        else:
+            lines.append(f"  {name}: {host_ip}:{host_port} -> {inner}")
+            targets = [f"netns:{OUTSIDE_NETNS} {UPLINK_IP}"]
+            if host_ip in ("0.0.0.0", "127.0.0.1"):
+                targets.append("host 127.0.0.1")
+            if host_ip in ("0.0.0.0", UPLINK_IP):
+                targets.append(f"host {UPLINK_IP}")
+        if ":" not in host_ip and own:  # no ft-outside and no 203.0.113.1 there
+            targets = ["host 127.0.0.1"] if host_ip in ("0.0.0.0", "127.0.0.1") else []
+        prefix = "flowtrace lab exec -- flowtrace" if own else "flowtrace"
+        lines += [f"    {prefix} tcp {target}:{host_port}" for target in targets]
     return lines
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.text import Text
 
-from flowtrace.model import DNS_PORT, DnsLookup
+from flowtrace.model import DNS_PORT, Address, DnsLookup
 from flowtrace.output.kernelview import kernel_lines
 from flowtrace.output.terminal import engine_line, nat_details, packet_table
 
@@ -24,17 +24,15 @@ def render(result: DnsLookup, console: Any) -> None:
             out(f"note: {note}")
         return
     servers = ", ".join(result.config.nameservers) or "no nameserver"
+    server = Address(result.server, DNS_PORT)
     if result.server in result.config.nameservers[:1]:
-        out(f"resolver: {result.server}:{DNS_PORT} ({result.config.described_as}: {servers})")
+        out(f"resolver: {server} ({result.config.described_as}: {servers})")
     else:
-        out(
-            f"resolver: {result.server}:{DNS_PORT} (--server; {result.config.described_as} "
-            f"names {servers})"
-        )
+        out(f"resolver: {server} (--server; {result.config.described_as} names {servers})")
     out("path: " + " -> ".join(p.id for p in result.points))
     by_id = {p.id: p for p in result.points}
     if result.sent_from is not None:
-        out(f"query sent from {result.sent_from} to {result.server}:{DNS_PORT}")
+        out(f"query sent from {result.sent_from} to {server}")
     for ev in result.nat:
         where = f"in {result.src.netns.label} before {ev.between[1]}"
         if ev.reverse_of:

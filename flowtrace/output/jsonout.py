@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from flowtrace._version import __version__
+from flowtrace.correlate.faults import fault_record
 from flowtrace.correlate.stats import median
 from flowtrace.model import DnsLookup, NatEvent, Packet, Point, Sighting, Trace
 from flowtrace.output.hostview import clock_errors, hop_error, outer_dict
@@ -106,6 +107,7 @@ def trace_dict(trace: Trace) -> dict[str, Any]:
             "rtt_ns": v.rtt_ns,
             "rule": v.rule,
             "text": str(v),
+            "fault": fault_record(v.fault) if v.fault is not None else None,
         }
         for v in trace.verdicts
     ]
@@ -128,6 +130,7 @@ def trace_dict(trace: Trace) -> dict[str, Any]:
         "hops": hop_summary(trace),
         "stats": [{"point": s.point, "packets": s.packets, "drops": s.drops} for s in trace.stats],
         "notes": list(trace.notes),
+        "faults": [fault_record(f) for f in trace.faults],
     }
 
 

@@ -123,3 +123,55 @@ def packet_json(pkt: Packet) -> str:
         f'"direction": {_json_text(pkt.direction)}, "sightings": [{", ".join(sightings)}], '
         f'"hop_deltas_ns": [{", ".join(deltas)}], "nat": [{nat}]}}'
     )
+
+
+class JsonDocument:
+    """`analyze --json`'s one document, streamed: packets as they come, then the summary.
+
+    Nothing is written before the first packet (or the end), so an error found early
+    leaves stdout empty; an error after the first write closes the document with an
+    `error` member instead, so stdout always holds whole JSON or nothing.  Packets go
+    out `batch` at a time: one write per packet cost a tenth of the pass.
+    """
+
+    def __init__(self, out: Any, batch: int = 64) -> None:
+        self.out = out
+        self.batch = batch
+        self.pending: list[str] = []
+        self.started = False
+        self.closed = False
+
+    def packet(self, pkt: Packet) -> None:
+        self.pending.append(packet_json(pkt))
+        if len(self.pending) >= self.batch:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self.pending:
+            return
+        text = ",\n".join(self.pending)
+        self.pending.clear()
+        if self.started:
+            self.out.write(",\n" + text)
+        else:
+            self.out.write('{"packets": [\n' + text)
+            self.started = True
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The packets' end, then the summary's members (its packet count as packet_count)."""
+        if "packets" in summary:
+            summary = {**summary, "packet_count": summary["packets"]}
+            del summary["packets"]
+        self._write_pending()
+        opening = "],\n" if self.started else '{"packets": [],\n'
+        self.out.write(opening + json.dumps(summary, indent=1)[1:].lstrip() + "\n")
+        self.closed = True
+
+    def fail(self, status: int, message: str) -> None:
+        """Close a document already begun with the error; nothing when none was begun."""
+        if self.closed or not self.started:
+            return
+        self._write_pending()
+        error = json.dumps({"status": status, "message": message})
+        self.out.write(f'],\n "error": {error}\n}}\n')
+        self.closed = True

@@ -1,7 +1,9 @@
 """What a person reads in the terminal: hop tables, NAT rewrites, verdicts, a summary.
 
 Built with rich; when stdout is not a terminal rich prints plain text of the same
-shape, so the output pipes into less or a file cleanly.
+shape, so the output pipes into less or a file cleanly.  Consoles are made with
+markup=False: what is printed quotes the system (rules, addresses), and rich would take
+an IPv6 address in brackets, `[fd00::2]:80`, for a style tag and drop it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,21 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from flowtrace.correlate.faults import fault_line
 from flowtrace.correlate.stats import median
-from flowtrace.model import Address, NatEvent, Packet, Point, Sighting, Trace, Verdict
+from flowtrace.model import (
+    ICMP_KINDS,
+    Address,
+    Headers,
+    NatEvent,
+    Packet,
+    Point,
+    Sighting,
+    Trace,
+    Verdict,
+    is_echo_reply,
+    is_echo_request,
+)
 from flowtrace.output.hostview import (
     clock_errors,
     delta_text,
@@ -33,6 +48,10 @@ def _us(ns: int) -> str:
     return f"{ns / 1000:,.1f}"
 
 
+def _echo(h: Headers) -> bool:
+    return is_echo_request(h) or is_echo_reply(h)
+
+
 def endpoint_text(s: Sighting, which: str, icmp_id: int | None = None) -> str:
     """An address with its port; an ICMP id only where it differs from the packet's first."""
     h = s.headers
@@ -40,18 +59,17 @@ def endpoint_text(s: Sighting, which: str, icmp_id: int | None = None) -> str:
     port = h.sport if which == "src" else h.dport
     if port is not None:
         return str(Address(ip, port))
-    if h.icmp_id is not None and h.icmp_id != icmp_id and h.icmp_type in (0, 8):
+    if h.icmp_id is not None and h.icmp_id != icmp_id and _echo(h):
         return f"{ip} (id {h.icmp_id})"
     return ip
 
 
 def describe(s: Sighting) -> str:
     h = s.headers
-    if h.proto == 1:
-        kinds = {8: "echo request", 0: "echo reply", 3: "unreachable", 11: "time exceeded"}
+    if h.proto in ICMP_KINDS:
         kind = -1 if h.icmp_type is None else h.icmp_type
-        text = f"icmp {kinds.get(kind, f'type {h.icmp_type}')}"
-        return text + (f" seq={h.icmp_seq}" if h.icmp_type in (0, 8) else "")
+        text = f"{h.proto_name} {ICMP_KINDS[h.proto].get(kind, f'type {h.icmp_type}')}"
+        return text + (f" seq={h.icmp_seq}" if _echo(h) else "")
     if h.proto == 6:
         flags = h.tcp_flags or 0
         names = [n for bit, n in ((2, "SYN"), (16, "ACK"), (4, "RST"), (1, "FIN")) if flags & bit]
@@ -74,7 +92,7 @@ def packet_table(
     """
     first = pkt.first.headers
     title = f"packet {pkt.packet_id}: {pkt.direction}, {describe(pkt.first)}"
-    if first.icmp_id is not None and first.icmp_type in (0, 8):
+    if first.icmp_id is not None and _echo(first):
         title += f" id={first.icmp_id}"
     start = pkt.first.time_ns
     rows = []
@@ -209,7 +227,7 @@ def engine_line(meta: Mapping[str, Any]) -> str | None:
 
 
 def render_trace(trace: Trace, console: Console | None = None) -> None:
-    console = console or Console(highlight=False, soft_wrap=True, emoji=False)
+    console = console or Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
     points = {p.id: p for p in trace.points}
     header = trace.meta.get("title")
     if header:
@@ -217,6 +235,9 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
     line = engine_line(trace.meta)
     if line:
         console.print(line)
+    family = trace.meta.get("family_reason")
+    if family:
+        console.print(f"address family: {family}")
     for note in trace.notes:
         console.print(f"note: {note}")
     proxy = trace.meta.get("proxy")
@@ -260,6 +281,10 @@ def render_trace(trace: Trace, console: Console | None = None) -> None:
         console.print()
         for line in proxy_lines(proxy, trace.packets):
             console.print(line)
+    if trace.faults:
+        console.print()
+    for fault in trace.faults:
+        console.print(f"fault: {fault_line(fault)}", style="red")
     kernel = trace.meta.get("kernel")
     if isinstance(kernel, dict):  # --rules kernel
         console.print()
@@ -374,8 +399,11 @@ def render_analysis(analysis: Any, shown: list[Packet], console: Console) -> Non
     """Summary of an offline analysis: sources, points, some packets, flows, NAT, hop latency."""
     trace = analysis.trace
     console.print(Text(", ".join(analysis.sources), style="bold"))
+    ndp = getattr(analysis, "ndp_frames", 0)
     console.print(
-        f"{analysis.frames:,} frames ({analysis.undecoded:,} not IP), "
+        f"{analysis.frames:,} frames ({analysis.undecoded:,} not IP"
+        + (f", {ndp:,} NDP" if ndp else "")
+        + "), "
         f"{analysis.packet_count:,} packets on {len(trace.points)} "
         + ("point" if len(trace.points) == 1 else "points")
     )

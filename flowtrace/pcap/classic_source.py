@@ -16,10 +16,10 @@ from flowtrace.pcap.records import (
     Record,
     new_record,
 )
-from flowtrace.pcap.source import Source
+from flowtrace.pcap.source import EMPTY_RUN_LIMIT, MAX_BLOCK_SIZE, Source
 
 #: A captured length above this is garbage, not a packet (64 KiB frames, 256 KiB snaplen).
-MAX_RECORD_SIZE = 1 << 26
+MAX_RECORD_SIZE = MAX_BLOCK_SIZE
 
 CLASSIC_MAGICS = {
     # magic as read little-endian -> (byte order, units per second)
@@ -76,6 +76,7 @@ class ClassicSource(Source):
         index = self.interface.index
         fraction_ns = NANOSECONDS // self.units
         direction_at = self.direction_at
+        empty = 0
         try:
             while True:
                 if end - pos < 16:
@@ -86,7 +87,14 @@ class ClassicSource(Source):
                         return
                 seconds, fraction, caplen, orig_len = header(buf, pos)
                 if caplen > MAX_RECORD_SIZE:
-                    raise self.corrupt(self.base + pos, "record")
+                    raise self.oversized(self.base + pos, caplen, "record")
+                if caplen:
+                    empty = 0
+                else:
+                    empty += 1
+                    if empty >= EMPTY_RUN_LIMIT:
+                        self.empty_run(self.base + pos - 16 * (EMPTY_RUN_LIMIT - 1))
+                        return
                 if end - pos < 16 + caplen:
                     buf, pos = self.fill(buf, pos, 16 + caplen)
                     end = len(buf)

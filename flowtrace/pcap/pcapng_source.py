@@ -25,7 +25,7 @@ from flowtrace.pcap.records import (
     Record,
     new_record,
 )
-from flowtrace.pcap.source import Source
+from flowtrace.pcap.source import EMPTY_RUN_LIMIT, MAX_BLOCK_SIZE, Source
 
 PCAPNG_SHB = 0x0A0D0D0A
 _BYTE_ORDER_MAGIC = 0x1A2B3C4D
@@ -108,6 +108,7 @@ class PcapngSource(Source):
     def _read_header_blocks(self) -> None:
         """Handle blocks up to the first packet block so interfaces are known early."""
         buf, pos = self.buf, self.pos
+        others = 0  # blocks in a row that describe nothing (unknown types)
         while True:
             if len(buf) - pos < 12:
                 buf, pos = self.fill(buf, pos, 12)
@@ -116,12 +117,19 @@ class PcapngSource(Source):
             block_type, length = self.layouts.header.unpack_from(buf, pos)
             if block_type in (2, 3, 6):
                 break
+            others = others + 1 if block_type not in (1, 4, 5, PCAPNG_SHB) else 0
+            if others >= EMPTY_RUN_LIMIT:
+                self.empty_run(self.base + pos)
+                self.truncated = False
+                break
             if block_type == PCAPNG_SHB and self._starts_section(buf, pos):
                 # The byte order of a section is known only from its own header.
                 layouts = _LITTLE if buf[pos + 8] == 0x4D else _BIG
                 (length,) = layouts.u32.unpack_from(buf, pos + 4)
             if length < 12 or length % 4:
                 raise self.corrupt(self.base + pos)
+            if length > MAX_BLOCK_SIZE:
+                raise self.oversized(self.base + pos, length)
             if len(buf) - pos < length:
                 buf, pos = self.fill(buf, pos, length)
                 if len(buf) - pos < length:
@@ -287,6 +295,9 @@ class PcapngSource(Source):
 
     def records(self) -> Iterator[Record]:
         """Parse packet blocks; kept in one function with local names because it runs per packet."""
+        if self.problem is not None:  # the header blocks already ran into padding
+            self.close()
+            return
         buf, pos = self.buf, self.pos
         self.buf = b""
         end = len(buf)
@@ -296,6 +307,7 @@ class PcapngSource(Source):
         ) = self.layouts.hot  # fmt: skip
         conversions = self.conversions
         plain_indexes = self.plain_indexes
+        empty = 0  # blocks in a row that carried no captured byte
         try:
             while True:
                 if end - pos < 28:
@@ -310,6 +322,15 @@ class PcapngSource(Source):
                 if block_type == 6:
                     if length < 32 or length & 3:
                         raise self.corrupt(self.base + pos)
+                    if length > MAX_BLOCK_SIZE:
+                        raise self.oversized(self.base + pos, length)
+                    if caplen:
+                        empty = 0
+                    else:
+                        empty += 1
+                        if empty >= EMPTY_RUN_LIMIT:
+                            self.empty_run(self.base + pos)
+                            return
                     if end - pos < length:
                         buf, pos = self.fill(buf[:end], pos, length)
                         end = len(buf)
@@ -377,6 +398,15 @@ class PcapngSource(Source):
                     (length,) = (_BIG if big else _LITTLE).u32.unpack_from(buf, pos + 4)
                 if length < 12 or length & 3:
                     raise self.corrupt(self.base + pos)
+                if length > MAX_BLOCK_SIZE:
+                    raise self.oversized(self.base + pos, length)
+                if block_type not in (1, 2, 3, 4, 5, PCAPNG_SHB) or length <= 16:
+                    empty += 1  # blocks that carry nothing a reader keeps
+                    if empty >= EMPTY_RUN_LIMIT:
+                        self.empty_run(self.base + pos)
+                        return
+                else:
+                    empty = 0
                 if end - pos < length:
                     buf, pos = self.fill(buf, pos, length)
                     end = len(buf)

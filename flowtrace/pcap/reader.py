@@ -17,8 +17,9 @@ from operator import attrgetter
 from pathlib import Path
 from typing import BinaryIO
 
-from flowtrace.errors import CaptureFormatError, FlowtraceError, NotFoundError
+from flowtrace.errors import CaptureFormatError, NotFoundError
 from flowtrace.pcap.classic_source import CLASSIC_MAGICS, ClassicSource
+from flowtrace.pcap.openfile import open_for_reading
 from flowtrace.pcap.pcapng_source import PCAPNG_SHB, PcapngSource
 from flowtrace.pcap.pcapset import find_capture_files
 from flowtrace.pcap.records import Catalog, Interface, InterfaceStats, Record
@@ -67,6 +68,11 @@ class CaptureReader:
     def truncated(self) -> bool:
         """True when some file ended inside a block (its writer was killed)."""
         return any(source.truncated for source in self._sources)
+
+    @property
+    def problems(self) -> list[str]:
+        """Why some file was read only up to a point (a run of empty records), in words."""
+        return [source.problem for source in self._sources if source.problem]
 
     @property
     def truncated_sources(self) -> list[str]:
@@ -133,12 +139,7 @@ def open_capture(
 
 
 def _open_file(path: Path) -> BinaryIO:
-    try:
-        return path.open("rb")
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: no such file") from None
-    except OSError as err:
-        raise FlowtraceError(f"{path}: {err.strerror}") from None
+    return open_for_reading(path)
 
 
 def _open_source(

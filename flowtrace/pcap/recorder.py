@@ -5,18 +5,25 @@ if_description = namespace/container/role, nanosecond timestamps); every sightin
 one packet carries the same epb_packetid (`frame.packet_id == N` in Wireshark shows one
 packet's journey) and a comment naming the hop and any rewrite.  Blocks are appended
 and flushed chunk by chunk (a probe's worth), and the manifest is rewritten
-atomically, so Ctrl-C or a dying container leaves a valid, readable set.
+atomically, so Ctrl-C or a dying container leaves a valid, readable set.  A write
+that fails (a full disk, a read-only file system, the folder removed) ends the
+recording, never the run: the file ends on its last whole block, and `close` says
+in one line what the set holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowtrace._version import __version__
+from flowtrace.errors import SetWriteError
 from flowtrace.model import Frame, Packet, Point, PointStats
+from flowtrace.pcap.blocks import BlockWriteError, append_blocks, complete_prefix
 from flowtrace.pcap.pcapng import PcapngWriter
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet, start_manifest
 
@@ -57,8 +64,14 @@ class TraceRecorder:
         self.points = list(points)
         self._by_id = {p.id: p for p in points}
         self._index = {p.id: i for i, p in enumerate(points)}
-        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._writer = PcapngWriter(self._file, application=f"flowtrace {__version__}")
+        assert pcap_set.capture_fd is not None, "PcapSet.create opens the capture file"
+        self._fd: int = pcap_set.capture_fd
+        # Blocks are built in memory and appended a chunk at a time, whole.
+        self._buffer = io.BytesIO()
+        self._writer = PcapngWriter(self._buffer, application=f"flowtrace {__version__}")
+        #: Packets (EPBs) the file holds.
+        self.packets = 0
+        self._closed = False
         for p in points:
             self._writer.add_interface(
                 p.id,
@@ -69,7 +82,16 @@ class TraceRecorder:
         if names:
             self._writer.write_names(names)
         self._flush_file()
+        if self.stopped:
+            raise SetWriteError(
+                str(pcap_set.failure_message(0)), pcap_set.failure.errno if pcap_set.failure else 0
+            )
         pcap_set.start(start_manifest(kind, command, TRACE_FILE, points, **fields))
+
+    @property
+    def stopped(self) -> bool:
+        """A write failed: the set takes nothing more."""
+        return self.set.failure is not None
 
     def write(
         self,
@@ -82,6 +104,8 @@ class TraceRecorder:
         `frames` maps Sighting.frame_index to the captured frame; `labels` (by packet id)
         end a packet's comments (e.g. which leg of a docker-proxy connection it is on).
         """
+        if self.stopped:
+            return
         written: set[int] = set()
         for pkt in packets:
             for i, s in enumerate(pkt.sightings):
@@ -106,20 +130,45 @@ class TraceRecorder:
                     frame.point, frame.time_ns, frame.data, frame.orig_len, outbound=frame.outbound
                 )
         self._flush_file()
-        self.set.save()
+        if not self.stopped:
+            with contextlib.suppress(SetWriteError):  # noted in the set: recording stops here
+                self.set.save()
 
     def _flush_file(self) -> None:
-        self._writer.flush()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self, stats: Sequence[PointStats], *, complete: bool = True, **extra: Any) -> None:
-        if self._file.closed:
+        """Append what the writer built since last time, whole blocks only, then fsync."""
+        blob = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        if self.stopped or not blob:
             return
+        try:
+            append_blocks(self._fd, blob)
+            os.fsync(self._fd)
+        except BlockWriteError as err:
+            self.packets += err.kept_packets
+            self.set.failed(err.errno or 0)
+            return
+        except OSError as err:  # fsync: the data may not all be on disk
+            self.set.failed(err.errno or 0)
+        self.packets += complete_prefix(blob, len(blob))[1]
+
+    def close(
+        self, stats: Sequence[PointStats], *, complete: bool = True, **extra: Any
+    ) -> str | None:
+        """Append the kernel's counters, write the last manifest; the failure line, if any."""
+        if self._closed:
+            return self.set.failure_message(self.packets)
+        self._closed = True
         now = time.time_ns()
         for s in stats:
             if s.point in self._index:
                 self._writer.write_stats(self._index[s.point], now, s.packets, s.drops)
         self._flush_file()
-        self._file.close()
-        self.set.finish(stats, complete=complete, **extra)
+        if self.stopped:
+            extra["error"] = self.set.failure_message(self.packets)
+            extra["packets_in_set"] = self.packets
+        try:
+            self.set.finish(stats, complete=complete, **extra)
+        finally:
+            self.set.close()
+        return self.set.failure_message(self.packets)

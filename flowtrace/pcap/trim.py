@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from flowtrace.errors import FlowtraceError
+from flowtrace.pcap.ownership import create_private
 
 _BLOCK_HEADER = struct.Struct("<II")
 _EPB_FIELDS = struct.Struct("<IIIII")  # interface id, time high, time low, caplen, orig_len
@@ -59,7 +60,7 @@ def trim_to_count(pcapng: Path, count: int, interfaces: int) -> tuple[list[int],
     nbytes = [0] * interfaces
     partial = pcapng.with_name(f".{pcapng.name}.{os.getpid()}.tmp")
     try:
-        with open(pcapng, "rb") as source, open(partial, "wb") as target:
+        with open(pcapng, "rb") as source, os.fdopen(create_private(partial), "wb") as target:
             for block_type, block in _blocks(source):
                 if block_type == _BLOCK_EPB:
                     interface, high, low, _, orig_len = _EPB_FIELDS.unpack_from(block, 8)

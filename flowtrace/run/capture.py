@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flowtrace.capture.bpf import compile_filter
 from flowtrace.endpoints import engines
 from flowtrace.endpoints.resolve import resolve
-from flowtrace.errors import ExitStatus, FlowtraceError, NotFoundError
+from flowtrace.errors import ExitStatus, FlowtraceError, NotFoundError, SetWriteError
 from flowtrace.model import Point, PointStats
 from flowtrace.pcap.pcapset import CAPTURE_FILE, PcapSet, start_manifest
 from flowtrace.pcap.trim import trim_to_count
@@ -37,6 +38,8 @@ class CaptureResult:
     notes: list[str] = field(default_factory=list)
     #: Packets the last ring blocks held beyond --count, left out of the set.
     trimmed: int = 0
+    #: Why the set could not be written to its end (a full disk...), in one line.
+    write_error: str | None = None
 
 
 def usage_error(message: str) -> FlowtraceError:
@@ -137,23 +140,12 @@ def capture(
     try:
         live = LiveRun(chosen, filter_expr, output=pcap_set.capture_path)
         live.start()  # the barrier
+        session = live.session  # a capture is of this host's points only
+        assert session is not None
     except BaseException:
         pcap_set.discard()  # a capture that never started leaves nothing behind
         raise
     ready_at = time.monotonic()
-    pcap_set.start(
-        start_manifest(
-            "capture",
-            command,
-            CAPTURE_FILE,
-            chosen,
-            src=src,
-            dst=dst,
-            filter=filter_expr.strip() if filter_expr and filter_expr.strip() else None,
-            engine=engines.used_meta(),
-            notes=notes,
-        )
-    )
     tick = None
     if on_tick is not None:
 
@@ -162,9 +154,24 @@ def capture(
 
     failure: BaseException | None = None
     try:
+        pcap_set.start(
+            start_manifest(
+                "capture",
+                command,
+                CAPTURE_FILE,
+                chosen,
+                src=src,
+                dst=dst,
+                filter=session.filter_expr,
+                engine=engines.used_meta(),
+                notes=notes,
+            )
+        )
         if on_ready is not None:
             on_ready(chosen, pcap_set.directory)
-        live.wait(duration, count, tick)
+        live.wait(duration, count, tick, stop_when=pcap_set.folder_gone)
+    except SetWriteError:
+        pass  # the first manifest did not fit: the set is closed below, and says so
     except BaseException as exc:  # on_ready failed: the set is still closed and described
         failure = exc
         raise
@@ -173,18 +180,32 @@ def capture(
         elapsed = time.monotonic() - ready_at
         trimmed = 0
         final = live.stats
-        if count is not None and sum(s.packets for s in final) > count:
+        if session.write_failure or pcap_set.folder_gone():
+            pcap_set.failed(session.write_failure)
+        kept = sum(s.packets for s in final)
+        if pcap_set.failure is not None:
+            kept = sum(session.written())
+        elif count is not None and kept > count:
             trimmed, final = _trim_stats(pcap_set.capture_path, count, final)
-        all_notes = notes + live.notes()
-        pcap_set.finish(
-            final,
-            duration_s=round(elapsed, 3),
-            interrupted=live.interrupted,
-            trimmed=trimmed,
-            notes=all_notes,
-            complete=failure is None,
-            **({"error": f"{type(failure).__name__}: {failure}"} if failure else {}),
-        )
+        all_notes = notes + session.notes()
+        extra: dict[str, Any] = {}
+        if failure is not None:
+            extra["error"] = f"{type(failure).__name__}: {failure}"
+        elif pcap_set.failure is not None:
+            extra["error"] = pcap_set.failure_message(kept)
+            extra["packets_in_set"] = kept
+        try:
+            pcap_set.finish(
+                final,
+                duration_s=round(elapsed, 3),
+                interrupted=live.interrupted,
+                trimmed=trimmed,
+                notes=all_notes,
+                complete=failure is None,
+                **extra,
+            )
+        finally:
+            pcap_set.close()
     return CaptureResult(
         pcap_set.directory,
         pcap_set.capture_path,
@@ -194,6 +215,7 @@ def capture(
         elapsed,
         all_notes,
         trimmed,
+        pcap_set.failure_message(kept),
     )
 
 

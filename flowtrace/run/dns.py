@@ -202,7 +202,7 @@ def lookup(
     src = resolve(src_spec)
     config = resolver_config(src)
     if server is None:
-        in_hosts = hosts_lookup(_hosts_text(config), name)
+        in_hosts = hosts_lookup(_hosts_text(config), name, 6 if qtype.upper() == "AAAA" else 4)
         if in_hosts is not None and qtype.upper() in ("A", "AAAA"):
             note = (
                 f"{name} is in {src.spec}'s /etc/hosts ({config.hosts_file}): "
@@ -294,16 +294,11 @@ class DnsRun:
         import ipaddress
 
         try:
-            address = ipaddress.ip_address(self.server)
+            ipaddress.ip_address(self.server)
         except ValueError:
             raise FlowtraceError(
                 f"bad server {self.server!r}: give an IP address", ExitStatus.USAGE
             ) from None
-        if address.version != 4:
-            raise FlowtraceError(
-                f"the resolver {self.server} is IPv6: flowtrace follows IPv4 lookups only",
-                ExitStatus.NO_PATH,
-            )
         view = LiveView([self.src.netns])
         route = view.route(self.src.netns, self.server)
         if route.local:
@@ -354,7 +349,7 @@ class DnsRun:
             self.sent_from = Address(src_ip, sport)
             capture_filter = (
                 f"udp port {sport} or icmp[icmptype] == icmp-unreach "
-                "or icmp[icmptype] == icmp-timxceed"
+                "or icmp[icmptype] == icmp-timxceed or (icmp6 and (icmp6[0] = 1 or icmp6[0] = 3))"
             )
             query = dns.message.make_query(self.name, self.qtype)
             query.id = secrets.randbelow(0x10000)
@@ -383,13 +378,15 @@ class DnsRun:
         if kernel is not None:
             result.meta["kernel"] = kernel
         if live.recorder is not None:
-            live.recorder.close(
+            write_error = live.recorder.close(
                 live.stats,
                 dns=lookup_dict(result, with_packets=False),
                 interrupted=live.interrupted,
                 nat=self._manifest_nat(result),
             )
             result.meta["pcap"] = str(live.recorder.path)
+            if write_error:
+                result.meta["write_error"] = write_error
         result.meta["interrupted"] = live.interrupted
         return result
 
@@ -418,8 +415,8 @@ class DnsRun:
             if answer is not None:
                 h = answer.last.headers
                 error = f"{icmp_error_text(h)} from {h.src}"
-                if h.icmp_type == 3 and h.icmp_code == 3:
-                    error += f": nothing listens on {self.server}:{DNS_PORT}/udp"
+                if (h.proto, h.icmp_type, h.icmp_code) in ((1, 3, 3), (58, 1, 4)):
+                    error += f": nothing listens on {Address(self.server, DNS_PORT)}/udp"
         nat: list[NatEvent] = []
         server_socket = sent_to
         if query is not None:
@@ -513,13 +510,16 @@ def _icmp_error_about(pkt: Packet, ours: tuple[str, int | None]) -> bool:
 
 
 def _udp_socket(server: str) -> socket.socket:
-    """A UDP socket made (so living) in the calling thread's namespace, connected to server."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    """A UDP socket made (so living) in the calling thread's namespace, connected to server
+    (over IPv6 when the server's address is IPv6)."""
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.connect((server, DNS_PORT))
     except OSError as exc:
         sock.close()
-        raise NoPathError(f"cannot send to {server}:{DNS_PORT}: {exc.strerror}") from None
+        where = Address(server, DNS_PORT)
+        raise NoPathError(f"cannot send to {where}: {exc.strerror}") from None
     return sock
 
 

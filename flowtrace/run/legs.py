@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from flowtrace.endpoints.netns import run_in_netns
 from flowtrace.endpoints.sockets import connections_to, fd_connected_from
-from flowtrace.model import Headers, Packet, Sighting
+from flowtrace.model import Address, Headers, Packet, Sighting
 from flowtrace.topology.proxy import ProxyLeg
 
 #: How long a connection flowtrace opens through the proxy waits at most for the proxy's leg.
@@ -68,14 +68,15 @@ def connect_through(leg: ProxyLeg, src_netns: str, dst_ip: str, dst_port: int) -
     pid = leg.listener.pid or 0
     target = (leg.proxy.container_ip, leg.proxy.container_port)
     before = set(connections_to(pid, *target))
-    sock = run_in_netns(src_netns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in dst_ip else socket.AF_INET
+    sock = run_in_netns(src_netns, socket.socket, family, socket.SOCK_STREAM)
     try:
         sock.settimeout(LEG_WAIT_S)
         try:
             sock.connect((dst_ip, dst_port))
         except OSError as exc:
             why = os.strerror(exc.errno) if exc.errno else "timed out"
-            return LegResult(None, (), f"connecting to {dst_ip}:{dst_port} failed: {why}")
+            return LegResult(None, (), f"connecting to {Address(dst_ip, dst_port)} failed: {why}")
         client: Endpoint = sock.getsockname()[:2]
         deadline = time.monotonic() + LEG_WAIT_S
         new: dict[Endpoint, int] = {}
@@ -191,7 +192,7 @@ class Legs:
             ]
 
         listener, command = self.leg.listener, self.leg.proxy
-        target = f"{command.container_ip}:{command.container_port}"
+        target = str(Address(command.container_ip, command.container_port))
         client = set() if result.client is None else {result.client}
         legs = [
             {
@@ -214,7 +215,7 @@ class Legs:
         return {
             "pid": listener.pid,
             "cmdline": listener.cmdline,
-            "listen": f"{listener.ip}:{listener.port}",
+            "listen": str(listener.address),
             "container": self.leg.container,
             "target": target,
             "legs": legs,
@@ -223,4 +224,4 @@ class Legs:
 
 
 def _text(end: Endpoint | None) -> str | None:
-    return None if end is None else f"{end[0]}:{end[1]}"
+    return None if end is None else str(Address(*end))

@@ -31,8 +31,9 @@ from flowtrace.capture.remote import AgentSource
 from flowtrace.capture.session import CaptureSession
 from flowtrace.correlate.decode import decode_frame
 from flowtrace.correlate.match import correlate
-from flowtrace.model import Frame, Headers, Packet, Point, PointStats, Sighting
+from flowtrace.model import Fault, Frame, Headers, Packet, Point, PointStats, Sighting
 from flowtrace.pcap.recorder import TraceRecorder
+from flowtrace.run.faults import FaultWatcher
 from flowtrace.topology.rewrites import attribute_nat
 
 if TYPE_CHECKING:
@@ -123,6 +124,9 @@ class Hooks:
     rewrites: Callable[[list[Packet]], list[Packet]] | None = None
     #: Words that end a packet's pcapng comments (which proxy leg it is on).
     label: Callable[[Packet], str | None] | None = None
+    #: Whether a kept frame's headers become a sighting; False keeps the frame for the
+    #: pcap set only (NDP, which like ARP explains a loss but is no packet to follow).
+    sight: Callable[[Headers], bool] | None = None
 
 
 class LiveRun:
@@ -169,6 +173,11 @@ class LiveRun:
         self.by_path = len({p.netns.host for p in self.points}) > 1
         self.retire_ms = max(source.retire_ms for source in self.sources)
         self.recorder: TraceRecorder | None = None
+        #: What breaks the path meanwhile: containers stopping, interfaces going away.
+        #: This host's points only: the watcher reads this engine's events, this kernel's
+        #: namespaces and the local session's deleted interfaces; a point on another host
+        #: is not watched (its agent would have to report its engine's events).
+        self.watcher = FaultWatcher([p for p in self.points if p.netns.host is None])
         self.frames: list[Frame] = []
         self.sightings: list[Sighting] = []
         self.packets: list[Packet] = []
@@ -181,10 +190,19 @@ class LiveRun:
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """The barrier: when this returns, every point on every host is capturing.
+        """The barrier: when this returns, every point on every host is capturing (and
+        this host's points are watched).
 
         The sources start side by side (a host's agent answers while the local rings are
         bound); if one fails, those that started are stopped again."""
+        self.watcher.start()
+        try:
+            self._start_sources()
+        except BaseException:
+            self.watcher.stop()
+            raise
+
+    def _start_sources(self) -> None:
         if len(self.sources) == 1:
             self.sources[0].start()
             return
@@ -215,6 +233,10 @@ class LiveRun:
         if errors:
             raise errors[0]
 
+    def _gone_at(self) -> dict[str, int]:
+        """This host's points whose interface was deleted, and when (the watcher's)."""
+        return self.session.gone_at() if self.session is not None else {}
+
     def stop(self) -> None:
         """Stop the capture and take in (correlate, record) what the rings still held."""
         try:
@@ -222,6 +244,8 @@ class LiveRun:
         finally:
             by_id = {s.point: s for source in self.sources for s in source.snapshot()}
             self.stats = [by_id.get(p.id, PointStats(point=p.id)) for p in self.points]
+            self.watcher.poll(self._gone_at())
+            self.watcher.stop()
             if not self.bulk:
                 self.absorb()
                 self.flush()
@@ -229,6 +253,11 @@ class LiveRun:
     def notes(self) -> list[str]:
         """What went wrong on the way, from every source."""
         return [note for source in self.sources for note in source.notes()]
+
+    @property
+    def faults(self) -> list[Fault]:
+        """What broke the path during the run, in time order."""
+        return self.watcher.faults()
 
     def __enter__(self) -> LiveRun:
         self.start()
@@ -251,6 +280,11 @@ class LiveRun:
         return False
 
     # --- steps --------------------------------------------------------------------------
+
+    @property
+    def recording_failed(self) -> bool:
+        """The set could not be written further (full disk...): send nothing more."""
+        return self.recorder is not None and self.recorder.stopped
 
     @property
     def pending(self) -> list[Sighting]:
@@ -294,24 +328,33 @@ class LiveRun:
         duration: float | None,
         count: int | None,
         on_tick: Callable[[list[PointStats]], None] | None = None,
+        stop_when: Callable[[], bool] | None = None,
     ) -> None:
-        """A bulk capture's one step: record until the duration, the count or Ctrl-C."""
-        assert self.session is not None
-        self.session.run(duration=duration, count=count, on_tick=on_tick)
-        self.interrupted = self.session.interrupted
+        """A bulk capture's one step: record until the duration, the count, Ctrl-C, a
+        failed write, or `stop_when`."""
+        session = self.session
+        assert session is not None
+
+        def check() -> bool:
+            self.watcher.poll(session.gone_at())
+            return stop_when() if stop_when is not None else False
+
+        session.run(duration=duration, count=count, on_tick=on_tick, stop_when=check)
+        self.interrupted = session.interrupted
 
     # --- decoding, correlation, recording --------------------------------------------------
 
     def absorb(self) -> None:
         """Decode the frames the sources handed over since last time."""
-        keep = self.hooks.keep
+        self.watcher.poll(self._gone_at())
+        keep, sight = self.hooks.keep, self.hooks.sight
         for f in (frame for source in self.sources for frame in source.take()):
             headers = decode_frame(f.data, self.points[f.point].linktype)
             if keep is not None and not keep(headers):
                 continue
             index = len(self.frames)
             self.frames.append(f)
-            if headers is not None:
+            if headers is not None and (sight is None or sight(headers)):
                 self.sightings.append(
                     Sighting(self.point_ids[f.point], f.time_ns, headers, f.outbound, index)
                 )

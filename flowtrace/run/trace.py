@@ -10,21 +10,40 @@ after the probes (run.legs).
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from flowtrace.correlate.decode import is_ndp
+from flowtrace.correlate.faults import attribute, fault_record
 from flowtrace.correlate.probes import ProbeNumbers
-from flowtrace.correlate.verdicts import ArpSeen, ProbeFacts, arp_seen, decide, verdict_record
+from flowtrace.correlate.verdicts import (
+    NeighborSeen,
+    ProbeFacts,
+    decide,
+    neighbor_seen,
+    verdict_record,
+)
 from flowtrace.endpoints import engines
 from flowtrace.errors import ExitStatus, FlowtraceError
-from flowtrace.model import Headers, Packet, Point, Sighting, Trace, TraceOptions, Verdict
+from flowtrace.model import (
+    Address,
+    Headers,
+    Packet,
+    Point,
+    Sighting,
+    Trace,
+    TraceOptions,
+    Verdict,
+    is_echo_reply,
+    is_icmp_error,
+)
 from flowtrace.output.jsonout import nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
-from flowtrace.probe import ProbePlan, open_sender, send_probe
+from flowtrace.probe import ProbePlan, neighbor_filter, open_sender, send_probe
+from flowtrace.run.faults import source_word
 from flowtrace.run.hosts import (
     hosts_notes,
     hosts_record,
@@ -63,10 +82,18 @@ class ProbeStep:
     def send(self) -> None:
         t = self.trace
         packet = t.probe.build(self.seq)
-        t.numbers.sent(self.seq, int.from_bytes(packet[4:6], "big"), time.time_ns())
-        send_probe(self.sender, packet, t.route.dst_ip)
+        ip_id = int.from_bytes(packet[4:6], "big") if t.probe.version == 4 else None
+        t.numbers.sent(self.seq, ip_id, time.time_ns())
+        try:
+            send_probe(self.sender, packet, t.route.dst_ip)
+        except FlowtraceError as exc:
+            if self.seq == 0:
+                raise  # the path never worked: an error, not a verdict
+            t.refused[self.seq] = exc.message  # it did until now: something broke it
 
     def answered(self, pending: Sequence[Sighting]) -> bool:
+        if self.seq in self.trace.refused:
+            return True  # nothing was sent: nothing to wait for
         source = self.trace.source_point
         return any(
             s.point == source and s.outbound is not True and self._answers(s) for s in pending
@@ -74,17 +101,17 @@ class ProbeStep:
 
     def settled(self, pending: Sequence[Sighting]) -> bool:
         """The request and its answer were each seen at every point."""
-        ip_ids = self.trace.numbers.ip_ids
-        requests = {s.point for s in pending if ip_ids.get(s.headers.ip_id) == self.seq}
+        probe = self.trace.probe
+        requests = {s.point for s in pending if probe.is_request(s.headers, self.seq)}
         answers = {s.point for s in pending if self._answers(s)}
         return len(requests) == len(answers) == len(self.trace.points)
 
     def _answers(self, s: Sighting) -> bool:
         h = s.headers
-        if h.proto == 1 and h.icmp_type == 0:
+        if is_echo_reply(h):
             return h.icmp_seq == self.seq & 0xFFFF
-        if h.proto == 1 and h.inner is not None:
-            return self.trace.numbers.ip_ids.get(h.inner.ip_id) == self.seq
+        if h.inner is not None and is_icmp_error(h):
+            return self.trace.quoted_probe(h.inner) == self.seq
         if h.proto == 6 and h.tcp_ack is not None and (h.tcp_flags or 0) & 0x14:
             return h.tcp_ack == (self.trace.probe.seq_mark(self.seq) + 1) & 0xFFFFFFFF
         if h.proto == 17:
@@ -136,6 +163,8 @@ class ProbeTrace:
                 [p.id for p in route.plan.points],
             )
         self.explainer = KernelExplainer(self.points, route.plan.dst_ip, route.plan.dst_port)
+        #: Probes the source's kernel refused to send (after the first), and its words.
+        self.refused: dict[int, str] = {}
         #: The engine's own parts the path and its rules met (netavark's bridges and chains).
         self.engine_notes: list[str] = []
 
@@ -145,13 +174,26 @@ class ProbeTrace:
         if self.legs is not None and not self.legs.keeps(h):
             return False  # another connection through the same port or to the same container
         # The filter lets every ICMP error through: one about a packet no probe sent is
-        # not ours (NAT never rewrites the quoted IP ID).
+        # not ours (NAT never rewrites the quoted IP ID, nor an IPv6 probe's marks).
         return not (
             h is not None
-            and h.proto == 1
             and h.inner is not None
-            and h.inner.ip_id not in self.numbers.ip_ids
+            and is_icmp_error(h)
+            and self.quoted_probe(h.inner) is None
         )
+
+    def quoted_probe(self, inner: Headers) -> int | None:
+        """The probe an ICMP error quotes: by its IP ID (IPv4), by its marks (IPv6)."""
+        if inner.version == 4:
+            return self.numbers.ip_ids.get(inner.ip_id)
+        sent = self.numbers.sent_at
+        return next((seq for seq in sent if self.probe.is_request(inner, seq)), None)
+
+    @staticmethod
+    def sight(h: Headers) -> bool:
+        """NDP frames are recorded in the set (they explain a lost probe) but are no
+        packet the trace follows."""
+        return not is_ndp(h)
 
     def number(self, pkt: Packet) -> Packet:
         probe = self.numbers.number(pkt)
@@ -167,16 +209,28 @@ class ProbeTrace:
 
     def capture_filter(self) -> str:
         """The probes' filter (plus a docker-proxy's legs); when the path is blocked, also
-        the ARP about the neighbour the source cannot reach (the only frames such a probe
-        makes)."""
+        the ARP (or NDP) about the neighbour the source cannot reach (the only frames such
+        a probe makes); over IPv6 the NDP of the first hop, always: a neighbour that never
+        answers holds the probe back, and its solicitations then say why.  Across an
+        overlay, also the probes inside VXLAN on the underlay."""
         probes = self.probe.capture_filter(self.options.count, vxlan=bool(self.tunnels))
         if self.legs is not None:
             probes = self.legs.capture_filter(probes)
+        neighbors = []
         blocked = self.route.plan.blocked
-        if blocked is None:
+        if blocked is not None:
+            neighbors.append(blocked.neighbor)
+        first_hop = self.first_hop
+        if first_hop is not None and first_hop not in neighbors:
+            neighbors.append(first_hop)
+        if not neighbors:
             return probes
-        ip = int(ipaddress.IPv4Address(blocked.neighbor))
-        return f"({probes}) or (arp and (arp[24:4] = {ip:#x} or arp[14:4] = {ip:#x}))"
+        return " or ".join([f"({probes})", *(neighbor_filter(ip) for ip in neighbors)])
+
+    @property
+    def first_hop(self) -> str | None:
+        """The neighbour an IPv6 probe's source resolves first (None over IPv4)."""
+        return self.route.plan.first_hop if self.probe.version == 6 else None
 
     def run(self, on_probe: Callable[[int], None] | None = None) -> Trace:
         opts = self.options
@@ -185,9 +239,11 @@ class ProbeTrace:
             number=self.number,
             rewrites=self.rewrites,
             label=self.legs.label if self.legs is not None else None,
+            sight=self.sight,
         )
         live = LiveRun(self.points, self.capture_filter(), hooks, hosts=self.hosts)
         first_leg_packet = 0
+        write_error: str | None = None
         from flowtrace.run.kernel_word import kernel_word
         from flowtrace.topology.netfilter.watch import RulesWatch  # subprocess: 7 ms
 
@@ -199,10 +255,12 @@ class ProbeTrace:
         with word, live:
             if opts.record:
                 live.recorder = self._open_recorder()
-            sender = open_sender(self.route.src.netns.path)
+            sender = open_sender(self.route.src.netns.path, self.probe.version)
             try:
                 watch.ready()
                 for seq in range(opts.count):
+                    if live.recording_failed:
+                        break  # the set takes nothing more: stop where it ends
                     started = time.monotonic()
                     live.step(word.watch(ProbeStep(self, seq, sender)))
                     if on_probe:
@@ -211,7 +269,7 @@ class ProbeTrace:
                         time.sleep(max(0.0, opts.interval - (time.monotonic() - started)))
             finally:
                 sender.close()
-            if self.legs is not None:
+            if self.legs is not None and not live.recording_failed:
                 live.absorb()  # the probes' frames first, so the legs' come in a chunk of their own
                 live.flush()
                 first_leg_packet = live.next_packet_id
@@ -230,6 +288,7 @@ class ProbeTrace:
             extra: dict[str, Any] = {
                 "notes": self._notes(),
                 "verdicts": [verdict_record(v) for v in verdicts],
+                "faults": [fault_record(f) for f in live.faults],
                 "interrupted": live.interrupted,
                 # the rule and conntrack entry of each rewrite: the pcapng cannot hold them
                 "nat": [
@@ -242,8 +301,10 @@ class ProbeTrace:
                 extra["proxy"] = proxy
             if kernel is not None:
                 extra["kernel"] = kernel
-            live.recorder.close(live.stats, **extra)
+            write_error = live.recorder.close(live.stats, **extra)
         trace = self._trace(live, verdicts, proxy)
+        if live.recorder is not None and write_error:
+            trace.meta["write_error"] = write_error
         if kernel is not None:
             trace.meta["kernel"] = kernel
         return trace
@@ -310,22 +371,47 @@ class ProbeTrace:
             blocked_neighbor=blocked.neighbor if blocked is not None else None,
             blocked_why=blocked.why if blocked is not None else None,
             points=tuple(self.point_ids),
+            first_hop=self.first_hop,
+            first_hop_owner=next(
+                (p.netns.label for p in self.points if self.first_hop in p.addresses), None
+            ),
         )
 
     def _verdicts(self, live: LiveRun) -> list[Verdict]:
         facts = self.probe_facts()
         sent = self.numbers.sent_at
-        return [
-            decide(seq, live.packets, facts, self.explainer, self._arp(live, seq))
+        verdicts = [
+            decide(seq, live.packets, facts, self.explainer, self._neighbors(live, seq))
+            if seq not in self.refused
+            else Verdict(seq, "lost", None, f"not sent: {self.refused[seq]}")
             for seq in sorted(sent)
         ]
+        faults = live.faults
+        if not faults:
+            return verdicts
+        # A probe lost at or after a fault is put down to it (correlate.faults).
+        # Each probe's time is from its sending to the next one's (the last: its timeout).
+        wait_ns = int(self.options.timeout * 1e9)
+        order = sorted(sent.items())
+        windows = {
+            seq: (at, order[i + 1][1] if i + 1 < len(order) else at + wait_ns)
+            for i, (seq, at) in enumerate(order)
+        }
+        word = None
+        here = self.points[0].netns.host is None  # the source's neighbours are read here
+        if here and any(
+            not v.answered and v.last_point in (None, self.source_point) for v in verdicts
+        ):
+            word = source_word(self.points[0], self.route.dst_ip)
+        return attribute(verdicts, faults, windows, self.source_point, word)
 
-    def _arp(self, live: LiveRun, seq: int) -> list[ArpSeen]:
-        """The ARP frames captured while probe `seq` was out (a blocked path only)."""
-        if self.route.plan.blocked is None:
+    def _neighbors(self, live: LiveRun, seq: int) -> list[NeighborSeen]:
+        """The ARP and NDP frames captured while probe `seq` was out (a blocked path, or
+        IPv6's first hop)."""
+        if self.route.plan.blocked is None and self.first_hop is None:
             return []
         sent = self.numbers.sent_at
-        return arp_seen(live.frames, self.point_ids, sent[seq], sent.get(seq + 1))
+        return neighbor_seen(live.frames, self.point_ids, sent[seq], sent.get(seq + 1))
 
     def _notes(self) -> list[str]:
         notes = hosts_notes(self.route, self.hosts)
@@ -350,7 +436,7 @@ class ProbeTrace:
     ) -> Trace:
         kind = {"icmp": "ping", "tcp": "tcp", "udp": "udp"}[self.options.kind]
         route = self.route
-        target = f"{route.dst_ip}" + (f":{route.dst_port}" if route.dst_port else "")
+        target = str(Address(route.dst_ip, route.dst_port or None))
         meta: dict[str, object] = {
             "title": f"flowtrace {kind} {route.src.spec} -> {route.dst.spec} ({target})",
             "command": self.options.command,
@@ -360,8 +446,11 @@ class ProbeTrace:
             "dst_port": route.dst_port,
             "kind": self.options.kind,
             "interrupted": live.interrupted,
+            "family": self.probe.version,
             "engine": engines.used_meta(),
         }
+        if route.family_reason:
+            meta["family_reason"] = route.family_reason
         if live.recorder is not None:
             meta["pcap"] = str(live.recorder.path)
         if proxy is not None:
@@ -375,7 +464,8 @@ class ProbeTrace:
             tuple(verdicts),
             tuple(live.stats),
             meta,
-            tuple(self._notes()),
+            tuple(self._notes() + live.watcher.notes),
+            tuple(live.faults),
         )
 
 
@@ -390,7 +480,8 @@ def run_trace(
     --host aliases (endpoints NAME@HOST name the others)."""
     options.check()
     if not names_hosts((src, dst), hosts):
-        return ProbeTrace(resolve_route(src, dst, options.kind), options).run(on_probe)
+        route = resolve_route(src, dst, options.kind, options.family)
+        return ProbeTrace(route, options).run(on_probe)
     if options.rules == "kernel":
         raise FlowtraceError(
             "--rules kernel traces the probes with this host's nft and tracefs, so only on "
@@ -398,8 +489,9 @@ def run_trace(
             ExitStatus.USAGE,
         )
     from flowtrace.endpoints.hosts import HostSet
-    from flowtrace.topology.hostroute import resolve_host_route
+    from flowtrace.topology.hostroute import refuse_ipv6_across, resolve_host_route
 
+    refuse_ipv6_across(options.family)
     with HostSet(hosts) as connected:
-        route = resolve_host_route(src, dst, options.kind, connected)
-        return ProbeTrace(route, options, connected.hosts).run(on_probe)
+        across = resolve_host_route(src, dst, options.kind, connected)
+        return ProbeTrace(across, options, connected.hosts).run(on_probe)

@@ -10,23 +10,40 @@ match on layer-3 interfaces: a bridge port's master bridge on the way in, and th
 device the namespace's route leaves by on the way out.
 
 `drop_site` and `describe_drop` are pure; `explain_loss` reads the namespace's state,
-route and rules and joins them.
+route and rules and joins them.  An IPv6 packet is judged by the IPv6 rules (ip6tables',
+nftables' ip6 and inet tables), and so is a neighbour solicitation (NDP is ICMPv6, and
+goes through input): a firewall that drops it leaves the asker without the neighbour's
+link address.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flowtrace.errors import FlowtraceError
-from flowtrace.model import Address, DropReason, Headers, Namespace, NatEvent, Point, Sighting
+from flowtrace.model import (
+    Address,
+    DropReason,
+    Headers,
+    Namespace,
+    NatEvent,
+    Point,
+    Sighting,
+    ip_version,
+)
 from flowtrace.topology.kernel import NetnsState, Route, read_state, route_get
 
 # The rule model is imported where a drop is explained: a trace whose probes all came
 # back never loads it (8-10 ms of imports).
 if TYPE_CHECKING:
     from flowtrace.topology.netfilter import DropFinding, Firewall, PacketView
+
+#: ICMPv6, as the filter rules match it (NDP is ICMPv6), and its neighbour solicitation.
+_ICMPV6 = 58
+_NEIGHBOUR_SOLICITATION = 135
 
 
 @dataclass(frozen=True)
@@ -148,10 +165,10 @@ def explain_loss(
     site = drop_site(ingress, state, route_get(path, dst))
     if site is None:
         return without_rule(ingress, state, seen, dst)
-    from flowtrace.topology.netfilter import attribute, find_drop, read_firewall
+    from flowtrace.topology.netfilter import attribute, find_drop
     from flowtrace.topology.netfilter.owners import forward_conflict
 
-    firewall = read_firewall(path)
+    firewall = _rules(path, seen.dst)
     local = [a.ip for a in state.addresses]
     found = find_drop(
         firewall,
@@ -242,11 +259,11 @@ def explain_unanswered(
     ingress = arrival(points, destination)
     if ingress is None:
         return None
-    from flowtrace.topology.netfilter import find_drop, read_firewall
+    from flowtrace.topology.netfilter import find_drop
 
     path = ingress.netns.path
     state = read_state(path)
-    firewall = read_firewall(path)
+    firewall = _rules(path, seen.dst)
     local = [a.ip for a in state.addresses]
     site = drop_site(ingress, state, route_get(path, seen.dst))
     if site is not None and site.out_iface is None:
@@ -279,11 +296,68 @@ def found_answer_drop(
     """The output-side drop of the destination's answer to `seen` (ESTABLISHED, reversed)."""
     from flowtrace.topology.netfilter import find_drop
 
-    reply_type = {8: 0, 13: 14, 15: 16, 17: 18}.get(seen.icmp_type or -1)
+    replies = {128: 129} if seen.proto == _ICMPV6 else {8: 0, 13: 14, 15: 16, 17: 18}
+    reply_type = replies.get(seen.icmp_type or -1)
     return find_drop(
         firewall, seen.proto, seen.dst, seen.src, seen.dport, seen.sport,
         None, out_iface, local, ctstate="ESTABLISHED", icmp_type=reply_type,
     )  # fmt: skip
+
+
+def _rules(netns_path: str, address: str) -> Firewall:
+    """The rules that judge a packet to `address`: the IPv4 or the IPv6 ones."""
+    from flowtrace.topology.netfilter import read_firewall
+
+    return read_firewall(netns_path, ipv6=ip_version(address) == 6)
+
+
+def solicited_node(ip: str) -> str:
+    """The multicast address a neighbour solicitation for `ip` is sent to (RFC 4291 2.7.1)."""
+    low = int(ipaddress.IPv6Address(ip)) & 0xFFFFFF
+    return str(ipaddress.IPv6Address(int(ipaddress.IPv6Address("ff02::1:ff00:0")) | low))
+
+
+def describe_ndp_drop(rule: str, netns_label: str, in_iface: str) -> str:
+    """The verdict's words when a neighbour solicitation was dropped where it arrived."""
+    return (
+        f"{netns_label} dropped them by `{rule}`, filter chain INPUT from {in_iface}: IPv6 "
+        "learns a neighbour's link address by NDP (ICMPv6 types 135 and 136), so a firewall "
+        "that drops neighbour solicitations cuts the neighbour off"
+    )
+
+
+def explain_unresolved(
+    points: Sequence[Point], point_id: str, sender: str, target: str
+) -> DropReason | None:
+    """The rule that dropped a neighbour solicitation (from `sender`, for `target`) seen
+    arriving at a point, if any."""
+    from flowtrace.topology.netfilter import find_drop, read_firewall
+
+    point = next((p for p in points if p.id == point_id), None)
+    if point is None or ip_version(target) != 6:
+        return None
+    path = point.netns.path
+    state = read_state(path)
+    link = state.link(point.ifindex)
+    if link is None:
+        return None
+    master = state.link(link.master) if link.master is not None else None
+    in_iface = master.name if master is not None and master.kind == "bridge" else link.name
+    found = find_drop(
+        read_firewall(path, ipv6=True),
+        _ICMPV6,
+        sender,
+        solicited_node(target),
+        None,
+        None,
+        in_iface,
+        None,
+        [a.ip for a in state.addresses],
+        icmp_type=_NEIGHBOUR_SOLICITATION,
+    )
+    if found is None:
+        return None
+    return DropReason(found.rule, describe_ndp_drop(found.rule, point.netns.label, in_iface))
 
 
 class KernelExplainer:
@@ -316,6 +390,16 @@ class KernelExplainer:
         if key not in self._known:
             try:
                 found = explain_unanswered(self.points, arrived.point, h)
+            except (FlowtraceError, OSError):
+                found = None
+            self._known[key] = found
+        return self._known[key]
+
+    def unresolved(self, point: str, sender: str, target: str) -> DropReason | None:
+        key = ("unresolved", point, sender, target)
+        if key not in self._known:
+            try:
+                found = explain_unresolved(self.points, point, sender, target)
             except (FlowtraceError, OSError):
                 found = None
             self._known[key] = found

@@ -29,7 +29,7 @@ from flowtrace.topology.crossing import HostPart, TunnelHop, plan_across
 from flowtrace.topology.kernel import Link, NetnsState, read_states
 from flowtrace.topology.overlay import VxlanFacts, vtep_for, vxlan_facts
 from flowtrace.topology.path import LiveView, PathPlan
-from flowtrace.topology.route import Route, choose_destination_ip, docker_redirect
+from flowtrace.topology.route import Route, choose_destination, docker_redirect
 
 #: How many hosts found by their address (Docker contexts) a walk may add.
 MAX_FOUND_HOSTS = 4
@@ -160,6 +160,18 @@ class _Parts:
         return made
 
 
+IPV6_ACROSS = (
+    "IPv6 across hosts is not traced: a trace that names another host (NAME@HOST, --host) "
+    "sends IPv4 only; leave out -6 or trace IPv6 on one host"
+)
+
+
+def refuse_ipv6_across(family: int | None) -> None:
+    """Across hosts the probes are IPv4: -6 (or an IPv6 address) is refused in one line."""
+    if family == 6:
+        raise FlowtraceError(IPV6_ACROSS, ExitStatus.USAGE)
+
+
 def resolve_host_route(src_spec: str, dst_spec: str, kind: ProbeKind, hosts: HostSet) -> HostRoute:
     """Resolve both endpoints, each on its host, and walk from one to the other."""
     named = [split_host(split_port(spec.strip())[0])[1] for spec in (src_spec, dst_spec)]
@@ -181,9 +193,13 @@ def resolve_host_route(src_spec: str, dst_spec: str, kind: ProbeKind, hosts: Hos
     source = parts.of(src.netns.host)
     if dst is not None:
         parts.of(dst.netns.host)
-        dst_ip = choose_destination_ip(source.view, src.netns, dst)  # type: ignore[arg-type]
+        if dst.ip and dst.spec == dst.ip:
+            refuse_ipv6_across(6 if ":" in dst.ip else None)
+        # across hosts the probes are IPv4 (the crossing walk and the agents read IPv4 state)
+        dst_ip = choose_destination(source.view, src.netns, dst, 4).ip  # type: ignore[arg-type]
     else:
         dst_ip = split_host(name)[0]
+        refuse_ipv6_across(6 if ":" in dst_ip else None)
     for alias in hosts.known_names():
         parts.of(alias)
     for _ in range(MAX_FOUND_HOSTS + 1):

@@ -19,6 +19,8 @@ RTN_LOCAL = 2
 RTN_UNREACHABLE = 7
 RTN_PROHIBIT = 8
 RTN_BLACKHOLE = 6
+#: rtm_protocol of a route a router advertisement installed (include/uapi/linux/rtnetlink.h).
+RTPROT_RA = 9
 
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
@@ -82,6 +84,13 @@ class Route:
     oif: int | None
     gateway: str | None
     prefsrc: str | None
+    #: Who installed the route (RTPROT_*: 2 the kernel, 3 boot, 4 static, 9 RA).
+    protocol: int = 0
+
+    @property
+    def from_ra(self) -> bool:
+        """Learned from an IPv6 router advertisement (it lasts while the router advertises)."""
+        return self.protocol == RTPROT_RA
 
     @property
     def local(self) -> bool:
@@ -190,7 +199,11 @@ def _route_get(dst: str) -> Route:
     msg = msgs[0]
     attrs = _attrs(msg)
     return Route(
-        int(msg["type"]), attrs.get("RTA_OIF"), attrs.get("RTA_GATEWAY"), attrs.get("RTA_PREFSRC")
+        int(msg["type"]),
+        attrs.get("RTA_OIF"),
+        attrs.get("RTA_GATEWAY"),
+        attrs.get("RTA_PREFSRC"),
+        int(msg.get("proto", 0) or 0),
     )
 
 

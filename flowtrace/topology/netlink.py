@@ -159,8 +159,9 @@ def addresses(rs: RouteSocket) -> list[Any]:
 
 
 def route_get(rs: RouteSocket, dst: str) -> list[Any]:
-    """`ip route get DST` (IPv4)."""
-    fields = {"family": socket.AF_INET, "dst_len": 32}
+    """`ip route get DST` (IPv4 or IPv6)."""
+    six = ":" in dst
+    fields = {"family": socket.AF_INET6 if six else socket.AF_INET, "dst_len": 128 if six else 32}
     return rs.request(RTM_GETROUTE, fields, [("RTA_DST", dst)], dump=False)
 
 

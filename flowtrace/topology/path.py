@@ -68,7 +68,7 @@ class Blocked:
 
     #: In words, with the fix.
     why: str
-    #: The on-link address the sender asks for by ARP and never gets an answer about.
+    #: The on-link address the sender asks for (ARP, NDP) and never gets an answer about.
     neighbor: str
 
 
@@ -110,6 +110,9 @@ class PathPlan:
     blocked: Blocked | None = None
     #: Where the walk left what it can see (None: it arrived, or it was stopped).
     exit: Exit | None = None
+    #: The address the source resolves (ARP, NDP) to send: its gateway, or the
+    #: destination itself when it is on-link.  None when the packet stays in the source.
+    first_hop: str | None = None
 
     def add(self, ns: Namespace, link: Link, state: NetnsState, role: str) -> Point:
         point_id = f"{ns.label}/{link.name}"
@@ -239,13 +242,18 @@ _SHIM = (
 )
 
 
+def _question(ip: str) -> str:
+    """How a namespace asks for a neighbour's link address: ARP (IPv4), NDP (IPv6)."""
+    return "neighbour solicitation" if ":" in ip else "ARP request"
+
+
 def _from_child_blocked(child: Point, lower_ns: Namespace, lower: Link, ip: str) -> Blocked:
     return Blocked(
         f"{child.id} is a macvlan child of {lower_ns.label}/{lower.name}, and {ip} belongs to "
         f"{lower_ns.label} itself: the macvlan driver never passes frames between a child and "
         f"its own parent device, so {lower_ns.label} never receives what {child.netns.label} "
-        f"sends (its ARP request for {ip} leaves through {lower_ns.label}/{lower.name} onto "
-        "the wire and no one answers); " + _SHIM.format(ns=lower_ns.label, lower=lower.name),
+        f"sends (its {_question(ip)} for {ip} leaves through {lower_ns.label}/{lower.name} "
+        "onto the wire and no one answers); " + _SHIM.format(ns=lower_ns.label, lower=lower.name),
         ip,
     )
 
@@ -257,8 +265,8 @@ def _to_child_blocked(
         f"{ip} belongs to {child_ns.label}/{child.name}, a macvlan child of {ns.label}/"
         f"{lower.name}: the macvlan driver never passes frames between a parent device's "
         f"own namespace and its children, so {child_ns.label} never receives what {ns.label} "
-        f"sends through {lower.name} (its ARP request for {ip} goes out onto the wire and no "
-        "one answers); " + _SHIM.format(ns=ns.label, lower=lower.name),
+        f"sends through {lower.name} (its {_question(ip)} for {ip} goes out onto the wire and "
+        "no one answers); " + _SHIM.format(ns=ns.label, lower=lower.name),
         ip,
     )
 
@@ -271,6 +279,19 @@ def _route_or_fail(view: KernelView, ns: Namespace, dst: str, plan: PathPlan) ->
         plan.notes.append(f"{ns.label} has no route to {dst}")
         return None
     return route
+
+
+def _no_route_hint(state: NetnsState, dst_ip: str) -> str:
+    """Why an IPv6 destination has no route, when the namespace has no IPv6 of its own."""
+    if ":" not in dst_ip:
+        return ""
+    own = [a.ip for a in state.addresses if ":" in a.ip and not a.ip.lower().startswith("fe80")]
+    if own == ["::1"] or not own:
+        return (
+            ": it has no IPv6 address but link-local ones, and no route a router "
+            "advertisement or Docker (a network made with --ipv6) would give"
+        )
+    return ""
 
 
 def plan_path(
@@ -307,11 +328,23 @@ def plan_path(
         real = [link for link in state.links if link.arptype != 772]
         if not real:
             raise NoPathError(f"{src.label} has no interface but lo: no packet can leave it")
-        raise NoPathError(f"{src.label} has no route to {dst_ip}")
+        raise NoPathError(f"{src.label} has no route to {dst_ip}" + _no_route_hint(state, dst_ip))
     plan.src_ip = route.prefsrc
+    plan.first_hop = route.gateway or dst_ip
+    if route.from_ra:
+        plan.notes.append(
+            f"{src.label} reaches {dst_ip} by a route a router advertisement gave it (via "
+            f"{route.gateway or 'the link'}): it lasts while that router keeps advertising"
+        )
     out = state.link(route.oif)
     if out is None:
         raise NoPathError(f"{src.label}: route to {dst_ip} names an unknown interface")
+    if route.gateway and route.gateway.lower().startswith("fe80:"):
+        plan.notes.append(
+            f"{src.label} reaches {dst_ip} via the link-local next hop {route.gateway} on "
+            f"{out.name}: an IPv6 route names its router by the router's link-local address, "
+            "which neighbour discovery resolves on that link"
+        )
     plan.add(src, out, state, "source")
     arrived = _cross(view, plan, src, out, route.gateway or plan.dst_ip)
     if arrived is None:

@@ -21,7 +21,7 @@ from typing import Any
 from flowtrace.endpoints.docker import docker_available, running_containers
 from flowtrace.endpoints.resolve import host_namespace
 from flowtrace.endpoints.sockets import owner_of, process_sockets
-from flowtrace.model import Point
+from flowtrace.model import Address, Point, ip_version
 from flowtrace.topology.path import LiveView, PathPlan, plan_path
 from flowtrace.topology.published import (
     ProxyCommand,
@@ -50,9 +50,13 @@ class Listener:
     def proxy(self) -> ProxyCommand | None:
         return parse_proxy_cmdline(list(self.argv))
 
+    @property
+    def address(self) -> Address:
+        return Address(self.ip, self.port)
+
     def describe(self) -> str:
         who = f"pid {self.pid} ({self.cmdline})" if self.pid else "a socket of no process we see"
-        return f"{who} listens on {self.ip}:{self.port}"
+        return f"{who} listens on {self.address}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,9 @@ class ProxyLeg:
     container: str | None = None
 
     def capture_filter(self, dst_ip: str, dst_port: int) -> str:
-        """Both legs' packets: client <-> dst:port, and proxy <-> container ip:port."""
+        """Both legs' packets: client <-> dst:port, and proxy <-> container ip:port.
+
+        libpcap's `tcp` and `port` cover IPv6 (only its `tcp[]` reads IPv4 alone)."""
         return (
             f"(tcp and host {dst_ip} and port {dst_port}) or "
             f"(tcp and host {self.proxy.container_ip} and port {self.proxy.container_port})"
@@ -75,8 +81,7 @@ class ProxyLeg:
     @property
     def accepted_by(self) -> str:
         """Who answers the SYN, in the verdict's words."""
-        listening = f"{self.listener.ip}:{self.listener.port}"
-        return f"docker-proxy pid {self.listener.pid} (listening on {listening})"
+        return f"docker-proxy pid {self.listener.pid} (listening on {self.listener.address})"
 
 
 def find_listener(ip: str, port: int) -> Listener | None:
@@ -121,8 +126,10 @@ def binding_target(
     """Docker's bindings for the port that take the address (no rules to read)."""
     if not output_dnat_applies(ip):
         return None
+    family = ip_version(ip)
     for c, cport, host_ip, _ in bindings(kind, port, containers):
-        target = next(iter(c.addresses.values()), None)
+        addresses = c.addresses6 if family == 6 else c.addresses
+        target = next(iter(addresses.values()), None)
         if target and binding_serves(host_ip, ip):
             return target, cport, ""
     return None
@@ -138,14 +145,14 @@ def unserved_binding(kind: str, ip: str, port: int | None) -> str | None:
     if port is None or kind == "icmp":
         return None
     for c, cport, host_ip, _ in bindings(kind, port):
-        if ":" in host_ip and ":" not in ip:
-            continue  # an IPv6 binding says nothing about an IPv4 address
+        if ip_version(host_ip) != ip_version(ip):
+            continue  # a binding of one family says nothing about an address of the other
         if not binding_serves(host_ip, ip):
             return (
                 f"container {c.name} publishes port {port} (-> {cport}/{kind}) on {host_ip} "
                 f"only: Docker's DNAT rule matches -d {host_ip} and its docker-proxy listens on "
-                f"{host_ip}, so a packet for {ip}:{port} is not rewritten and the host's own "
-                "stack, where nothing listens there, answers"
+                f"{host_ip}, so a packet for {Address(ip, port)} is not rewritten and the host's "
+                "own stack, where nothing listens there, answers"
             )
     return None
 
@@ -167,13 +174,14 @@ def proxy_leg(view: LiveView, plan: PathPlan, port: int) -> ProxyLeg | None:
     container = leg2.points[-1].netns.container if leg2.destination else None
     to = f"container {container}" if container else command.container_ip
     if ipaddress.ip_address(plan.dst_ip).is_loopback:
-        why = "Docker's nat OUTPUT jumps to its DNAT rules only for ! -d 127.0.0.0/8"
+        loopback = "::1/128" if ip_version(plan.dst_ip) == 6 else "127.0.0.0/8"
+        why = f"Docker's nat OUTPUT jumps to its DNAT rules only for ! -d {loopback}"
     else:
         why = "the SYN comes in from a Docker bridge, and the DOCKER chain returns for those"
+    target = Address(command.container_ip, command.container_port)
     plan.notes.append(
-        f"no DNAT rewrites {plan.dst_ip}:{port} ({why}): docker-proxy pid {listener.pid} "
-        f"listens on {listener.ip}:{listener.port} and carries the connection to {to} "
-        f"({command.container_ip}:{command.container_port}) over a connection of its own: "
-        + " -> ".join(p.id for p in leg2.points)
+        f"no DNAT rewrites {Address(plan.dst_ip, port)} ({why}): docker-proxy pid "
+        f"{listener.pid} listens on {listener.address} and carries the connection to {to} "
+        f"({target}) over a connection of its own: " + " -> ".join(p.id for p in leg2.points)
     )
     return ProxyLeg(listener, command, tuple(leg2.points), container)

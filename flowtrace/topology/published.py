@@ -26,10 +26,12 @@ from flowtrace.topology.netfilter import Firewall, NatRuleset, PacketView, run_h
 
 
 def binding_serves(host_ip: str, dst_ip: str) -> bool:
-    """Does a binding on host_ip ("" or 0.0.0.0: every IPv4 address) take dst_ip?
+    """Does a binding on host_ip ("" or 0.0.0.0: every IPv4 address; `::` every IPv6
+    address) take dst_ip?
 
-    Docker programs its IPv4 DNAT rules for IPv4 bindings only: a `::` binding is the
-    IPv6 twin, and Docker 20.10 may give it a different random port than the IPv4 one.
+    Docker programs its IPv4 DNAT rules for IPv4 bindings only and its IPv6 ones (with
+    ip6tables on) for `::` bindings: each is the other's twin, and Docker 20.10 may give
+    them different random ports.
     """
     dst = ipaddress.ip_address(dst_ip)
     wildcard = ("", "0.0.0.0") if dst.version == 4 else ("::",)
@@ -47,7 +49,7 @@ def output_dnat_applies(dst_ip: str) -> bool:
 
 
 def listener_for(sockets: list[SocketEntry], ip: str, port: int) -> SocketEntry | None:
-    """The listening socket that takes an IPv4 connection to ip:port (an exact address first).
+    """The listening socket that takes a connection to ip:port (an exact address first).
 
     Unlike endpoints.sockets.bound_socket, a `::` listener does not count for an IPv4
     address: docker-proxy's IPv6 listeners are IPv6-only (Go sets IPV6_V6ONLY), and

@@ -7,7 +7,8 @@ namespace, in OUTPUT when the namespace's own stack sent it; a SNAT in POSTROUTI
 The rule is found by walking that namespace's nat table as the kernel would; the
 conntrack entry by asking the namespace's conntrack table for the flow as it was
 before the rewrite.  A reply's rewrite that undoes a request's takes the request's
-rule and entry (one conntrack entry covers both directions).
+rule and entry (one conntrack entry covers both directions).  An IPv6 rewrite (NAT66)
+is explained from the namespace's ip6tables rules.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from flowtrace.errors import FlowtraceError
-from flowtrace.model import Address, NatEvent, Packet, Point
+from flowtrace.model import Address, NatEvent, Packet, Point, ip_version
 from flowtrace.topology.conntrack import find_entry
 from flowtrace.topology.kernel import NetnsState, read_state
 
@@ -69,10 +70,12 @@ def explain_rewrite(
             list(local) if local is not None else [a.ip for a in read_state(netns_path).addresses]
         )
         known = firewalls if firewalls is not None else {}
-        if netns_path not in known:
-            known[netns_path] = read_firewall(netns_path)
+        ipv6 = ip_version(flow.src) == 6
+        key = f"{netns_path} ip6" if ipv6 else netns_path  # ip6tables' rules for IPv6
+        if key not in known:
+            known[key] = read_firewall(netns_path, ipv6=ipv6)
         found = attribute_detail(
-            known[netns_path], ev, flow.proto, in_iface, out_iface, addresses,
+            known[key], ev, flow.proto, in_iface, out_iface, addresses,
             peer=peer, before_dnat=before_dnat,
         )  # fmt: skip
         rule, doubt = (found.rule, found.doubt) if found else (None, None)

@@ -35,7 +35,7 @@ from flowtrace.topology.netfilter.engines import routed_words
 from flowtrace.topology.netfilter.explain import maybe_words
 
 _REPLY_WAY = {"forward": "forward", "output": "input", "input": "output"}
-_ICMP_REPLY = {8: 0, 13: 14, 15: 16, 17: 18}
+_ICMP_REPLY = {8: 0, 13: 14, 15: 16, 17: 18, 128: 129}
 
 
 @dataclass(frozen=True)
@@ -228,8 +228,11 @@ def _within(ip: str, networks: Sequence[str]) -> bool:
 # --- reading the namespaces ------------------------------------------------------------
 
 
-def segments_of(points: Sequence[Point], destination: str | None) -> list[Segment]:
-    """The namespaces along `points` with the interfaces their rules see (reads each)."""
+def segments_of(
+    points: Sequence[Point], destination: str | None, ipv6: bool = False
+) -> list[Segment]:
+    """The namespaces along `points` with the interfaces their rules see (reads each;
+    `ipv6`: the IPv6 rules, ip6tables' and nftables' ip6 and inet tables)."""
     groups: list[list[Point]] = []
     for point in points:
         if groups and groups[-1][0].netns.inode == point.netns.inode:
@@ -241,7 +244,7 @@ def segments_of(points: Sequence[Point], destination: str | None) -> list[Segmen
         ns = group[0].netns
         state = read_state(ns.path)
         try:
-            firewall = read_firewall(ns.path)
+            firewall = read_firewall(ns.path, ipv6)
         except MissingToolError:
             raise  # no reader on this machine at all: one line, not one note per namespace
         except FlowtraceError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,12 @@ from flowtrace.lab import podman as podman_lab_module
 # The modules share helpers (`from test_trace import ...`); importlib mode needs the path.
 sys.path.insert(0, str(Path(__file__).parent))
 
+import leftovers  # needs the path above
+
+#: fail (the default): a module that leaves the host changed fails at its teardown;
+#: warn: it is only reported; off: not checked.
+LEFTOVERS = os.environ.get("FLOWTRACE_LEFTOVERS", "fail")
+
 LAB_USERS_LOCK = "/run/lock/flowtrace-lab.users"
 #: How long a destructive lab test waits for other sessions to finish with the lab.
 EXCLUSIVE_WAIT_S = float(os.environ.get("FLOWTRACE_LAB_WAIT", "300"))
@@ -37,7 +44,15 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a `timeout`, a CI job cancelled) ends the session as Ctrl-C does: every
+    # fixture's finalizer still removes what its test made.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupted)
     config.addinivalue_line(
         "markers",
         "lab_destructive: takes the shared lab down; runs after every other test",
@@ -55,6 +70,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _integration_needs_root(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("integration") and not is_root():
         pytest.skip("integration test: needs root (namespaces, veths, the Docker engine)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _nothing_left_changed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every integration module leaves the host as it found it (see leftovers.py)."""
+    if not is_root() or LEFTOVERS == "off":
+        yield
+        return
+    before = leftovers.snapshot()
+    yield
+    changes = leftovers.compare(before, leftovers.snapshot())
+    if changes:
+        text = leftovers.describe(changes, request.module.__name__) + (
+            "\n(on a shared host a change another session made meanwhile shows here too; "
+            "FLOWTRACE_LEFTOVERS=warn reports without failing)"
+        )
+        if LEFTOVERS == "warn":
+            import warnings
+
+            warnings.warn(text, stacklevel=1)
+        else:
+            pytest.fail(text, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +222,7 @@ def podman_api(root: None) -> Iterator[dict[str, str]]:
         yield env
         return
     service = start_service(f"/run/flowtrace/podman-tests-{os.getpid()}.sock")
+    leftovers.session_owned(service.pid)
     env["CONTAINER_HOST"] = service.url
     try:
         yield env

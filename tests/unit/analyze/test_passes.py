@@ -191,6 +191,7 @@ def test_cli_json_is_one_valid_document_with_documented_keys(tmp_path: Path) -> 
     assert set(document) == {
         "packets", "schema", "flowtrace", "sources", "points", "frames", "undecoded",
         "packet_count", "truncated", "flows", "nat", "hops", "stats", "notes", "hosts", "tunnels",
+        "ndp_frames",
     }  # fmt: skip
     assert document["packet_count"] == len(document["packets"]) == 4
     assert [s["point"] for s in document["packets"][0]["sightings"]] == list(POINTS)

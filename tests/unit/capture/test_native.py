@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import resource
+import signal
 import struct
 
 import pytest
@@ -119,7 +121,7 @@ def test_the_c_writer_writes_what_the_python_reader_and_epb_builder_write() -> N
     read_fd, write_fd = os.pipe()
     try:
         assert writer is not None
-        frames, wire, error = ring.drain_to(writer, 3, write_fd)
+        frames, wire, error, whole = ring.drain_to(writer, 3, write_fd)
         os.close(write_fd)
         written = b""
         while chunk := os.read(read_fd, 1 << 16):
@@ -127,6 +129,7 @@ def test_the_c_writer_writes_what_the_python_reader_and_epb_builder_write() -> N
     finally:
         os.close(read_fd)
     assert (frames, wire, error) == (py_frames, py_wire, 0) == (5, 60 + 102 + 1518 + 42 + 1514, 0)
+    assert whole == 5  # every EPB landed whole
     assert written == reference
     # both blocks went back to the kernel, the next read starts at block 2
     assert ring._next_block == 2
@@ -137,7 +140,7 @@ def test_the_c_writer_writes_what_the_python_reader_and_epb_builder_write() -> N
 def test_nothing_ready_writes_nothing_and_fd_minus_one_only_gives_blocks_back() -> None:
     assert writer is not None
     empty = make_ring(mmap.mmap(-1, GEOMETRY.size))
-    assert empty.drain_to(writer, 0, -1) == (0, 0, 0)
+    assert empty.drain_to(writer, 0, -1) == (0, 0, 0, 0)
     assert empty._next_block == 0
     ring = make_ring(two_ready_blocks())
     assert ring.drain_to(writer, 0, -1)[:2] == (5, 60 + 102 + 1518 + 42 + 1514)
@@ -150,10 +153,38 @@ def test_a_failed_write_is_reported_as_its_errno() -> None:
     read_fd, write_fd = os.pipe()
     os.close(read_fd)  # EPIPE on write (SIGPIPE is ignored by Python)
     try:
-        frames, _, error = make_ring(two_ready_blocks()).drain_to(writer, 0, write_fd)
+        frames, _, error, whole = make_ring(two_ready_blocks()).drain_to(writer, 0, write_fd)
     finally:
         os.close(write_fd)
-    assert frames == 5 and error == 32
+    assert frames == 5 and error == 32 and whole == 0  # EPIPE: nothing landed
+
+
+@needs_writer
+def test_a_write_that_fills_the_file_limit_is_cut_back_to_a_whole_block(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
+    """A full disk in small: RLIMIT_FSIZE makes the write stop mid-EPB (then EFBIG)."""
+    assert writer is not None
+    path = os.path.join(str(tmp_path), "set.pcapng")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1800, hard))
+        frames, _, error, whole = make_ring(two_ready_blocks()).drain_to(writer, 0, fd)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+        os.close(fd)
+    with open(path, "rb") as written:
+        data = written.read()
+    at = blocks = 0
+    while at < len(data):  # the file is whole EPBs, nothing torn at its end
+        (length,) = struct.unpack_from("<I", data, at + 4)
+        assert at + length <= len(data)
+        at, blocks = at + length, blocks + 1
+    assert frames == 5 and error == 27  # EFBIG
+    assert 0 < len(data) <= 1800 and blocks == whole < 5  # what landed, counted
 
 
 def test_flowtrace_native_0_chooses_the_python_path(monkeypatch: pytest.MonkeyPatch) -> None:

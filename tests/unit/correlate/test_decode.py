@@ -393,3 +393,47 @@ def test_udp_on_vxlans_port_that_is_not_vxlan_stays_udp() -> None:
     )
     h = decode_frame(frame)
     assert h is not None and h.proto == 17 and h.dport == 4789 and h.outer is None
+
+
+def test_ndp_solicitation_and_advertisement() -> None:
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr
+
+    from flowtrace.correlate.decode import is_ndp, ndp_fields
+
+    target = "fd6c:6162:3600::3"
+    solicitation = bytes(
+        ETH
+        / IPv6(src="fd6c:6162:3600::2", dst="ff02::1:ff00:3", hlim=255)
+        / ICMPv6ND_NS(tgt=target)
+        / ICMPv6NDOptSrcLLAddr(lladdr="02:42:ac:12:00:02")
+    )
+    advertisement = bytes(
+        ETH / IPv6(src=target, dst="fd6c:6162:3600::2", hlim=255) / ICMPv6ND_NA(tgt=target)
+    )
+    assert ndp_fields(solicitation) == (135, "fd6c:6162:3600::2", target)
+    assert ndp_fields(advertisement) == (136, target, target)
+    assert is_ndp(decode_frame(solicitation)) and is_ndp(decode_frame(advertisement))
+    echo = bytes(ETH / IPv6(src="fd00::2", dst="fd00::3") / ICMPv6EchoRequest())
+    assert ndp_fields(echo) is None and not is_ndp(decode_frame(echo))
+    assert ndp_fields(bytes(ETH / ARP(pdst="10.0.0.1"))) is None
+    assert ndp_fields(solicitation[:70]) is None  # cut short
+
+
+def test_icmpv6_error_quotes_enough_of_a_probe_to_find_its_mark() -> None:
+    probe = (
+        IPv6(src="fd6c:6162:3600::2", dst="2001:db8:f6::2")
+        / UDP(sport=40000, dport=9)
+        / (b"\x12\x34\x56\x78flowtrace\x00\x01" + bytes(17))
+    )
+    error = decode_frame(
+        bytes(
+            ETH
+            / IPv6(src="2001:db8:f6::2", dst="fd6c:6162:3600::2")
+            / ICMPv6DestUnreach(code=4)
+            / bytes(probe)
+        )
+    )
+    assert error is not None and error.inner is not None
+    assert (error.icmp_type, error.icmp_code) == (1, 4)
+    assert error.inner.payload_digest == b"\x12\x34\x56\x78flowtrace\x00\x01\x00"
+    assert error.payload_digest == b""  # the quote stays out of the error's own digest

@@ -79,3 +79,25 @@ def test_a_known_mark_numbers_tcp_at_once_and_strangers_are_foreign_with_a_proxy
     assert numbers.answers(synack, 1)
     leg = tcp_packet("request", 0x02, 0x5555_0000, 0, 6)
     assert numbers.number(leg) is None  # a docker-proxy leg belongs to no probe
+
+
+def test_ipv6_probes_are_numbered_by_their_marks_without_an_ip_id() -> None:
+    numbers = ProbeNumbers("udp", 3, "v6a/eth0")
+    payload = b"\x12\x34\x56\x78flowtrace\x00\x02\x00"
+    udp = Headers(6, "fd6c:6162:3600::2", "2001:db8:f6::2", 17, 0, 64, 80, 40000, 53,
+                  payload_digest=payload)  # fmt: skip
+    request = Packet(0, "request", (Sighting("v6a/eth0", 5, udp),))
+    assert numbers.number(request) == 2
+    error = Headers(6, "2001:db8:f6::2", "fd6c:6162:3600::2", 58, 0, 64, 120, icmp_type=1,
+                    icmp_code=4, inner=udp)  # fmt: skip
+    assert numbers.number(Packet(0, "reply", (Sighting("v6a/eth0", 9, error),))) == 2
+    echo6 = Headers(6, "fd6c:6162:3600::2", "2001:db8:f6::2", 58, 0, 64, 80, icmp_type=129,
+                    icmp_id=3, icmp_seq=1)  # fmt: skip
+    assert (
+        ProbeNumbers("icmp", 2, None).number(Packet(0, "reply", (Sighting("v6a/eth0", 1, echo6),)))
+        == 1
+    )
+    stranger = udp._replace(payload_digest=b"\x00" * 16)
+    numbers.sent(0, None, 1)  # an IPv6 probe has no IP ID to remember
+    assert numbers.ip_ids == {}
+    assert numbers.number(Packet(0, "request", (Sighting("v6a/eth0", 20, stranger),))) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowtrace.correlate.verdicts import (
-    ArpSeen,
+    NeighborSeen,
     NoExplainer,
     ProbeFacts,
     blocked_verdict,
@@ -104,6 +104,9 @@ class Dropping:
     def unanswered(self, arrived: Sighting) -> DropReason | None:
         return None
 
+    def unresolved(self, point: str, sender: str, target: str) -> DropReason | None:
+        return DropReason("-A INPUT -p ipv6-icmp -j DROP", f"dropped at {point} ({sender})")
+
 
 def test_a_reply_back_at_the_source_is_replied_with_its_round_trip() -> None:
     packets = [echo(8, list(POINTS)), echo(0, list(reversed(POINTS)), t0=50_000)]
@@ -134,11 +137,94 @@ def test_an_unanswered_arp_is_counted_where_it_was_seen_in_path_order() -> None:
         "m1/eth0", None, "icmp", src_label="m1", blocked_neighbor="198.51.100.65",
         blocked_why="macvlan isolation", points=("m1/eth0", "host/ft-l2a"),
     )  # fmt: skip
-    arp = [ArpSeen("host/ft-l2a", 1, "198.51.100.66", "198.51.100.65")] + [
-        ArpSeen("m1/eth0", 1, "198.51.100.66", "198.51.100.65")
+    arp = [NeighborSeen("host/ft-l2a", 1, "198.51.100.66", "198.51.100.65")] + [
+        NeighborSeen("m1/eth0", 1, "198.51.100.66", "198.51.100.65")
     ] * 3
     verdict = blocked_verdict(0, facts, arp)
     assert verdict is not None and verdict.last_point == "host/ft-l2a"
     assert "(3 sent, seen at m1/eth0 and host/ft-l2a)" in verdict.detail
-    answered = [*arp, ArpSeen("host/ft-l2a", 2, "198.51.100.65", "198.51.100.66")]
+    answered = [*arp, NeighborSeen("host/ft-l2a", 2, "198.51.100.65", "198.51.100.66")]
     assert blocked_verdict(0, facts, answered) is None
+
+
+# --- IPv6: ICMPv6 answers, neighbour discovery ------------------------------------------------
+
+V6_POINTS = ("v6a/eth0", "host/veth1", "host/br-6", "host/veth2", "v6b/eth0")
+V6_FACTS = ProbeFacts(
+    "v6a/eth0", "v6b/eth0", "udp", dst_port=9, points=V6_POINTS, src_label="v6a",
+    first_hop="fd6c:6162:3600::3", first_hop_owner="v6b",
+)  # fmt: skip
+
+
+def six(at: list[str], icmp_type: int | None, code: int = 0, t0: int = 0) -> Packet:
+    h = Headers(6, "fd6c:6162:3600::2", "fd6c:6162:3600::3", 58, 0, 64, 80, icmp_type=icmp_type,
+                icmp_code=code, icmp_id=9, icmp_seq=0)  # fmt: skip
+    direction = "request" if icmp_type == 128 else "reply"
+    return Packet(1, direction, tuple(Sighting(p, t0 + i, h) for i, p in enumerate(at)), probe=0)
+
+
+@pytest.mark.parametrize(
+    ("icmp_type", "code", "outcome", "words"),
+    [
+        (129, 0, "replied", "echo reply"),
+        (
+            1,
+            4,
+            "refused",
+            "ICMPv6 port unreachable from fd6c:6162:3600::2: nothing listens on 9/udp",
+        ),
+        (1, 3, "unreachable", "ICMPv6 address unreachable (no neighbour answered) (type 1 code 3)"),
+        (1, 1, "unreachable", "communication administratively prohibited (a REJECT rule)"),
+        (3, 0, "unreachable", "ICMPv6 time exceeded (type 3 code 0)"),
+    ],
+)
+def test_icmpv6_answers(icmp_type: int, code: int, outcome: str, words: str) -> None:
+    packets = [six(list(V6_POINTS), 128), six(list(reversed(V6_POINTS)), icmp_type, code, 100)]
+    verdict = decide(0, packets, V6_FACTS, NoExplainer())
+    assert verdict.outcome == outcome and words in verdict.detail
+
+
+def solicitations(points: tuple[str, ...], times: int) -> list[NeighborSeen]:
+    ask = [NeighborSeen(p, 1, "fd6c:6162:3600::2", "fd6c:6162:3600::3", True) for p in points]
+    return ask * times
+
+
+def test_a_neighbour_that_never_answers_holds_the_probe_back_and_is_explained() -> None:
+    verdict = decide(0, [], V6_FACTS, Dropping(), solicitations(V6_POINTS, 3))
+    assert verdict.outcome == "lost" and verdict.last_point == "v6b/eth0"
+    assert verdict.detail.startswith(
+        "never left v6a: its neighbour solicitations for fd6c:6162:3600::3 (3 sent, seen at "
+        "v6a/eth0, host/veth1, host/br-6, host/veth2 and v6b/eth0) got no neighbour advertisement: "
+        "dropped at v6b/eth0 (fd6c:6162:3600::2)"
+    )
+    assert verdict.rule == "-A INPUT -p ipv6-icmp -j DROP"
+    unexplained = decide(0, [], V6_FACTS, NoExplainer(), solicitations(V6_POINTS, 1))
+    assert "they reached v6b/eth0 and v6b sent no neighbour advertisement" in unexplained.detail
+    short = decide(0, [], V6_FACTS, NoExplainer(), solicitations(V6_POINTS[:3], 2))
+    assert short.detail.endswith("got no neighbour advertisement: they never reached v6b, which "
+                                 "owns fd6c:6162:3600::3")  # fmt: skip
+
+
+def test_an_answered_solicitation_or_none_at_all_is_no_neighbour_verdict() -> None:
+    answered = [
+        *solicitations(V6_POINTS, 1),
+        NeighborSeen("v6a/eth0", 2, "fd6c:6162:3600::3", "fd6c:6162:3600::3", True),
+    ]
+    assert decide(0, [], V6_FACTS, Dropping(), answered).detail == "not seen leaving the source"
+    assert decide(0, [], V6_FACTS, Dropping(), []).detail == "not seen leaving the source"
+
+
+def test_a_blocked_ipv6_path_shows_its_neighbour_solicitations() -> None:
+    facts = ProbeFacts(
+        "m1/eth0", None, "icmp", src_label="m1", blocked_neighbor="2001:db8:64::65",
+        blocked_why="macvlan isolation", points=("m1/eth0", "host/ft-l2a"),
+    )  # fmt: skip
+    asked = [NeighborSeen("m1/eth0", 1, "2001:db8:64::67", "2001:db8:64::65", True)] * 2
+    verdict = blocked_verdict(0, facts, asked)
+    assert verdict is not None
+    assert "its neighbour solicitation for 2001:db8:64::65 (2 sent, seen at m1/eth0)" in (
+        verdict.detail
+    )
+    # an advertisement names the address it is about as its target, whoever sends it
+    told = NeighborSeen("m1/eth0", 2, "fe80::1", "2001:db8:64::65", True)
+    assert blocked_verdict(0, facts, [*asked, told]) is None

@@ -148,3 +148,38 @@ def test_local_engines_are_unix_sockets_or_loopback() -> None:
     assert is_local("unix:///var/run/docker.sock") and is_local("tcp://127.0.0.1:2375")
     assert is_local("tcp://[::1]:2375") and is_local("http+unix:///run/podman/podman.sock")
     assert not is_local("ssh://lab.example") and not is_local("tcp://10.0.0.1:2376")
+
+
+def test_a_frozen_engine_is_one_line_after_its_timeout_and_not_asked_again(
+    tmp_path: Path,
+) -> None:
+    """A socket that accepts and never answers (a frozen dockerd): one error after the
+    timeout, and the next ask in this process fails at once."""
+    import socket
+    import time
+
+    from flowtrace.endpoints import engines
+    from flowtrace.errors import DockerUnavailableError
+
+    path = tmp_path / "frozen.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(8)
+    candidate = Candidate(f"unix://{path}", "DOCKER_HOST", explicit=True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DockerUnavailableError) as first:
+            engines._try(candidate, 0.5, [])
+        assert 0.4 < time.monotonic() - started < 5
+        assert "did not answer within 0.5 s (frozen or overloaded?)" in first.value.message
+        assert first.value.status == ExitStatus.NO_DOCKER and "\n" not in first.value.message
+        started = time.monotonic()
+        with pytest.raises(DockerUnavailableError) as again:
+            engines._try(candidate, 10, [])
+        assert time.monotonic() - started < 0.2 and again.value is first.value
+        tried: list[str] = []
+        quiet = Candidate(f"unix://{path}", "Docker's default socket")
+        assert engines._try(quiet, 10, tried) is None and "did not answer in time" in tried[0]
+    finally:
+        server.close()
+        engines.close()

@@ -159,3 +159,24 @@ def test_an_answer_dropped_on_output_is_worded_as_such() -> None:
     )
     policy = describe_answer_drop("-P OUTPUT DROP", "c3", "eth0")
     assert policy.endswith("no rule accepted it, so the chain's policy dropped it")
+
+
+# --- IPv6: neighbour solicitations a firewall drops -------------------------------------------
+
+
+def test_the_solicited_node_address_of_a_target() -> None:
+    from flowtrace.topology.drops import solicited_node
+
+    assert solicited_node("fd6c:6162:3600::3") == "ff02::1:ff00:3"
+    assert solicited_node("2001:db8::aabb:ccdd") == "ff02::1:ffbb:ccdd"
+    assert solicited_node("fe80::42:acff:fe12:3") == "ff02::1:ff12:3"
+
+
+def test_an_ndp_drop_in_words() -> None:
+    from flowtrace.topology.drops import describe_ndp_drop
+
+    text = describe_ndp_drop("-A INPUT -p ipv6-icmp -j DROP", "v6b", "eth0")
+    assert text.startswith(
+        "v6b dropped them by `-A INPUT -p ipv6-icmp -j DROP`, filter chain INPUT"
+    )
+    assert "NDP (ICMPv6 types 135 and 136)" in text

@@ -157,3 +157,39 @@ def test_a_dnat_without_a_port_keeps_the_packets() -> None:
     assert predict_dnat(rules, "tcp", "10.0.0.1", 81, "eth0", frozenset())[:2] == ("10.0.0.9", 81)  # type: ignore[index]
     assert predict_dnat(rules, "tcp", "10.0.0.1", 82, "eth0", frozenset())[:2] == ("10.0.0.8", 90)  # type: ignore[index]
     assert predict_dnat(rules, "tcp", "10.0.0.1", 81, "eth1", frozenset()) is None
+
+
+# --- IPv6: ports published on [::] and their ip6tables DNAT --------------------------------------
+
+IPV6_RULES = parse_iptables_save(
+    (Path(__file__).resolve().parents[2] / "data" / "ip6tables-save-docker-ipv6.txt").read_text(),
+    family="ip6",
+)
+HOST6 = frozenset({"2001:db8:f6::1", "fd6c:6162:3600::1", "::1"})
+
+
+def test_an_ipv6_dnat_is_predicted_from_ip6tables_as_the_kernel_walks_it() -> None:
+    outside = predict_dnat(IPV6_RULES, "tcp", "2001:db8:f6::1", 8086, "ft6-uplink", HOST6)
+    assert outside is not None and outside[:2] == ("fd6c:6162:3600::2", 80)
+    # the host's own connection to a global address: OUTPUT jumps to DOCKER
+    host = predict_dnat(IPV6_RULES, "tcp", "2001:db8:f6::1", 8086, None, HOST6)
+    assert host is not None and host[0] == "fd6c:6162:3600::2"
+    # ... but not to ::1 (docker-proxy listens on [::]), nor from the network's own bridge
+    assert predict_dnat(IPV6_RULES, "tcp", "::1", 8086, None, HOST6) is None
+    assert (
+        predict_dnat(IPV6_RULES, "tcp", "fd6c:6162:3600::1", 8086, "br-b251832aced5", HOST6) is None
+    )
+    assert outside[2] == (
+        "-A DOCKER ! -i br-b251832aced5 -p tcp -m tcp --dport 8086 -j DNAT "
+        "--to-destination [fd6c:6162:3600::2]:80"
+    )
+
+
+def test_a_binding_serves_its_own_family_only() -> None:
+    assert binding_serves("::", "2001:db8:f6::1") and binding_serves("::", "::1")
+    assert not binding_serves("0.0.0.0", "2001:db8:f6::1")
+    assert not binding_serves("::", "203.0.113.1")
+    sockets = parse_proc_net(PROC_NET_TCP6)
+    found = listener_for(sockets, "2001:db8:f6::1", 8080)
+    assert found is not None and found.local_ip == "::"
+    assert listener_for(sockets, "::1", 8081) is not None  # bound to ::1 itself

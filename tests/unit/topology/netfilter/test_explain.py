@@ -244,6 +244,70 @@ def test_input_and_output_chains_and_reject() -> None:
     )
 
 
+# --- NAT66 and IPv6 drops (ip6tables) -------------------------------------------------------
+
+#: Recorded with Docker 20.10's "ip6tables": see test_iptables_save.py.
+IPV6 = parse_iptables_save((DATA / "ip6tables-save-docker-ipv6.txt").read_text(), family="ip6")
+BRIDGE6 = "br-b251832aced5"
+HOST6 = {"2001:db8:f6::1", "fd6c:6162:3600::1", "::1"}
+MASQUERADE6 = f"-A POSTROUTING -s fd6c:6162:3600::/64 ! -o {BRIDGE6} -j MASQUERADE"
+DNAT6 = (
+    f"-A DOCKER ! -i {BRIDGE6} -p tcp -m tcp --dport 8086 -j DNAT "
+    "--to-destination [fd6c:6162:3600::2]:80"
+)
+
+
+def test_nat66_masquerade_of_a_container_going_out() -> None:
+    event = snat(Address("fd6c:6162:3600::2", 7), Address("2001:db8:f6::1", 7))
+    out = Address("2001:db8:f6::2")
+    assert attribute(IPV6, event, "icmp6", None, "ft6-uplink", HOST6, peer=out) == MASQUERADE6
+    # to an address of another network, the masquerade must take one of the host's
+    elsewhere = snat(Address("fd6c:6162:3600::2", 7), Address("2001:db8:99::1", 7))
+    assert attribute(IPV6, elsewhere, "icmp6", None, "ft6-uplink", HOST6, peer=out) is None
+
+
+def test_ipv6_dnat_of_a_port_published_on_all_ipv6_addresses() -> None:
+    event = dnat(Address("2001:db8:f6::1", 8086), Address("fd6c:6162:3600::2", 80))
+    peer = Address("2001:db8:f6::2", 40000)
+    assert attribute(IPV6, event, "tcp", "ft6-uplink", None, HOST6, peer=peer) == DNAT6
+    wrong_port = dnat(Address("2001:db8:f6::1", 8086), Address("fd6c:6162:3600::2", 81))
+    assert attribute(IPV6, wrong_port, "tcp", "ft6-uplink", None, HOST6, peer=peer) is None
+    # from the host itself, nat OUTPUT leaves ::1 out (docker-proxy takes it)
+    loopback = dnat(Address("::1", 8086), Address("fd6c:6162:3600::2", 80))
+    assert attribute(IPV6, loopback, "tcp", None, None, HOST6, peer=Address("::1")) is None
+    assert explains(IPV6.nat.chains["DOCKER"].rules[1], event)
+
+
+def test_ipv6_isolation_and_forward_policy_drop() -> None:
+    isolated = find_drop_rule(
+        IPV6, "icmp6", "fd00:17::2", "fd6c:6162:3600::2", None, None, "docker0", BRIDGE6, HOST6
+    )
+    assert isolated == f"-A DOCKER-ISOLATION-STAGE-2 -o {BRIDGE6} -j DROP"
+    unpublished = find_drop_rule(
+        IPV6, "tcp", "2001:db8:f6::2", "fd6c:6162:3600::2", 40000, 81, "ft6-uplink", BRIDGE6, HOST6
+    )
+    assert unpublished == "-P FORWARD DROP"
+
+
+def test_a_firewall_dropping_neighbour_solicitations_is_found_on_input() -> None:
+    container = parse_iptables_save(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        "-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP\nCOMMIT\n",
+        family="ip6",
+    )
+    rule = find_drop_rule(
+        container, 58, "fd6c:6162:3600::2", "ff02::1:ff00:3", None, None, "eth0", None,
+        ["fd6c:6162:3600::3"],
+    )  # fmt: skip
+    assert rule == "-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP"
+    tcp_only = parse_iptables_save(
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -j DROP\nCOMMIT\n", family="ip6"
+    )
+    assert (
+        find_drop_rule(tcp_only, 58, "fd6c:6162:3600::2", "ff02::1:ff00:3", in_iface="eth0") is None
+    )
+
+
 # --- Docker and Podman on one host (recorded here with Podman 4.3 / netavark 1.4) --------
 
 PODMAN_AND_DOCKER = parse_iptables_save(

@@ -96,3 +96,35 @@ def test_malformed_input_is_a_clear_error() -> None:
         parse_rule('-A X -m comment --comment "unterminated')
     assert parse_iptables_save("").tables == {}
     assert parse_iptables_save("").nat.chains == {}
+
+
+# --- ip6tables-save ---------------------------------------------------------------------------
+
+#: `ip6tables-save` of Docker 20.10 with "ip6tables" and "experimental" on: a user network
+#: with IPv6 (br-b251832aced5, fd6c:6162:3600::/64) and a container publishing 8086->80.
+IPV6 = parse_iptables_save((DATA / "ip6tables-save-docker-ipv6.txt").read_text())
+BRIDGE6 = "br-b251832aced5"
+
+
+def test_ip6tables_save_reads_as_iptables_save_does() -> None:
+    import ipaddress
+
+    assert set(IPV6.tables) == {"filter", "nat"}
+    assert IPV6.filter.chains["FORWARD"].policy == "DROP"
+    (masquerade, hairpin) = IPV6.nat.chains["POSTROUTING"].rules
+    assert masquerade.text == f"-A POSTROUTING -s fd6c:6162:3600::/64 ! -o {BRIDGE6} -j MASQUERADE"
+    (source,) = [c for c in masquerade.criteria if c.kind == "source"]
+    assert source.networks == (ipaddress.ip_network("fd6c:6162:3600::/64"),)
+    assert [c.kind for c in hairpin.criteria] == ["source", "destination", "proto", "dport"]
+    dnat = IPV6.nat.chains["DOCKER"].rules[1]
+    assert dnat.option("--to-destination") == "[fd6c:6162:3600::2]:80"
+    (output,) = IPV6.nat.chains["OUTPUT"].rules
+    (loopback,) = [c for c in output.criteria if c.kind == "destination"]
+    assert loopback.negated and loopback.networks == (ipaddress.ip_network("::1/128"),)
+
+
+def test_ipv6_icmp_and_the_icmpv6_type_match() -> None:
+    rule = parse_rule("-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP", "filter")
+    (proto, icmp_type) = rule.criteria
+    assert (proto.kind, proto.proto) == ("proto", 58)
+    assert (icmp_type.kind, icmp_type.names) == ("icmp-type", ("135",))
