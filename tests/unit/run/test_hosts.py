@@ -55,3 +55,16 @@ def test_rules_kernel_is_refused_across_hosts_before_any_host_is_reached() -> No
         run_trace("o1@nosuchhost", "o2@nosuchhost", TraceOptions(rules="kernel"))
     assert caught.value.status == ExitStatus.USAGE
     assert "only on this host" in caught.value.message
+
+
+def test_ipv6_across_hosts_is_refused_in_one_line() -> None:
+    import pytest
+
+    from flowtrace.errors import ExitStatus, FlowtraceError
+    from flowtrace.topology.hostroute import refuse_ipv6_across
+
+    refuse_ipv6_across(None)
+    refuse_ipv6_across(4)
+    with pytest.raises(FlowtraceError, match="IPv6 across hosts is not traced") as raised:
+        refuse_ipv6_across(6)
+    assert raised.value.status == ExitStatus.USAGE and "\n" not in str(raised.value)
