@@ -44,7 +44,17 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
+_SESSION_PID = os.getpid()
+
+
 def _interrupted(signum: int, frame: object) -> None:
+    if os.getpid() != _SESSION_PID:
+        # A forked child that runs Python without exec (pyroute2's NetNS helper) inherits
+        # this handler: it must end as SIGTERM ends it, not unwind pytest's session (and
+        # run the module fixtures' checks again, in its own namespace).
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise KeyboardInterrupt(f"signal {signum}")
 
 
