@@ -28,7 +28,6 @@ from typing import Any
 
 from flowtrace.endpoints.podman_service import REMOTE_VARIABLES
 from flowtrace.errors import FlowtraceError, MissingToolError
-from flowtrace.lab import netavark_chains
 from flowtrace.lab.base import (
     BUSYBOX,
     HTTPD_COMMAND,
@@ -51,6 +50,7 @@ from flowtrace.lab.base import (
 )
 from flowtrace.lab.guard import exclusive, require_privileges
 from flowtrace.lab.images import build_image_tar, busybox_applets, check_busybox
+from flowtrace.lab.netavark_chains import note_before_up, remove_if_ours
 from flowtrace.lab.outside import ensure_outside, outside_conflicts, outside_view, remove_outside
 from flowtrace.lab.podman_conf import podman_env
 
@@ -347,7 +347,7 @@ def up(busybox: str = BUSYBOX) -> LabState:
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             raise LabConflictError(found[0] + more)
         changes: list[str] = []
-        netavark_chains.note_before_up()
+        note_before_up()
         with podman_env() as env:
             changes += _ensure_image(env, busybox)
             changes += _ensure_network(env)
@@ -421,7 +421,7 @@ def down() -> list[str]:
             except PodmanCommandError as exc:
                 kept.append(f"image {PODMAN_IMAGE} ({exc.message})")
         running = podman("ps", "--quiet", env=env).split()
-        removed += netavark_chains.remove_if_ours(podman_running=bool(running))
+        removed += remove_if_ours(podman_running=bool(running))
         if not _docker_lab_present():
             removed += remove_outside()
     if kept:
