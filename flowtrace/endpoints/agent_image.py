@@ -35,6 +35,9 @@ from flowtrace.errors import FlowtraceError, MissingToolError
 AGENT_REPOSITORY = "flowtrace/agent"
 #: On the image and on every helper container: what flowtrace made.
 AGENT_LABEL = "flowtrace.agent"
+#: An engine label (dockerd --label) of the lab's own hosts: the image stays there for the
+#: next trace and `lab down` removes it; on any other host a trace removes what it imported.
+KEEP_IMAGE_ENGINE_LABEL = "flowtrace.lab.host=1"
 #: Raised when what goes into the image changes shape (not its contents).
 IMAGE_FORMAT = "1"
 #: Standard library folders an agent never imports: tests, GUIs, installers, sources of
@@ -352,6 +355,11 @@ def ensure_agent_image(client: Any, host: str, *, compress: bool = True) -> tupl
     if not image_on_engine(client, tag):
         raise FlowtraceError(f"host {host}'s engine did not keep the imported image {tag}")
     return tag, True
+
+
+def keeps_agent_image(info: dict[str, Any]) -> bool:
+    """The engine (its `docker info`) is one of the lab's hosts, where the image may stay."""
+    return KEEP_IMAGE_ENGINE_LABEL in (info.get("Labels") or ())
 
 
 def agent_images(client: Any) -> Iterable[Any]:

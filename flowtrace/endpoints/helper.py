@@ -89,8 +89,18 @@ class AgentGone(FlowtraceError):
 class HelperAgent:
     """One helper container on one host and its agent, for as long as a command runs."""
 
-    def __init__(self, host: str, client: Any, *, local_socket: bool, skew_ns: int = 0) -> None:
+    def __init__(
+        self,
+        host: str,
+        client: Any,
+        *,
+        local_socket: bool,
+        skew_ns: int = 0,
+        keep_image: bool = False,
+    ) -> None:
         self.host = host
+        #: Leave an image this run imported on the host (the lab's hosts); else remove it.
+        self.keep_image = keep_image
         self.client = client
         self.local_socket = local_socket
         self.skew_ns = skew_ns
@@ -178,6 +188,13 @@ class HelperAgent:
             with contextlib.suppress(NotFound, APIError, OSError):
                 self.client.api.remove_container(self.container_id, force=True)
             self.container_id = None
+        if self.image_imported and not self.keep_image and self.image is not None:
+            from docker.errors import APIError, NotFound
+
+            # the host is left as it was found: the image goes with the run that brought it
+            with contextlib.suppress(NotFound, APIError, OSError):
+                self.client.api.remove_image(self.image)
+            self.image_imported = False
         if self._reader is not None:
             self._reader.join(2)
             self._reader = None

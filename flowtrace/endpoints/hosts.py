@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from flowtrace.correlate.clocks import ClockOffset, estimate
-from flowtrace.endpoints.agent_image import check_architecture
+from flowtrace.endpoints.agent_image import check_architecture, keeps_agent_image
 from flowtrace.endpoints.contexts import list_contexts, read_context
 from flowtrace.endpoints.helper import HelperAgent
 from flowtrace.endpoints.netns import attach_host, detach_host, on_host
@@ -314,7 +314,13 @@ def _connect(spec: HostSpec, skew_ns: int) -> RemoteHost:
     client, info = _client(spec)
     try:
         check_architecture(info, spec.name)
-        agent = HelperAgent(spec.name, client, local_socket=spec.local_socket, skew_ns=skew_ns)
+        agent = HelperAgent(
+            spec.name,
+            client,
+            local_socket=spec.local_socket,
+            skew_ns=skew_ns,
+            keep_image=keeps_agent_image(info),
+        )
         facts = agent.start()
     except BaseException:
         client.close()

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from flowtrace.endpoints.agent_image import KEEP_IMAGE_ENGINE_LABEL
 from flowtrace.endpoints.contexts import config_dir, read_context, remove_context, write_context
 from flowtrace.errors import FlowtraceError, MissingToolError
 from flowtrace.lab.base import HTTPD_COMMAND
@@ -192,7 +193,7 @@ def start_engine(host: LabHost) -> list[str]:
         f"mount --rbind {root}/cgstash /sys/fs/cgroup && umount -l {root}/cgstash && "
         f"exec dockerd --data-root {host.data_root} --exec-root {root}/exec "
         f"--pidfile {host.pidfile} -H {host.url} --config-file {root}/daemon.json "
-        f"--cgroup-parent /ft-{host.name}"
+        f"--cgroup-parent /ft-{host.name} --label {KEEP_IMAGE_ENGINE_LABEL}"
     )
     with open(f"{root}/dockerd.log", "ab") as log:
         subprocess.Popen(

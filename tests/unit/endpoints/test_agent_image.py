@@ -13,6 +13,7 @@ from flowtrace.endpoints.agent_image import (
     AGENT_REPOSITORY,
     check_architecture,
     compiled,
+    keeps_agent_image,
     parse_ldd,
     runtime_tag,
     stdlib_modules,
@@ -94,3 +95,10 @@ def test_another_machine_type_is_refused() -> None:
     check_architecture({}, "hostb")  # an engine that does not say
     with pytest.raises(FlowtraceError, match="same machine type"):
         check_architecture({"Architecture": "s390x"}, "hostb")
+
+
+def test_only_the_labs_hosts_keep_the_helper_image() -> None:
+    # `docker info`'s Labels as dockerd reports them (--label k=v)
+    assert keeps_agent_image({"Labels": ["flowtrace.lab.host=1"]})
+    assert not keeps_agent_image({"Labels": ["com.example.rack=4"]})
+    assert not keeps_agent_image({"Labels": None}) and not keeps_agent_image({})
