@@ -281,6 +281,24 @@ def test_the_helpers_are_there_while_it_runs_and_the_hosts_are_left_as_they_were
     assert all(_helpers(host) == [] for host in HOSTS)
 
 
+def test_on_a_host_not_the_labs_the_image_a_trace_imported_goes_with_it(
+    overlay: Trace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab's hosts keep the helper image (their engines carry flowtrace.lab.host=1);
+    any other host is left without it.  Here the lab's hosts are taken for others."""
+    from flowtrace.endpoints import hosts as endpoint_hosts
+
+    for host in HOSTS:  # as a host that never saw flowtrace
+        with contextlib.closing(client_of(host)) as client:
+            for image in client.images.list(filters={"label": f"{AGENT_LABEL}=1"}):
+                client.images.remove(image.id, force=True)
+    before = {host.name: _host_state(host) for host in HOSTS}
+    monkeypatch.setattr(endpoint_hosts, "keeps_agent_image", lambda info: False)
+    trace = api.trace("o1@hosta", "o2@hostb", record=False)
+    assert trace.answered
+    assert {host.name: _host_state(host) for host in HOSTS} == before
+
+
 def test_a_killed_flowtrace_leaves_no_helper_behind(hosts_lab: ScenarioState) -> None:
     command = [sys.executable, "-m", "flowtrace", "ping", "o1@hosta", "o2@hostb", "-c", "100"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
