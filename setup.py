@@ -1,19 +1,23 @@
-"""The C part of flowtrace: one optional extension, the bulk capture's ring-to-pcapng copy.
+"""The C part of flowtrace: optional extensions, each a fast path of a pure-Python one.
 
 Everything else is in pyproject.toml.  `optional=True`: without a C compiler or the
-Python headers the install still succeeds, and flowtrace.capture.native says once, at
-the first bulk capture, that it is using the pure-Python path instead.
+Python headers the install still succeeds and flowtrace runs the Python paths
+(flowtrace.native loads what was built; a bulk capture says once that it runs Python).
 """
 
 from setuptools import Extension, setup
 
+#: (import name, source): keep in step with flowtrace.native.MODULES.
+C_MODULES = (("flowtrace.capture._ringpcap", "flowtrace/capture/_ringpcap.c"),)
+
 setup(
     ext_modules=[
         Extension(
-            "flowtrace.capture._ringpcap",
-            ["flowtrace/capture/_ringpcap.c"],
+            name,
+            [source],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             optional=True,
         )
+        for name, source in C_MODULES
     ]
 )

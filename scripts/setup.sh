@@ -132,10 +132,23 @@ if ! venv_ok; then
     fi
 fi
 # Reinstall only when the project's requirements, its C part or the venv's python changed.
-stamp="$({ cat pyproject.toml setup.py flowtrace/capture/_ringpcap.c; .venv/bin/python -V; } |
+stamp="$({ cat pyproject.toml setup.py $(find flowtrace -name '*.c' | sort); .venv/bin/python -V; } |
     sha256sum | cut -c1-16)"
+# Which of flowtrace.native.MODULES (the optional C parts) are built: "built" and "missing" lines.
+native_report() {
+    .venv/bin/python - <<'PY' 2>/dev/null
+import importlib
+from flowtrace.native import MODULES
+for name in MODULES:
+    try:
+        importlib.import_module(name)
+        print("built", name.rsplit(".", 1)[1])
+    except ImportError:
+        print("missing", name.rsplit(".", 1)[1])
+PY
+}
 native_ok() {
-    ! command -v gcc >/dev/null 2>&1 || .venv/bin/python -c 'import flowtrace.capture._ringpcap' 2>/dev/null
+    ! command -v gcc >/dev/null 2>&1 || ! native_report | grep -q '^missing'
 }
 if [ "$(cat .venv/.flowtrace-setup 2>/dev/null)" = "$stamp" ] &&
     .venv/bin/python -c 'import flowtrace' 2>/dev/null && [ -x .venv/bin/flowtrace ] && native_ok; then
@@ -145,10 +158,11 @@ else
     echo "$stamp" >.venv/.flowtrace-setup
     say "venv: installed flowtrace and its dev tools into .venv ($(.venv/bin/python -V))"
 fi
-if .venv/bin/python -c 'import flowtrace.capture._ringpcap' 2>/dev/null; then
-    say "capture: the C ring writer is built"
+missing=$(native_report | sed -n 's/^missing //p' | tr '\n' ' ')
+if [ -z "$missing" ]; then
+    say "native: the C parts are built ($(native_report | sed -n 's/^built //p' | paste -sd, -))"
 else
-    say "capture: the C ring writer is not built (no compiler or Python headers): captures use the pure-Python path"
+    say "native: not built (no compiler or Python headers): ${missing% }; flowtrace uses their pure-Python paths"
 fi
 # An editable install leaves flowtrace's own modules uncompiled, and with
 # PYTHONDONTWRITEBYTECODE set every run would compile them again (0.1 s of a trace).

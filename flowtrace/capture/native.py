@@ -9,30 +9,24 @@ capture benchmark measures both).
 
 from __future__ import annotations
 
-import os
 import sys
 from types import ModuleType
+
+from flowtrace import native
 
 _said = False
 
 
 def ringpcap() -> ModuleType | None:
     """The C module, or None when it is not built or FLOWTRACE_NATIVE=0 turns it off."""
-    if os.environ.get("FLOWTRACE_NATIVE", "1") == "0":
-        return None
-    try:
-        from flowtrace.capture import _ringpcap  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    module: ModuleType = _ringpcap
-    return module
+    return native.load("flowtrace.capture._ringpcap")
 
 
 def why_not() -> str | None:
     """Why the Python path is used, in words, or None when the C writer is in use."""
     if ringpcap() is not None:
         return None
-    if os.environ.get("FLOWTRACE_NATIVE", "1") == "0":
+    if not native.enabled():
         return "FLOWTRACE_NATIVE=0 chose the pure-Python capture path"
     return (
         "the C capture writer (flowtrace/capture/_ringpcap.c) is not built, so captures "
