@@ -3,17 +3,19 @@
 Blocks are parsed out of large chunks with ``struct.unpack_from``.  The packet loop
 (``PcapngSource.records``) is the reader's hot path: it keeps everything in local
 names and recognises the option layouts flowtrace writes with one unpack each; any
-other layout goes through the general option walk.
+other layout goes through the general option walk.  Where the C scanner is built
+(_pcapscan.c) it takes the runs of usual EPBs and this loop every block it leaves.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import ip_address
 from pathlib import Path
 from typing import BinaryIO
 
+from flowtrace import native
 from flowtrace.errors import CaptureFormatError
 from flowtrace.pcap.records import (
     LINKTYPE_DIRECTION_OFFSET,
@@ -28,6 +30,13 @@ from flowtrace.pcap.records import (
 from flowtrace.pcap.source import EMPTY_RUN_LIMIT, MAX_BLOCK_SIZE, Source
 
 PCAPNG_SHB = 0x0A0D0D0A
+#: The C run of usual EPBs (_pcapscan.c), or None: the loop below does every block.
+_SCAN: Callable[..., tuple[list[Record], int]] | None = getattr(
+    native.load("flowtrace.pcap._pcapscan"), "scan", None
+)
+#: Records the C scanner hands over at a time: each holds a copy of its frame, so the
+#: run is kept short for memory to stay at the read chunk's size.
+_SCAN_RUN = 256
 _BYTE_ORDER_MAGIC = 0x1A2B3C4D
 
 
@@ -307,9 +316,20 @@ class PcapngSource(Source):
         ) = self.layouts.hot  # fmt: skip
         conversions = self.conversions
         plain_indexes = self.plain_indexes
+        little = self.layouts is _LITTLE
+        scan = _SCAN
         empty = 0  # blocks in a row that carried no captured byte
         try:
             while True:
+                if scan is not None and end - pos >= 28:
+                    # The C loop takes the run of usual EPBs; this one, the block it left.
+                    scanned, pos = scan(
+                        buf, pos, end, little, conversions, MAX_BLOCK_SIZE, Record, _SCAN_RUN
+                    )
+                    if scanned:
+                        empty = 0
+                        yield from scanned
+                        continue
                 if end - pos < 28:
                     buf, pos = self.fill(buf, pos, 28)
                     end = len(buf)
@@ -425,6 +445,7 @@ class PcapngSource(Source):
                     ) = self.layouts.hot  # fmt: skip
                     conversions = self.conversions
                     plain_indexes = self.plain_indexes
+                    little = self.layouts is _LITTLE
                 pos += length
         finally:
             self.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from flowtrace.errors import CaptureFormatError, NotFoundError
+from flowtrace.pcap import pcapng_source
 from flowtrace.pcap import reader as reader_module
 from flowtrace.pcap.pcapng import (
     LINKTYPE_LINUX_SLL,
@@ -28,6 +29,16 @@ from flowtrace.pcap.pcapng import (
 from flowtrace.pcap.reader import CaptureReader, Record, open_capture
 
 T0 = 1_700_000_000_000_000_000
+
+
+_NO_SCANNER = pytest.mark.skipif(pcapng_source._SCAN is None, reason="no C scanner built here")
+
+
+@pytest.fixture(autouse=True, params=[pytest.param("c-scanner", marks=_NO_SCANNER), "python"])
+def packet_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test reads with the C EPB scanner (where built) and with the Python loop."""
+    if request.param == "python":
+        monkeypatch.setattr(pcapng_source, "_SCAN", None)
 
 
 def read_all(data: bytes) -> tuple[CaptureReader, list[Record]]:
