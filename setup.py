@@ -11,6 +11,7 @@ from setuptools import Extension, setup
 C_MODULES = (
     ("flowtrace.capture._ringpcap", "flowtrace/capture/_ringpcap.c"),
     ("flowtrace.pcap._pcapscan", "flowtrace/pcap/_pcapscan.c"),
+    ("flowtrace.correlate._grouper", "flowtrace/correlate/_grouper.c"),
 )
 
 setup(

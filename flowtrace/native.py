@@ -12,7 +12,11 @@ import os
 from types import ModuleType
 
 #: The C modules setup.py builds (all optional), by their import names.
-MODULES = ("flowtrace.capture._ringpcap", "flowtrace.pcap._pcapscan")
+MODULES = (
+    "flowtrace.capture._ringpcap",
+    "flowtrace.pcap._pcapscan",
+    "flowtrace.correlate._grouper",
+)
 
 
 def enabled() -> bool:

@@ -90,6 +90,9 @@ def _cyclic_gc_paused() -> Iterator[None]:
 #: each point of a long path, so that the same frame at the next point is still there.
 _RECENT_FRAMES = 1 << 12
 _MISSING: Any = object()
+#: The times a sighting can have (64-bit ns since 1970, as the kernel stamps them);
+#: a frame stamped outside them is damage, and the C correlator could not hold it.
+_EARLIEST_NS, _LATEST_NS = -(1 << 63), (1 << 63) - 1
 #: Sightings handed to the correlator at a time: few enough to keep memory flat, enough
 #: that its per-call work is spread thin.
 _BATCH = 256
@@ -189,7 +192,7 @@ def _analyze(
         batch: list[Sighting] = []  # handed to the correlator _BATCH at a time
         decoders = _recent_decodings(points)
         names: list[str] = [p.id for p in points]
-        frames = undecoded = ndp = 0
+        frames = undecoded = ndp = out_of_time = 0
         missing = _MISSING
         # A trace's set holds the NDP that explains a lost probe; the trace followed no
         # packet of it (nor does analyze, so its packets keep the trace's ids).
@@ -202,6 +205,9 @@ def _analyze(
                 points = points_from(reader, manifest, point_names)
                 decoders = _recent_decodings(points)
                 names = [p.id for p in points]
+            if not _EARLIEST_NS <= time_ns <= _LATEST_NS:
+                out_of_time += 1
+                continue
             linktype, decoded = decoders[interface]
             headers = decoded.get(data, missing)
             if headers is missing:
@@ -228,6 +234,11 @@ def _analyze(
         analysis.frames, analysis.undecoded, analysis.ndp_frames = frames, undecoded, ndp
         analysis.truncated = bool(reader.truncated)
         analysis.notes.extend(reader.problems)
+        if out_of_time:
+            analysis.notes.append(
+                f"{out_of_time:,} frames carry a time before 1677 or after 2262 (beyond 64-bit "
+                "ns since 1970): damaged timestamps, left out of the correlation"
+            )
         missing = [point for point in order if point not in {p.id for p in points}]
         if missing and manifest:
             analysis.notes.append(

@@ -19,18 +19,17 @@ from operator import itemgetter
 
 from flowtrace.model import Headers
 
-_FIELDS = Headers._fields
-#: (proto, ip_id, length, icmp_type, icmp_code, icmp_seq, tcp_seq, tcp_ack, tcp_flags,
-#: payload_digest) of a Headers tuple, picked in C: this runs once per frame.
-_nat_proof_fields = itemgetter(
-    *(
-        _FIELDS.index(name)
-        for name in (
-            "proto", "ip_id", "length", "icmp_type", "icmp_code", "icmp_seq",
-            "tcp_seq", "tcp_ack", "tcp_flags", "payload_digest",
-        )
+#: Indexes in a Headers tuple of (proto, ip_id, length, icmp_type, icmp_code, icmp_seq,
+#: tcp_seq, tcp_ack, tcp_flags, payload_digest): what NAT leaves alone.
+NAT_PROOF_FIELDS = tuple(
+    Headers._fields.index(name)
+    for name in (
+        "proto", "ip_id", "length", "icmp_type", "icmp_code", "icmp_seq",
+        "tcp_seq", "tcp_ack", "tcp_flags", "payload_digest",
     )
 )  # fmt: skip
+#: Those fields of a Headers tuple, picked in C: this runs once per frame.
+_nat_proof_fields = itemgetter(*NAT_PROOF_FIELDS)
 
 
 def fingerprint(h: Headers) -> Hashable:

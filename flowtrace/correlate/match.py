@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from operator import itemgetter
+from types import ModuleType
 
-from flowtrace.correlate.fingerprint import fingerprint
+from flowtrace import native
+from flowtrace.correlate.fingerprint import NAT_PROOF_FIELDS, fingerprint
 from flowtrace.correlate.nat import Rewrite, nat_events, undo_rewrites
 from flowtrace.model import Direction, Headers, NatEvent, NatKind, Packet, Sighting
 
@@ -53,6 +55,8 @@ DEFAULT_FLOW_TIMEOUT_NS = 300_000_000_000
 LOOPBACK_TWIN_NS = 1_000_000
 
 _NAT_MEMO_LIMIT = 1 << 14
+#: The C grouper (_grouper.c), or None: _Grouper does the work in Python.
+_NATIVE: ModuleType | None = native.load("flowtrace.correlate._grouper")
 
 _TCP_SYN = 0x02
 _TCP_ACK = 0x10
@@ -96,12 +100,12 @@ class _Building:
         self.twice: set[str] = set()  # points that saw it a second time
         self.complete = False  # seen at every point of the path: it can grow no more
 
-    def take(self, s: Sighting) -> bool:
+    def take(self, s: Sighting, seen_again: Callable[[Sighting, Sighting], bool]) -> bool:
         """Add s if it can be another sighting of this packet; False if it starts a new one."""
         earlier = self.at.get(s.point)
         if earlier is None:
             self.at[s.point] = s
-        elif s.point in self.twice or not _seen_again(earlier, s):
+        elif s.point in self.twice or not seen_again(earlier, s):
             return False
         else:
             self.twice.add(s.point)
@@ -137,34 +141,29 @@ class _Flow:
         self.undone: dict[Rewrite, NatKind] = {}  # what a reply's rewrite undoes
 
 
-class Correlator:
-    """Feed sightings one at a time; take packets as they complete.
+class _Grouper:
+    """The per-sighting work: the reorder buffer, and grouping sightings into packets.
 
-    `add` returns the packets that can no longer grow; `finish` returns the rest.
-    Packet ids are 1, 2, 3... in order of first sighting.
+    Takes sightings in input order; hands back each packet it closes as the list of
+    its sightings in arrival order (the Correlator orders them and names direction
+    and NAT).  _grouper.c is the same in C (tests hold the two equal); this one is
+    the reference, and what runs without a compiler or with FLOWTRACE_NATIVE=0.
     """
 
     def __init__(
         self,
-        point_order: Sequence[str] | None = None,
-        window_ns: int = DEFAULT_WINDOW_NS,
-        flow_timeout_ns: int = DEFAULT_FLOW_TIMEOUT_NS,
-        *,
-        by_path: bool = False,
+        window_ns: int,
+        initial_hold_ns: int,
+        complete_at: int,
+        fingerprint: Callable[[Headers], Hashable],
+        seen_again: Callable[[Sighting, Sighting], bool],
     ) -> None:
-        if window_ns <= 0:
-            raise ValueError("window_ns must be positive")
         self.window_ns = window_ns
-        self.by_path = by_path and bool(point_order)
-        self.flow_timeout_ns = flow_timeout_ns
         self._max_hold_ns = window_ns // 2
-        self._hold_ns = min(INITIAL_HOLD_NS, self._max_hold_ns)
-        order = list(point_order or ())
-        # A packet seen at every point of a path of two or more is complete (one point
-        # may be a loopback device, which shows every packet twice).
-        self._complete_at = len(set(order)) if len(set(order)) > 1 else 0
-        self._rank = {p: i for i, p in enumerate(order)}
-        self._unranked = len(order)
+        self._hold_ns = min(initial_hold_ns, self._max_hold_ns)
+        self._complete_at = complete_at
+        self._fingerprint = fingerprint
+        self._seen_again = seen_again
         # The reorder buffer.  Each point's sightings come in time order (one capture
         # ring writes them, or the file is in time order), while the points interleave
         # block by block: so each point has a run in time order, and the runs are merged
@@ -175,13 +174,8 @@ class Correlator:
         self._late: list[tuple[int, int, Sighting]] = []
         self._arrivals = 0
         self._newest_ns: int | None = None
-        self._nat_memo: dict[tuple[object, ...], NatEvent] = {}
         self._open: deque[_Building] = deque()  # by first sighting
         self._latest: dict[Hashable, _Building] = {}  # newest open packet per fingerprint
-        self._requests: dict[FlowTuple, _Flow] = {}  # tuples a requester sends
-        self._replies: dict[FlowTuple, _Flow] = {}  # tuples its peer answers with
-        self._swept_ns: int | None = None
-        self._next_id = 1
 
     @property
     def held(self) -> int:
@@ -189,28 +183,18 @@ class Correlator:
         buffered = sum(len(run) for run in self._runs.values()) + len(self._late)
         return buffered + sum(len(b.sightings) for b in self._open)
 
-    @property
-    def flows(self) -> int:
-        """Flow tuples remembered for telling requests from replies."""
-        return len(self._requests)
+    def add_many(self, sightings: Iterable[Sighting]) -> list[list[Sighting]]:
+        """Take sightings in input order; return the packets they closed.
 
-    def add(self, s: Sighting) -> list[Packet]:
-        """Take one sighting; return the packets it completed (often none)."""
-        return self.add_many((s,))
-
-    def add_many(self, sightings: Iterable[Sighting]) -> list[Packet]:
-        """Take sightings in input order; return the packets they completed.
-
-        The same as `add` for each in turn (each sighting releases what its arrival
-        lets out of the reorder buffer), in one loop over local names: this runs once
-        per frame of captures of millions.
+        Each sighting releases what its arrival lets out of the reorder buffer, in one
+        loop over local names: this runs once per frame of captures of millions.
         """
         runs, heads, late = self._runs, self._heads, self._late
         push, replace_head, pop, place = (
             heapq.heappush, heapq.heapreplace, heapq.heappop, self._place,
         )  # fmt: skip
         arrivals, newest_ns, hold_ns = self._arrivals, self._newest_ns, self._hold_ns
-        done: list[Packet] = []
+        done: list[list[Sighting]] = []
         try:
             for s in sightings:
                 t = s.time_ns
@@ -241,6 +225,8 @@ class Correlator:
                         run = heads[0][2]
                         released = run.popleft()
                         if run:
+                            # The arrival number is taken before it is counted, as the
+                            # other pushes do: the C grouper numbers them the same way.
                             replace_head(heads, (run[0].time_ns, arrivals, run))
                             arrivals += 1
                         else:
@@ -254,16 +240,16 @@ class Correlator:
             self._arrivals, self._newest_ns, self._hold_ns = arrivals, newest_ns, hold_ns
         return done
 
-    def finish(self) -> list[Packet]:
+    def finish(self) -> list[list[Sighting]]:
         """End of input: place what is buffered and return every packet still open."""
-        done: list[Packet] = []
+        done: list[list[Sighting]] = []
         if self._newest_ns is not None:
             self._release(self._newest_ns, done)
         while self._open:
-            done.append(self._emit(self._open.popleft()))
+            done.append(self._close(self._open.popleft()))
         return done
 
-    def _release(self, horizon_ns: int, done: list[Packet]) -> None:
+    def _release(self, horizon_ns: int, done: list[list[Sighting]]) -> None:
         """Place buffered sightings up to horizon_ns in time order, merging runs and heap."""
         heads, late, pop, place = self._heads, self._late, heapq.heappop, self._place
         while True:
@@ -281,7 +267,7 @@ class Correlator:
             else:
                 return
 
-    def _place(self, s: Sighting, done: list[Packet]) -> None:
+    def _place(self, s: Sighting, done: list[list[Sighting]]) -> None:
         """Put one sighting (in time order) into its packet, closing expired packets first."""
         open_packets = self._open
         if open_packets:
@@ -289,19 +275,92 @@ class Correlator:
             while open_packets and (
                 open_packets[0].complete or open_packets[0].first_ns < oldest_open
             ):
-                done.append(self._emit(open_packets.popleft()))
-        key = fingerprint(s.headers)
+                done.append(self._close(open_packets.popleft()))
+        key = self._fingerprint(s.headers)
         building = self._latest.get(key)
-        if building is None or not building.take(s):
+        if building is None or not building.take(s, self._seen_again):
             building = self._latest[key] = _Building(key, s)
             open_packets.append(building)
         if len(building.at) == self._complete_at:
             building.complete = True
 
-    def _emit(self, building: _Building) -> Packet:
+    def _close(self, building: _Building) -> list[Sighting]:
         if self._latest.get(building.key) is building:
             del self._latest[building.key]
-        sightings = building.sightings
+        return building.sightings
+
+
+def _new_grouper(window_ns: int, complete_at: int) -> _Grouper:
+    """The C grouper where it is built (and FLOWTRACE_NATIVE is not 0), else _Grouper."""
+    if _NATIVE is None:
+        return _Grouper(window_ns, INITIAL_HOLD_NS, complete_at, fingerprint, _seen_again)
+    grouper: _Grouper = _NATIVE.Grouper(
+        window_ns, INITIAL_HOLD_NS, complete_at, fingerprint, _seen_again,
+        NAT_PROOF_FIELDS, Headers._fields.index("inner"),
+    )  # fmt: skip
+    return grouper
+
+
+class Correlator:
+    """Feed sightings one at a time; take packets as they complete.
+
+    `add` returns the packets that can no longer grow; `finish` returns the rest.
+    Packet ids are 1, 2, 3... in order of first sighting.
+    """
+
+    def __init__(
+        self,
+        point_order: Sequence[str] | None = None,
+        window_ns: int = DEFAULT_WINDOW_NS,
+        flow_timeout_ns: int = DEFAULT_FLOW_TIMEOUT_NS,
+        *,
+        by_path: bool = False,
+    ) -> None:
+        if window_ns <= 0:
+            raise ValueError("window_ns must be positive")
+        self.window_ns = window_ns
+        self.by_path = by_path and bool(point_order)
+        self.flow_timeout_ns = flow_timeout_ns
+        order = list(point_order or ())
+        # A packet seen at every point of a path of two or more is complete (one point
+        # may be a loopback device, which shows every packet twice).
+        complete_at = len(set(order)) if len(set(order)) > 1 else 0
+        self._grouper = _new_grouper(window_ns, complete_at)
+        self._rank = {p: i for i, p in enumerate(order)}
+        self._unranked = len(order)
+        self._nat_memo: dict[tuple[object, ...], NatEvent] = {}
+        self._requests: dict[FlowTuple, _Flow] = {}  # tuples a requester sends
+        self._replies: dict[FlowTuple, _Flow] = {}  # tuples its peer answers with
+        self._swept_ns: int | None = None
+        self._next_id = 1
+
+    @property
+    def held(self) -> int:
+        """Sightings held right now (buffered or in open packets): bounded by the window."""
+        return self._grouper.held
+
+    @property
+    def flows(self) -> int:
+        """Flow tuples remembered for telling requests from replies."""
+        return len(self._requests)
+
+    def add(self, s: Sighting) -> list[Packet]:
+        """Take one sighting; return the packets it completed (often none)."""
+        return self.add_many((s,))
+
+    def add_many(self, sightings: Iterable[Sighting]) -> list[Packet]:
+        """Take sightings in input order; return the packets they completed.
+
+        The same as `add` for each in turn, in one pass: this runs once per frame of
+        captures of millions.
+        """
+        return [self._emit(group) for group in self._grouper.add_many(sightings)]
+
+    def finish(self) -> list[Packet]:
+        """End of input: place what is buffered and return every packet still open."""
+        return [self._emit(group) for group in self._grouper.finish()]
+
+    def _emit(self, sightings: list[Sighting]) -> Packet:
         rank, unranked = self._rank, self._unranked
         if len(sightings) > 1:
             if self.by_path:

@@ -24,6 +24,7 @@ from scapy.layers.sctp import SCTP
 from flowtrace.analyze import Analysis, analyze, parse_point_names, summary_dict
 from flowtrace.analyze import passes as analyze_module
 from flowtrace.cli import cli
+from flowtrace.correlate import match
 from flowtrace.correlate.decode import decode_frame
 from flowtrace.correlate.match import INITIAL_HOLD_NS, Correlator, correlate
 from flowtrace.errors import ExitStatus, FlowtraceError
@@ -89,6 +90,24 @@ def test_pcapng_set_packets_nat_flows_and_hops(tmp_path: Path) -> None:
     docker0_to_uplink = analysis.hops[hop].summary()
     assert docker0_to_uplink["count"] == 3 and docker0_to_uplink["min_ns"] == 50_000
     assert analysis.notes == []
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_a_frame_stamped_beyond_64_bit_ns_is_left_out_with_a_note(
+    tmp_path: Path, native: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2**64 - 1 ns (the year 2554) fits an EPB but no kernel clock: damage, named, while
+    the rest of the set is correlated as before (by the C grouper and by Python)."""
+    if native == "0":
+        monkeypatch.setattr(match, "_NATIVE", None)
+    frames = [*snat_ping(1), (0, 2**64 - 1, snat_ping(1)[0][2])]
+    analysis = analyze(write_pcapng(tmp_path / "set.pcapng", frames))
+    assert analysis.frames == 7 and analysis.packet_count == 2
+    assert journeys(analysis) == [REQUEST_PATH, REPLY_PATH]
+    assert analysis.notes == [
+        "1 frames carry a time before 1677 or after 2262 (beyond 64-bit ns since 1970): "
+        "damaged timestamps, left out of the correlation"
+    ]
 
 
 def test_classic_pcaps_given_together_are_one_point_each(tmp_path: Path) -> None:
