@@ -16,10 +16,12 @@ block order (each point's frames in runs of 256, the points interleaved), as the
 capture's workers write them.
 
 Then, one after the other on the same file: `flowtrace analyze SET --json > /dev/null`
-and `tshark -r SET -T fields -e frame.interface_name -e ip.src -e ip.dst -e ip.id -e
-frame.time_epoch > /dev/null`, each timed from process start to exit with its peak
-RSS (wait4's ru_maxrss).  With --sizes N the set is also cut to 1/N of its packets
-and analyze is run on both: a flat memory profile shows the same peak RSS.
+(with --python-path also its pure-Python path, FLOWTRACE_NATIVE=0, which a machine
+without a C compiler runs) and `tshark -r SET -T fields -e frame.interface_name -e
+ip.src -e ip.dst -e ip.id -e frame.time_epoch > /dev/null`, each timed from process
+start to exit with its peak RSS (wait4's ru_maxrss).  With --sizes N the set is also
+cut to 1/N of its packets and analyze is run on both: a flat memory profile shows the
+same peak RSS.
 """
 
 from __future__ import annotations
@@ -215,10 +217,10 @@ def generate(path: Path, packets: int, ports: int = DEFAULT_PORTS) -> int:
     return written
 
 
-def run_measured(command: list[str]) -> tuple[float, int]:
+def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """(wall seconds from start to exit, peak RSS in MB) of one command, stdout discarded."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -254,6 +256,11 @@ def main() -> None:
     parser.add_argument("--workdir", default="/dev/shm", help="where the set is written")
     parser.add_argument("--keep", action="store_true", help="keep the generated set")
     parser.add_argument("--skip-tshark", action="store_true")
+    parser.add_argument(
+        "--python-path",
+        action="store_true",
+        help="also measure flowtrace's pure-Python path (FLOWTRACE_NATIVE=0)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="analyze-bench-", dir=args.workdir))
     try:
@@ -271,11 +278,15 @@ def main() -> None:
                 f"in {made:.0f} s",
                 file=sys.stderr,
             )
-            tools = [("flowtrace analyze --json", analyze_command(path))]
+            native = dict(os.environ, FLOWTRACE_NATIVE="1")
+            tools = [("flowtrace analyze --json", analyze_command(path), native)]
+            if args.python_path:
+                python = dict(os.environ, FLOWTRACE_NATIVE="0")
+                tools.append(("  the same, Python path", analyze_command(path), python))
             if not args.skip_tshark:
-                tools.append(("tshark -T fields (5 fields)", tshark_command(path)))
-            for name, command in tools:
-                seconds, rss = run_measured(command)
+                tools.append(("tshark -T fields (5 fields)", tshark_command(path), None))
+            for name, command, env in tools:
+                seconds, rss = run_measured(command, env)
                 rows.append((name, sightings, seconds, rss))
                 print(f"{name}: {seconds:.1f} s, {rss} MB", file=sys.stderr)
         load = os.getloadavg()
