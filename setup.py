@@ -8,7 +8,10 @@ Python headers the install still succeeds and flowtrace runs the Python paths
 from setuptools import Extension, setup
 
 #: (import name, source): keep in step with flowtrace.native.MODULES.
-C_MODULES = (("flowtrace.capture._ringpcap", "flowtrace/capture/_ringpcap.c"),)
+C_MODULES = (
+    ("flowtrace.capture._ringpcap", "flowtrace/capture/_ringpcap.c"),
+    ("flowtrace.correlate._framedecode", "flowtrace/correlate/_framedecode.c"),
+)
 
 setup(
     ext_modules=[

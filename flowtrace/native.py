@@ -12,7 +12,7 @@ import os
 from types import ModuleType
 
 #: The C modules setup.py builds (all optional), by their import names.
-MODULES = ("flowtrace.capture._ringpcap",)
+MODULES = ("flowtrace.capture._ringpcap", "flowtrace.correlate._framedecode")
 
 
 def enabled() -> bool:
