@@ -39,6 +39,8 @@ from flowtrace.lab.engine import get_network, is_lab_labelled, owned, short
 from flowtrace.lab.links import (
     add_veth_into,
     ensure_netns,
+    link_facts,
+    link_facts_here,
     names_the_host,
     netns_usable,
     thread_is_in,
@@ -85,31 +87,11 @@ def _sysctl(ifname: str, knob: str, value: str | None = None) -> str:
 
 def _facts6(ipr: Any, ifname: str) -> dict[str, Any] | None:
     """index, kind, peer, alias, up and global IPv6 CIDRs of a link; None when absent."""
-    indexes = ipr.link_lookup(ifname=ifname)
-    if not indexes:
-        return None
-    link = ipr.get_links(indexes[0])[0]
-    info = link.get("IFLA_LINKINFO")
-    cidrs = tuple(
-        f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
-        for a in ipr.get_addr(index=indexes[0], family=socket.AF_INET6)
-        if not str(a.get("IFA_ADDRESS", "")).lower().startswith("fe80")
-    )
-    return {
-        "index": indexes[0],
-        "kind": info.get("IFLA_INFO_KIND") if info is not None else None,
-        "peer": link.get("IFLA_LINK"),
-        "alias": link.get("IFLA_IFALIAS"),
-        "up": bool(link["flags"] & 1),
-        "addresses": cidrs,
-    }
+    return link_facts(ipr, ifname, socket.AF_INET6)
 
 
 def _facts6_here(ifname: str) -> dict[str, Any] | None:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return _facts6(ipr, ifname)
+    return link_facts_here(ifname, socket.AF_INET6)
 
 
 def _outside_links() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
