@@ -35,10 +35,11 @@ import flowtrace.lab.own_engine as own_engine
 from flowtrace.endpoints.netns import HOST_NETNS, netns_inode, run_in_netns
 from flowtrace.errors import FlowtraceError
 from flowtrace.lab.base import LAB_LABEL, LAB_LABEL_VALUE, SCENARIO_LABEL, LabConflictError
-from flowtrace.lab.engine import get_network, is_lab_labelled, owned, short
+from flowtrace.lab.engine import foreign_network, get_network, is_lab_labelled, owned, short
 from flowtrace.lab.links import (
     add_veth_into,
     ensure_netns,
+    foreign_netns_and_link,
     link_facts,
     link_facts_here,
     names_the_host,
@@ -232,21 +233,9 @@ def machine_conflicts() -> list[str]:
 
 def conflicts(client: Any) -> list[str]:
     """Names and addresses the scenario needs that something else holds."""
-    found: list[str] = []
-    if names_the_host(OUTSIDE6_NETNS_PATH):
-        found.append(
-            f"{OUTSIDE6_NETNS_PATH} names this host's own namespace, not a separate one: "
-            f"remove it with `ip netns delete {OUTSIDE6_NETNS}`"
-        )
-    uplink = _facts6_here(UPLINK6)
-    if uplink is not None and uplink["alias"] != UPLINK6_ALIAS:
-        found.append(f"a link named {UPLINK6} exists and is not the lab's: delete it")
+    found = foreign_netns_and_link(OUTSIDE6_NETNS, OUTSIDE6_NETNS_PATH, UPLINK6, UPLINK6_ALIAS)
     network = get_network(client, NETWORK)
-    if network is not None and not is_lab_labelled(network.attrs.get("Labels")):
-        found.append(
-            f"a Docker network named {NETWORK} exists and is not the lab's "
-            f"(no label {LAB_LABEL}={LAB_LABEL_VALUE}): rename or remove it"
-        )
+    found += foreign_network(network, NETWORK)
     if network is None:  # once it is the lab's, the bridge holds the subnet
         found += [
             f"{SUBNET6} is already in use on this host ({use})"

@@ -87,6 +87,24 @@ def names_the_host(path: str) -> bool:
     return netns_inode(path) == netns_inode(HOST_NETNS)
 
 
+def host_netns_message(name: str, path: str) -> str:
+    """Why a lab namespace file that names this host's own namespace is refused, in words."""
+    return (
+        f"{path} names this host's own namespace, not a separate one: "
+        f"remove it with `ip netns delete {name}`"
+    )
+
+
+def foreign_netns_and_link(netns: str, netns_path: str, link: str, alias: str) -> list[str]:
+    """A lab namespace file that names this host's namespace, and a link of the lab's
+    name without the lab's ifalias (someone else's), in words; [] when neither."""
+    found = [host_netns_message(netns, netns_path)] if names_the_host(netns_path) else []
+    facts = link_facts_here(link)
+    if facts is not None and facts["alias"] != alias:
+        found.append(f"a link named {link} exists and is not the lab's: delete it")
+    return found
+
+
 def thread_is_in(inode: int) -> bool:
     """The calling thread is in the namespace with this inode (the last guard before a
     thread that entered a lab namespace changes anything there)."""
