@@ -12,6 +12,7 @@ C_MODULES = (
     ("flowtrace.capture._ringpcap", "flowtrace/capture/_ringpcap.c"),
     ("flowtrace.pcap._pcapscan", "flowtrace/pcap/_pcapscan.c"),
     ("flowtrace.correlate._grouper", "flowtrace/correlate/_grouper.c"),
+    ("flowtrace.correlate._framedecode", "flowtrace/correlate/_framedecode.c"),
 )
 
 setup(

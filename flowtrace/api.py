@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowtrace.endpoints.engines import EngineChoice, using
-from flowtrace.model import DnsLookup, Point, PointStats, ProbeKind, Trace, TraceOptions
+from flowtrace.model import Point, PointStats, ProbeKind, Trace, TraceOptions
+from flowtrace.model.dns import DnsLookup
 
 if TYPE_CHECKING:
     from flowtrace.endpoints.hosts import HostSpec

@@ -16,6 +16,7 @@ MODULES = (
     "flowtrace.capture._ringpcap",
     "flowtrace.pcap._pcapscan",
     "flowtrace.correlate._grouper",
+    "flowtrace.correlate._framedecode",
 )
 
 

@@ -28,7 +28,7 @@ import random
 import socket
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from flowtrace.correlate.probes import isn_of
 from flowtrace.endpoints.netns import run_in_netns
@@ -243,17 +243,15 @@ def check_carried(kind: ProbeKind, src_ip: str, dst_ip: str) -> None:
         )
 
 
-class _Offsets:
+class _Offsets(Protocol):
     """How a filter names a transport field and tests the protocol."""
 
-    def proto(self, name: str) -> str:
-        raise NotImplementedError
+    def proto(self, name: str) -> str: ...
 
-    def field(self, proto: str, offset: int, size: int) -> str:
-        raise NotImplementedError
+    def field(self, proto: str, offset: int, size: int) -> str: ...
 
 
-class _Plain(_Offsets):
+class _Plain:
     def proto(self, name: str) -> str:
         return name
 
@@ -261,7 +259,7 @@ class _Plain(_Offsets):
         return f"{proto}[{offset}]" if size == 1 else f"{proto}[{offset}:{size}]"
 
 
-class _InVxlan(_Offsets):
+class _InVxlan:
     """The packet inside a VXLAN datagram: outer UDP header (8), VXLAN header (8), inner
     Ethernet (14), inner IPv4 without options (20), then its transport header."""
 

@@ -13,7 +13,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SETUP_LOG=/var/log/flowtrace-setup.log
 DOCKERD_LOG=/var/log/flowtrace-dockerd.log
 DOCKERD_WAIT_S="${FLOWTRACE_DOCKERD_WAIT:-90}"
-# gcc, libc6-dev and python3-dev build the C capture writer (flowtrace/capture/_ringpcap.c).
+# gcc, libc6-dev and python3-dev build the C parts (flowtrace.native.MODULES: the capture writer
+# flowtrace/capture/_ringpcap.c, the frame decoder flowtrace/correlate/_framedecode.c).
 PACKAGES=(busybox-static iproute2 iptables nftables tcpdump tshark libpcap0.8 conntrack procps
     gcc libc6-dev python3-dev)
 FOR_TESTS=0

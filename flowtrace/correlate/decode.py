@@ -13,6 +13,11 @@ blake2b 20x more per frame here), and a capture with a small snaplen still yield
 the same digest at every point.  A fragment other than the first has no transport
 header and shares every other field with its siblings, so its digest starts with
 its fragment offset.
+
+decode_frame is the C one of flowtrace/correlate/_framedecode.c when it is built (see
+flowtrace.native; FLOWTRACE_NATIVE=0 turns it off), else decode_frame_python.  The
+Python one is the reference and the fallback: the C one hands it ICMP errors and UDP
+to VXLAN's port, and tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import socket
 import struct
 from collections.abc import Callable
 from functools import partial
+from typing import Protocol
 
+from flowtrace import native
 from flowtrace.model import Headers, Sighting, Tunnel
 
 #: pcap LINKTYPE_* values decode_frame understands.
@@ -99,7 +106,9 @@ def _address(raw: bytes) -> str:
     return text
 
 
-def decode_frame(data: bytes | memoryview, linktype: int = LINKTYPE_ETHERNET) -> Headers | None:
+def decode_frame_python(
+    data: bytes | memoryview, linktype: int = LINKTYPE_ETHERNET
+) -> Headers | None:
     """The IP and transport headers of one captured frame, or None if it has none."""
     if type(data) is not bytes:
         data = bytes(data)
@@ -109,6 +118,24 @@ def decode_frame(data: bytes | memoryview, linktype: int = LINKTYPE_ETHERNET) ->
         return _decode(data, linktype)
     except (IndexError, struct.error, ValueError):
         return None
+
+
+class FrameDecoder(Protocol):
+    """decode_frame's signature (the C function has no Python signature of its own)."""
+
+    def __call__(
+        self, data: bytes | memoryview, linktype: int = LINKTYPE_ETHERNET
+    ) -> Headers | None: ...
+
+
+#: The C decoder (flowtrace/correlate/_framedecode.c), or None: not built, or turned off.
+_framedecode = native.load("flowtrace.correlate._framedecode")
+#: The IP and transport headers of one captured frame, or None if it has none: in C for
+#: all but ICMP errors and UDP to port 4789, which it hands to decode_frame_python.
+decode_frame: FrameDecoder = decode_frame_python
+if _framedecode is not None:
+    _framedecode.init(Headers, decode_frame_python)
+    decode_frame = _framedecode.decode_frame
 
 
 def _decode(data: bytes, linktype: int) -> Headers | None:

@@ -25,8 +25,6 @@ from flowtrace.lab.base import (
     CONTAINERS,
     DEFAULT_NETWORK,
     IMAGE,
-    LAB_LABEL,
-    LAB_LABEL_VALUE,
     LAB_NETWORK,
     MEMBER_LABEL,
     WEB_CONTAINER,
@@ -41,6 +39,7 @@ from flowtrace.lab.engine import (
     container_view,
     ensure_container,
     ensure_network,
+    foreign_network,
     get_container,
     get_image,
     get_network,
@@ -97,12 +96,7 @@ def _conflicts(client: Any) -> list[str]:
                 f"a container named {name} exists and is not part of the flowtrace lab "
                 f"(no label {MEMBER_LABEL}={name}): rename or remove it"
             )
-    network = get_network(client, LAB_NETWORK)
-    if network is not None and not is_lab_labelled(network.attrs.get("Labels")):
-        found.append(
-            f"a Docker network named {LAB_NETWORK} exists and is not the lab's "
-            f"(no label {LAB_LABEL}={LAB_LABEL_VALUE}): rename or remove it"
-        )
+    found += foreign_network(get_network(client, LAB_NETWORK), LAB_NETWORK)
     image = get_image(client)
     if image is not None and not is_lab_labelled(image.labels):
         found.append(f"an image tagged {IMAGE} exists and is not the lab's: remove or retag it")

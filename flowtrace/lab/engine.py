@@ -95,6 +95,17 @@ def is_lab_labelled(attrs_labels: dict[str, str] | None) -> bool:
     return (attrs_labels or {}).get(LAB_LABEL) == LAB_LABEL_VALUE
 
 
+def foreign_network(network: Any | None, name: str) -> list[str]:
+    """`network` (get_network's for `name`) when it is not the lab's, in words; [] when
+    it is the lab's or absent."""
+    if network is None or is_lab_labelled(network.attrs.get("Labels")):
+        return []
+    return [
+        f"a Docker network named {name} exists and is not the lab's "
+        f"(no label {LAB_LABEL}={LAB_LABEL_VALUE}): rename or remove it"
+    ]
+
+
 def owned(client: Any, name: str) -> Any | None:
     """The lab's container called `name`, None when there is none (or a stranger's)."""
     container = get_container(client, name)

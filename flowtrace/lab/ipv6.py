@@ -35,10 +35,13 @@ import flowtrace.lab.own_engine as own_engine
 from flowtrace.endpoints.netns import HOST_NETNS, netns_inode, run_in_netns
 from flowtrace.errors import FlowtraceError
 from flowtrace.lab.base import LAB_LABEL, LAB_LABEL_VALUE, SCENARIO_LABEL, LabConflictError
-from flowtrace.lab.engine import get_network, is_lab_labelled, owned, short
+from flowtrace.lab.engine import foreign_network, get_network, is_lab_labelled, owned, short
 from flowtrace.lab.links import (
     add_veth_into,
     ensure_netns,
+    foreign_netns_and_link,
+    link_facts,
+    link_facts_here,
     names_the_host,
     netns_usable,
     thread_is_in,
@@ -85,31 +88,11 @@ def _sysctl(ifname: str, knob: str, value: str | None = None) -> str:
 
 def _facts6(ipr: Any, ifname: str) -> dict[str, Any] | None:
     """index, kind, peer, alias, up and global IPv6 CIDRs of a link; None when absent."""
-    indexes = ipr.link_lookup(ifname=ifname)
-    if not indexes:
-        return None
-    link = ipr.get_links(indexes[0])[0]
-    info = link.get("IFLA_LINKINFO")
-    cidrs = tuple(
-        f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
-        for a in ipr.get_addr(index=indexes[0], family=socket.AF_INET6)
-        if not str(a.get("IFA_ADDRESS", "")).lower().startswith("fe80")
-    )
-    return {
-        "index": indexes[0],
-        "kind": info.get("IFLA_INFO_KIND") if info is not None else None,
-        "peer": link.get("IFLA_LINK"),
-        "alias": link.get("IFLA_IFALIAS"),
-        "up": bool(link["flags"] & 1),
-        "addresses": cidrs,
-    }
+    return link_facts(ipr, ifname, socket.AF_INET6)
 
 
 def _facts6_here(ifname: str) -> dict[str, Any] | None:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return _facts6(ipr, ifname)
+    return link_facts_here(ifname, socket.AF_INET6)
 
 
 def _outside_links() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -250,21 +233,9 @@ def machine_conflicts() -> list[str]:
 
 def conflicts(client: Any) -> list[str]:
     """Names and addresses the scenario needs that something else holds."""
-    found: list[str] = []
-    if names_the_host(OUTSIDE6_NETNS_PATH):
-        found.append(
-            f"{OUTSIDE6_NETNS_PATH} names this host's own namespace, not a separate one: "
-            f"remove it with `ip netns delete {OUTSIDE6_NETNS}`"
-        )
-    uplink = _facts6_here(UPLINK6)
-    if uplink is not None and uplink["alias"] != UPLINK6_ALIAS:
-        found.append(f"a link named {UPLINK6} exists and is not the lab's: delete it")
+    found = foreign_netns_and_link(OUTSIDE6_NETNS, OUTSIDE6_NETNS_PATH, UPLINK6, UPLINK6_ALIAS)
     network = get_network(client, NETWORK)
-    if network is not None and not is_lab_labelled(network.attrs.get("Labels")):
-        found.append(
-            f"a Docker network named {NETWORK} exists and is not the lab's "
-            f"(no label {LAB_LABEL}={LAB_LABEL_VALUE}): rename or remove it"
-        )
+    found += foreign_network(network, NETWORK)
     if network is None:  # once it is the lab's, the bridge holds the subnet
         found += [
             f"{SUBNET6} is already in use on this host ({use})"

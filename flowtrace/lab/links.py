@@ -19,15 +19,17 @@ from flowtrace.errors import FlowtraceError
 THREAD_NETNS = "/proc/thread-self/ns/net"
 
 
-def link_facts(ipr: Any, ifname: str) -> dict[str, Any] | None:
-    """index, kind, peer index, alias, up, IPv4 CIDRs of a link; None when it is absent."""
+def link_facts(ipr: Any, ifname: str, family: int = socket.AF_INET) -> dict[str, Any] | None:
+    """index, kind, peer index, alias, up, CIDRs of a link (IPv4, or IPv6's global ones:
+    link-local left out); None when it is absent."""
     indexes = ipr.link_lookup(ifname=ifname)
     if not indexes:
         return None
     link = ipr.get_links(indexes[0])[0]
     cidrs = tuple(
         f"{addr.get('IFA_ADDRESS')}/{addr['prefixlen']}"
-        for addr in ipr.get_addr(index=indexes[0], family=socket.AF_INET)
+        for addr in ipr.get_addr(index=indexes[0], family=family)
+        if not str(addr.get("IFA_ADDRESS", "")).lower().startswith("fe80")
     )
     info = link.get("IFLA_LINKINFO")
     return {
@@ -40,12 +42,12 @@ def link_facts(ipr: Any, ifname: str) -> dict[str, Any] | None:
     }
 
 
-def link_facts_here(ifname: str) -> dict[str, Any] | None:
+def link_facts_here(ifname: str, family: int = socket.AF_INET) -> dict[str, Any] | None:
     """link_facts in the calling thread's namespace (give it to run_in_netns for another)."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        return link_facts(ipr, ifname)
+        return link_facts(ipr, ifname, family)
 
 
 def bridge_address(ifname: str) -> str:
@@ -83,6 +85,24 @@ def names_the_host(path: str) -> bool:
     if not os.path.exists(path):
         return False
     return netns_inode(path) == netns_inode(HOST_NETNS)
+
+
+def host_netns_message(name: str, path: str) -> str:
+    """Why a lab namespace file that names this host's own namespace is refused, in words."""
+    return (
+        f"{path} names this host's own namespace, not a separate one: "
+        f"remove it with `ip netns delete {name}`"
+    )
+
+
+def foreign_netns_and_link(netns: str, netns_path: str, link: str, alias: str) -> list[str]:
+    """A lab namespace file that names this host's namespace, and a link of the lab's
+    name without the lab's ifalias (someone else's), in words; [] when neither."""
+    found = [host_netns_message(netns, netns_path)] if names_the_host(netns_path) else []
+    facts = link_facts_here(link)
+    if facts is not None and facts["alias"] != alias:
+        found.append(f"a link named {link} exists and is not the lab's: delete it")
+    return found
 
 
 def thread_is_in(inode: int) -> bool:

@@ -31,12 +31,20 @@ from typing import Any
 from flowtrace.endpoints.netns import HOST_NETNS, netns_inode, run_in_netns
 from flowtrace.errors import FlowtraceError
 from flowtrace.lab.base import LAB_LABEL, LAB_LABEL_VALUE, SCENARIO_LABEL, LabConflictError
-from flowtrace.lab.engine import get_network, is_lab_labelled, owned, running_pid, short
+from flowtrace.lab.engine import (
+    foreign_network,
+    get_network,
+    is_lab_labelled,
+    owned,
+    running_pid,
+    short,
+)
 from flowtrace.lab.links import (
     add_veth_into,
     configure_here,
     disable_ipv6,
     ensure_netns,
+    foreign_netns_and_link,
     link_facts,
     link_facts_here,
     names_the_host,
@@ -194,21 +202,8 @@ def survey(client: Any) -> tuple[list[str], list[str]]:
 
 def conflicts(client: Any) -> list[str]:
     """Names and addresses the scenario needs that something else holds."""
-    found: list[str] = []
-    if names_the_host(HOSTB_NETNS_PATH):
-        found.append(
-            f"{HOSTB_NETNS_PATH} names this host's own namespace, not a separate one: "
-            f"remove it with `ip netns delete {HOSTB_NETNS}`"
-        )
-    a = link_facts_here(SEGMENT_A)
-    if a is not None and a["alias"] != SEGMENT_ALIAS:
-        found.append(f"a link named {SEGMENT_A} exists and is not the lab's: delete it")
-    network = get_network(client, NETWORK)
-    if network is not None and not is_lab_labelled(network.attrs.get("Labels")):
-        found.append(
-            f"a Docker network named {NETWORK} exists and is not the lab's "
-            f"(no label {LAB_LABEL}={LAB_LABEL_VALUE}): rename or remove it"
-        )
+    found = foreign_netns_and_link(HOSTB_NETNS, HOSTB_NETNS_PATH, SEGMENT_A, SEGMENT_ALIAS)
+    found += foreign_network(get_network(client, NETWORK), NETWORK)
     found += [
         f"{SUBNET} is already in use on this host ({use})"
         for use in host_range_conflicts(SUBNET, SEGMENT_A)

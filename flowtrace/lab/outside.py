@@ -38,6 +38,8 @@ from flowtrace.lab.links import (
     configure_here,
     disable_ipv6,
     ensure_netns,
+    foreign_netns_and_link,
+    host_netns_message,
     link_facts,
     link_facts_here,
     names_the_host,
@@ -45,10 +47,7 @@ from flowtrace.lab.links import (
     thread_is_in,
 )
 
-HOST_NETNS_MESSAGE = (
-    f"{OUTSIDE_NETNS_PATH} names this host's own namespace, not a separate one: "
-    f"remove it with `ip netns delete {OUTSIDE_NETNS}`"
-)
+HOST_NETNS_MESSAGE = host_netns_message(OUTSIDE_NETNS, OUTSIDE_NETNS_PATH)
 
 
 # --- the host's use of an address range ---------------------------------------------------
@@ -182,11 +181,7 @@ def uplink_is_foreign() -> bool:
 
 def outside_conflicts() -> list[str]:
     """What keeps the lab from making its outside host, in words."""
-    found: list[str] = []
-    if names_the_host(OUTSIDE_NETNS_PATH):
-        found.append(HOST_NETNS_MESSAGE)
-    if uplink_is_foreign():
-        found.append(f"a link named {UPLINK} exists and is not the lab's: delete it")
+    found = foreign_netns_and_link(OUTSIDE_NETNS, OUTSIDE_NETNS_PATH, UPLINK, UPLINK_ALIAS)
     for use in host_range_conflicts(OUTSIDE_NET, UPLINK):
         found.append(f"{OUTSIDE_NET} is already in use on this host ({use})")
     for use in destinations_inside(OUTSIDE_NET, host_destinations()):

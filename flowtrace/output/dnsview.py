@@ -6,7 +6,8 @@ from typing import Any
 
 from rich.text import Text
 
-from flowtrace.model import DNS_PORT, Address, DnsLookup
+from flowtrace.model import Address
+from flowtrace.model.dns import DNS_PORT, DnsLookup
 from flowtrace.output.kernelview import kernel_lines
 from flowtrace.output.terminal import engine_line, nat_details, packet_table
 

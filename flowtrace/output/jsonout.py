@@ -11,7 +11,8 @@ from typing import Any
 from flowtrace._version import __version__
 from flowtrace.correlate.faults import fault_record
 from flowtrace.correlate.stats import median
-from flowtrace.model import DnsLookup, NatEvent, Packet, Point, Sighting, Trace
+from flowtrace.model import NatEvent, Packet, Point, Sighting, Trace
+from flowtrace.model.dns import DnsLookup
 from flowtrace.output.hostview import clock_errors, hop_error, outer_dict
 
 SCHEMA_VERSION = 1

@@ -35,17 +35,15 @@ from flowtrace.endpoints.resolve import resolve, resolve_ip
 from flowtrace.endpoints.sockets import find_socket_owner
 from flowtrace.errors import ExitStatus, FlowtraceError, NoPathError, NotFoundError
 from flowtrace.model import (
-    DNS_PORT,
     RULES_SOURCES,
     Address,
-    DnsLookup,
     Endpoint,
     NatEvent,
     Packet,
     Point,
-    ResolverConfig,
     Sighting,
 )
+from flowtrace.model.dns import DNS_PORT, DnsLookup, ResolverConfig
 from flowtrace.output.jsonout import lookup_dict, nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder

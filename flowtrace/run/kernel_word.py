@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from typing import Any
 from flowtrace.errors import FlowtraceError, MissingToolError
 from flowtrace.model import Namespace, Packet, Point, Sighting, Verdict
 from flowtrace.run.loop import Step
-from flowtrace.run.tracefs import KEEP_PER_PROBE, DropWatch
+from flowtrace.run.tracefs import KEEP_PER_PROBE, DropWatch, read_line_within
 from flowtrace.topology import kernel_report
 from flowtrace.topology.kfree import drops_in_windows, flight_windows
 from flowtrace.topology.nftrace import (
@@ -113,18 +112,8 @@ class _Tracer:
     def first_line(self, timeout: float) -> str:
         """The holder's first line ("monitor PID"), or "" when none came in time."""
         assert self.holder is not None and self.holder.stdout is not None
-        fd = self.holder.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        data = b""
-        while not data.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
-            chunk = os.read(fd, 1)
-            if not chunk:
-                break
-            data += chunk
-        return data.decode(errors="replace").strip()
+        line = read_line_within(self.holder.stdout.fileno(), timeout)
+        return line.decode(errors="replace").strip()
 
     def error_text(self) -> str:
         self.stderr.seek(0)

@@ -87,6 +87,22 @@ sleep 0.05
 """
 
 
+def read_line_within(fd: int, timeout: float) -> bytes:
+    """One line from a holder process's pipe, byte by byte (the rest stays for its reader),
+    or what came before the timeout or the pipe's end."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 class DropWatch:
     """The kernel's drop reasons while a run is out; `problem` says why there are none.
 
@@ -178,18 +194,7 @@ class DropWatch:
 
     def _read_line(self, timeout: float) -> bytes:
         assert self._holder is not None and self._holder.stdout is not None
-        fd = self._holder.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        data = b""
-        while not data.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
-            chunk = os.read(fd, 1)
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return read_line_within(self._holder.stdout.fileno(), timeout)
 
     def _finish_with_error(self) -> str:
         holder, self._holder = self._holder, None

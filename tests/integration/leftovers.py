@@ -13,7 +13,9 @@ Only what must be is tolerated:
   engine rules that name them): it is session-scoped, shared with other sessions
   through the lab-users lock, and may come up during any module;
 - empty chains the engines declare (Docker and netavark create chains and keep them
-  when their networks go: an engine's chain that still holds a rule is reported);
+  when their networks go: an engine's chain that still holds a rule is reported, one
+  that holds only the lab's rules is not: the lab coming up mid-module fills Docker's
+  filter DOCKER chain, empty on a fresh engine, with its published ports' ACCEPTs);
 - processes a session-scoped fixture registered with `session_owned` (the Podman API
   a session starts for all its modules).
 Nothing else is filtered: under the shared test lock (and in CI) no other session
@@ -185,10 +187,10 @@ def _netfilter(save: str, lab: LabParts) -> set[str]:
             name, policy = line[1:].split()[:2]
             declared.append((table, name, f"{table}: :{name} {policy}"))
             continue
+        if lab.mentions(line):
+            continue  # before counting the rule: a chain holding only the lab's is "empty"
         if line.startswith("-A "):
             with_rules.add((table, line.split()[1]))
-        if lab.mentions(line):
-            continue
         lines.add(f"{table}: {line}")
     for table, name, text in declared:
         if ENGINE_CHAIN.match(name) and (table, name) not in with_rules:

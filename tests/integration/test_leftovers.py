@@ -30,6 +30,15 @@ def test_rules_without_counters_and_without_the_labs_and_engines_empty_chains() 
     }
 
 
+def test_an_engine_chain_holding_only_the_labs_rules_is_left_out_as_an_empty_one() -> None:
+    """A fresh engine's filter DOCKER chain is empty; the lab coming up during a module
+    gives it the lab's ACCEPTs only: the chain is no leftover (it was reported as one)."""
+    lab = LabParts(tokens={"br-361590c67d22", "172.26.0.0/16", "172.17.0.2", "172.17.0.23"})
+    empty = "\n".join(line for line in SAVE.splitlines() if not line.startswith("-A DOCKER"))
+    assert "filter: :DOCKER -" not in _netfilter(SAVE, lab)
+    assert _netfilter(SAVE, lab) == _netfilter(empty, lab)
+
+
 def test_what_changed_is_named() -> None:
     before = Snapshot({"links": {"link docker0 (bridge)"}, "processes": {"process 1: x"}},
                       {"host/eth0": 0, "c1/eth0": 0})  # fmt: skip

@@ -1,4 +1,8 @@
-"""decode_frame on frames built with scapy (bytes only: scapy never decodes here)."""
+"""decode_frame on frames built with scapy (bytes only: scapy never decodes here).
+
+Each test runs the pure-Python decoder and, when it is built, the C one beside it
+(test_framedecode.py compares the two on generated frames).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 
+from flowtrace.correlate import decode
 from flowtrace.correlate.decode import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
@@ -30,9 +35,19 @@ from flowtrace.correlate.decode import (
     LINKTYPE_NULL,
     LINKTYPE_RAW,
     PAYLOAD_DIGEST_BYTES,
-    decode_frame,
+    decode_frame_python,
 )
 from flowtrace.model import Headers
+
+
+def decode_frame(data: bytes | memoryview, linktype: int = LINKTYPE_ETHERNET) -> Headers | None:
+    """The Python decoder's answer, after checking the C one (when built) gives the same."""
+    expected = decode_frame_python(data, linktype)
+    if decode.decode_frame is not decode_frame_python:
+        got = decode.decode_frame(data, linktype)
+        assert got == expected and type(got) is type(expected)
+    return expected
+
 
 ETH = Ether(src="02:42:ac:11:00:02", dst="02:42:ac:11:00:03")
 PAYLOAD = bytes(range(48))

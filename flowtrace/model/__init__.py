@@ -1,9 +1,9 @@
 """The data model every stage speaks: plain frozen dataclasses and named tuples, no I/O.
 
 The flow is endpoints -> topology (Points) -> capture (Frames) -> decode (Sightings)
--> correlate (Packets with NatEvents) -> Trace -> outputs.  Nothing here imports
-anything but the standard library and flowtrace.errors, so notebooks and unit tests
-can build these objects from recorded data.
+-> correlate (Packets with NatEvents) -> Trace -> outputs; flowtrace.model.dns holds
+what a DNS lookup finds.  Nothing here imports anything but the standard library and
+flowtrace.errors, so notebooks and unit tests can build these objects from recorded data.
 """
 
 from __future__ import annotations
@@ -545,65 +545,3 @@ class TraceOptions:
             raise FlowtraceError(f"bad timeout {self.timeout}: it must be positive")
         if self.family not in (None, 4, 6):
             raise FlowtraceError(f"bad address family {self.family}: give 4 or 6")
-
-
-#: The port a resolver asks a DNS server on.
-DNS_PORT = 53
-
-
-@dataclass(frozen=True)
-class ResolverConfig:
-    """Where a namespace's resolver looks: the files and the servers they name."""
-
-    resolv_conf: str  # the file, as the host sees it
-    hosts_file: str
-    nameservers: tuple[str, ...]
-    #: Where the files come from, in words ("c3's /etc/resolv.conf").
-    described_as: str
-
-
-@dataclass(frozen=True)
-class DnsLookup:
-    """A traced lookup: what was asked, of whom, which way it went, and the answer."""
-
-    src: Endpoint
-    name: str
-    qtype: str
-    config: ResolverConfig
-    #: The server asked.
-    server: str
-    #: An answer taken from the hosts file: no packet was sent.
-    hosts_answer: str | None = None
-    points: tuple[Point, ...] = ()
-    #: The query and answer as sent and received by the socket.
-    sent_from: Address | None = None
-    query: Packet | None = None
-    answer: Packet | None = None
-    #: Rewrites that happened before the first point (the nat OUTPUT chain) or after the
-    #: server answered (conntrack putting the source back): between[0] is "SRC socket".
-    nat: tuple[NatEvent, ...] = ()
-    #: The process that owns the server's socket, where the query was delivered.
-    server_process: str | None = None
-    server_socket: Address | None = None
-    rcode: str | None = None
-    records: tuple[str, ...] = ()
-    rtt_ns: int | None = None
-    #: Why no answer came when the network said so (an ICMP error), in words.
-    error: str | None = None
-    packets: tuple[Packet, ...] = ()
-    stats: tuple[PointStats, ...] = ()
-    notes: tuple[str, ...] = ()
-    meta: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def write_error(self) -> str | None:
-        error = self.meta.get("write_error")
-        return str(error) if error else None
-
-    @property
-    def answered(self) -> bool:
-        return self.hosts_answer is not None or self.rcode is not None
-
-    @property
-    def interrupted(self) -> bool:
-        return bool(self.meta.get("interrupted"))
