@@ -353,7 +353,10 @@ def _vxlan(
     VNI, then an Ethernet frame), carrying the outer headers; None when it is not one."""
     if end - body < 8 + 14 or not data[body] & 0x08:
         return None
-    inner = _decode(data[body + 8 : end], LINKTYPE_ETHERNET)
+    try:
+        inner = _decode(data[body + 8 : end], LINKTYPE_ETHERNET)
+    except (IndexError, struct.error, ValueError):  # an inner frame cut short: plain UDP
+        return None
     if inner is None or inner.outer is not None:
         return None
     vni = int.from_bytes(data[body + 4 : body + 7], "big")

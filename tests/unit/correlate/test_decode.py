@@ -410,6 +410,23 @@ def test_udp_on_vxlans_port_that_is_not_vxlan_stays_udp() -> None:
     assert h is not None and h.proto == 17 and h.dport == 4789 and h.outer is None
 
 
+def test_a_vxlan_datagram_whose_inner_packet_is_cut_short_stays_udp() -> None:
+    """The inner Ethernet header is whole but its IP header is not (a small snaplen):
+    the datagram is still the outer UDP one, not nothing."""
+    from scapy.layers.vxlan import VXLAN
+
+    frame = bytes(
+        Ether()
+        / IP(src="198.18.20.2", dst="198.18.20.3")
+        / UDP(sport=55437, dport=4789)
+        / VXLAN(vni=4097)
+        / Ether()
+        / IP(src="10.213.129.2", dst="10.213.129.4")
+    )
+    h = decode_frame(frame[: 14 + 20 + 8 + 8 + 14 + 6])
+    assert h is not None and h.proto == 17 and h.dport == 4789 and h.outer is None
+
+
 def test_ndp_solicitation_and_advertisement() -> None:
     from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr
 
