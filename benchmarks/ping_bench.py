@@ -114,7 +114,7 @@ def goals(rows: list[tuple[str, list[float]]]) -> list[tuple[str, bool]]:
 #: A function is wrapped where it is called from (the module that imported its name).
 STAGES = (
     ("flowtrace.topology.route", "resolve", None, "endpoints (Docker, /proc, netlink)"),
-    ("flowtrace.topology.route", "choose_destination_ip", None, "topology (netlink)"),
+    ("flowtrace.topology.route", "choose_destination", None, "topology (netlink)"),
     ("flowtrace.topology.route", "plan_path", None, "topology (netlink)"),
     ("flowtrace.capture.session", "CaptureSession", "start", "capture start"),
     ("flowtrace.run.trace", "open_sender", None, "probe: send + wait for the answer"),
