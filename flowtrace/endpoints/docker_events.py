@@ -2,8 +2,9 @@
 
 A container that dies, restarts or is removed during a trace takes its interfaces with
 it; the engine says when and why (`die` with its exit code, `kill` with the signal).
-`ContainerEvents` subscribes to the events of the named containers (the Docker SDK's
-`events()`, which Podman's compatible API serves too) in a thread of its own, asking
+`ContainerEvents` subscribes to the events of the named containers (GET /events, which
+Podman's compatible API serves too, through engine_http's EngineAPI or, for TLS and
+ssh:// engines, the Docker SDK's APIClient: the same `events()`) in a thread of its own, asking
 for the events since the run began, so the run never waits for it: a frozen engine
 holds up nothing, and the run says once, at its end, that the engine never answered.
 """
@@ -50,8 +51,9 @@ def event_from(raw: Any) -> ContainerEvent | None:
 class ContainerEvents:
     """The events of some containers, collected by a thread from `start` to `stop`."""
 
-    def __init__(self, client: Any, names: Sequence[str]) -> None:
-        self._client = client
+    def __init__(self, api: Any, names: Sequence[str]) -> None:
+        """api: what reads the engine (engines.api(): EngineAPI or the SDK's APIClient)."""
+        self._api = api
         self.names = sorted(set(names))
         self._events: list[ContainerEvent] = []
         self._lock = threading.Lock()
@@ -76,7 +78,7 @@ class ContainerEvents:
     def _run(self) -> None:
         seconds, nanos = divmod(self._since, 1_000_000_000)
         try:
-            stream = self._client.api.events(
+            stream = self._api.events(
                 since=f"{seconds}.{nanos:09d}", filters={"container": self.names}, decode=True
             )
         except Exception as exc:  # the engine went away or refused: the run goes on

@@ -17,10 +17,12 @@ keeps it (`engines.client()`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 _RECV_BYTES = 1 << 16
@@ -148,5 +150,101 @@ class EngineAPI:
         answer: list[dict[str, Any]] = self.get("/containers/json")
         return answer
 
+    def events(self, since: str, filters: dict[str, list[str]], decode: bool = True) -> EventStream:
+        """The engine's events from `since` on, matching `filters`, as they come: GET
+        /events on a connection of its own, read until the stream's `close` (the SDK's
+        `APIClient.events(since=..., filters=..., decode=True)`)."""
+        query = urlencode({"since": since, "filters": json.dumps(filters)})
+        request = f"GET /events?{query} HTTP/1.0\r\nHost: docker\r\nUser-Agent: flowtrace\r\n\r\n"
+        try:
+            sock = self._connect()
+        except OSError as exc:
+            raise EngineError(0, f"{self.host}: {exc}") from None
+        try:
+            sock.sendall(request.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(_RECV_BYTES)
+                if not chunk:
+                    raise ValueError("the engine closed the connection before answering")
+                head += chunk
+            status, headers, rest = split_answer(head)
+            if status >= 400:
+                raise EngineError(status, rest.decode(errors="replace").strip())
+            sock.settimeout(None)  # events come when they come: no read timeout
+        except (OSError, ValueError) as exc:
+            sock.close()
+            raise EngineError(0, f"{self.host}: {exc}") from None
+        except EngineError:
+            sock.close()
+            raise
+        chunked = headers.get("transfer-encoding", "").lower() == "chunked"
+        return EventStream(sock, head.partition(b"\r\n\r\n")[2], chunked)
+
     def close(self) -> None:
         """Nothing to close: each request had its own connection (the SDK's has this too)."""
+
+
+class EventStream:
+    """JSON objects read off one connection as the engine writes them, until `close`.
+
+    Go's HTTP server answers an HTTP/1.0 request without chunks and closes the
+    connection at the end; a chunked answer is unframed all the same.
+    """
+
+    def __init__(self, sock: socket.socket, body: bytes, chunked: bool) -> None:
+        self._sock = sock
+        self._pending = body
+        self._chunked = chunked
+
+    def __iter__(self) -> Iterator[Any]:
+        decoder = json.JSONDecoder()
+        text = ""
+        raw = b""
+        while True:
+            raw += self._pending
+            self._pending = b""
+            if self._chunked:
+                body, raw = _unchunk_some(raw)
+            else:
+                body, raw = raw, b""
+            text += body.decode(errors="replace")
+            while True:
+                text = text.lstrip()
+                if not text:
+                    break
+                try:
+                    value, end = decoder.raw_decode(text)
+                except ValueError:
+                    break  # the rest of it has not come yet
+                text = text[end:]
+                yield value
+            try:
+                self._pending = self._sock.recv(_RECV_BYTES)
+            except OSError:  # closed under us by `close`
+                return
+            if not self._pending:
+                return
+
+    def close(self) -> None:
+        """End the stream: the reading thread's `recv` returns."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+
+def _unchunk_some(raw: bytes) -> tuple[bytes, bytes]:
+    """The whole chunks at the start of raw, unframed, and what is left of it."""
+    out = []
+    while True:
+        size_line, sep, rest = raw.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if len(rest) < size + 2:
+            break
+        out.append(rest[:size])
+        raw = rest[size + 2 :]
+        if size == 0:
+            break
+    return b"".join(out), raw

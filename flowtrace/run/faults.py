@@ -122,11 +122,11 @@ class FaultWatcher:
         try:
             from flowtrace.endpoints import engines
 
-            client = engines.client()
+            api = engines.api()
         except FlowtraceError as exc:
             self.notes.append(f"container events are not watched: {exc.message}")
             return
-        self._events = ContainerEvents(client, self.containers)
+        self._events = ContainerEvents(api, self.containers)
         self._events.start()
 
     def poll(self, gone_at: dict[str, int] | None = None) -> None:
