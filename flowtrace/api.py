@@ -22,7 +22,7 @@ from flowtrace.model import Point, PointStats, ProbeKind, Trace, TraceOptions
 from flowtrace.model.dns import DnsLookup
 
 if TYPE_CHECKING:
-    from flowtrace.endpoints.hosts import HostSpec
+    from flowtrace.endpoints.host_spec import HostSpec
     from flowtrace.run.capture import CaptureResult
 
 __all__ = ["TraceOptions", "capture", "dns_lookup", "load", "path", "run_trace", "trace"]
@@ -65,7 +65,7 @@ def path(
 
 
 def _host_specs(hosts: Sequence[str]) -> list[HostSpec]:
-    from flowtrace.endpoints.hosts import parse_host_option
+    from flowtrace.endpoints.host_spec import parse_host_option
 
     return [parse_host_option(text) for text in hosts]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,11 +27,10 @@ from flowtrace.correlate.clocks import ClockOffset, estimate
 from flowtrace.endpoints.agent_image import check_architecture, keeps_agent_image
 from flowtrace.endpoints.contexts import list_contexts, read_context
 from flowtrace.endpoints.helper import HelperAgent
+from flowtrace.endpoints.host_spec import HostSpec
 from flowtrace.endpoints.netns import attach_host, detach_host, on_host
-from flowtrace.errors import DockerUnavailableError, ExitStatus, FlowtraceError, NotFoundError
+from flowtrace.errors import DockerUnavailableError, NotFoundError
 
-#: Host names as endpoints write them (and Docker contexts are named).
-_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: Clock exchanges per host: of these the shortest round trip is kept.
 CLOCK_EXCHANGES = 32
 #: A test's way to make an agent's clock run ahead (ns): FLOWTRACE_AGENT_SKEW_NS=hostb=5000000.
@@ -40,67 +38,6 @@ SKEW_ENVIRONMENT = "FLOWTRACE_AGENT_SKEW_NS"
 CLIENT_TIMEOUT_S = 30
 #: Looking an address up among Docker contexts asks each engine this long at most.
 ADDRESS_LOOKUP_TIMEOUT_S = 3
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    """How to reach one host's engine."""
-
-    name: str
-    url: str
-    #: The Docker SDK's TLSConfig for tcp:// with TLS (from the context), else None.
-    tls: Any = None
-    #: In words: "--host hostb=unix:///..." or "docker context hostb".
-    selected_by: str = ""
-
-    @property
-    def local_socket(self) -> bool:
-        return self.url.startswith("unix://")
-
-
-def split_host(spec: str) -> tuple[str, str | None]:
-    """`c2@hostb` -> ("c2", "hostb"); `c2` -> ("c2", None).  A port stays with the name
-    part's caller (`split_port` runs first)."""
-    name, sep, host = spec.rpartition("@")
-    if not sep:
-        return spec, None
-    if not host or not _HOST_NAME.match(host):
-        raise FlowtraceError(
-            f"bad host {host!r} in {spec!r}: write NAME@HOST with HOST a Docker context or a "
-            "--host alias",
-            ExitStatus.USAGE,
-        )
-    if not name:
-        raise FlowtraceError(
-            f"{spec!r} names no endpoint before @: write NAME@HOST (c2@{host}, host@{host})",
-            ExitStatus.USAGE,
-        )
-    return name, host
-
-
-def parse_host_option(text: str) -> HostSpec:
-    """`--host ALIAS=URL`: a URL the Docker SDK takes (unix://, tcp://, ssh://) or a path."""
-    alias, sep, url = text.partition("=")
-    alias, url = alias.strip(), url.strip()
-    if not sep or not alias or not url:
-        raise FlowtraceError(
-            f"bad --host {text!r}: write ALIAS=URL, e.g. hostb=unix:///run/hostb/docker.sock "
-            "or hostb=ssh://root@hostb",
-            ExitStatus.USAGE,
-        )
-    if not _HOST_NAME.match(alias):
-        raise FlowtraceError(
-            f"bad host alias {alias!r}: letters, digits, '.', '_' and '-' only", ExitStatus.USAGE
-        )
-    if url.startswith("/"):
-        url = f"unix://{url}"
-    if not re.match(r"^(unix|tcp|ssh|http|https)://", url):
-        raise FlowtraceError(
-            f"bad URL {url!r} for host {alias}: give unix://PATH, tcp://HOST:PORT or "
-            "ssh://USER@HOST (or a socket's path)",
-            ExitStatus.USAGE,
-        )
-    return HostSpec(alias, url, None, f"--host {alias}={url}")
 
 
 def context_spec(name: str) -> HostSpec | None:

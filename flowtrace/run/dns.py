@@ -48,8 +48,8 @@ from flowtrace.output.jsonout import lookup_dict, nat_dict
 from flowtrace.pcap.pcapset import TRACE_FILE, PcapSet
 from flowtrace.pcap.recorder import TraceRecorder
 from flowtrace.run.engine_notes import resolver_note
-from flowtrace.run.kernel_word import kernel_word
 from flowtrace.run.loop import Hooks, LiveRun
+from flowtrace.run.rules_word import kernel_word
 from flowtrace.topology.nftrace import TraceMatch
 from flowtrace.topology.path import LiveView, plan_path
 from flowtrace.topology.rewrites import Flow, explain_rewrite
@@ -358,7 +358,7 @@ class DnsRun:
             word = kernel_word(
                 self.rules,
                 namespaces,
-                TraceMatch.for_socket(sport),
+                lambda: TraceMatch.for_socket(sport),
                 [ns.label for ns in namespaces],
             )
             with word, live:

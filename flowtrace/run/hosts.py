@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowtrace.correlate.clocks import SAME_CLOCK
-from flowtrace.endpoints.hosts import HostSpec, RemoteHost, split_host
+from flowtrace.endpoints.host_spec import HostSpec, split_host
 from flowtrace.endpoints.resolve import split_port
 from flowtrace.model import Point
-from flowtrace.topology.crossing import TunnelHop
 from flowtrace.topology.route import Route
+
+if TYPE_CHECKING:  # a trace on this host alone loads neither (connecting, overlays)
+    from flowtrace.endpoints.hosts import RemoteHost
+    from flowtrace.topology.crossing import TunnelHop
 
 #: How the manifest and --json name this host (the controller's).
 LOCAL = "local"

@@ -480,34 +480,3 @@ def _no_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-class NoKernelWord:
-    """`--rules model` (the default): nothing is added to the system, nothing reported."""
-
-    def __enter__(self) -> NoKernelWord:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-    def watch(self, step: Step) -> Step:
-        return step
-
-    def report(
-        self,
-        verdicts: Sequence[Verdict],
-        packets: Sequence[Packet],
-        points: Sequence[Point],
-        ip_ids: Mapping[int, int],
-    ) -> None:
-        return None
-
-
-def kernel_word(
-    rules: str, namespaces: Sequence[Namespace], match: TraceMatch, path_netns: Sequence[str]
-) -> KernelWord | NoKernelWord:
-    """What `--rules` asks for: the kernel's trace, or nothing."""
-    if rules == "kernel":
-        return KernelWord(namespaces, match, path_netns)
-    return NoKernelWord()

@@ -52,12 +52,14 @@ from flowtrace.run.hosts import (
     tunnels_record,
 )
 from flowtrace.run.loop import Hooks, LiveRun
+from flowtrace.run.rules_word import kernel_word
 from flowtrace.run.source_stack import source_rewrites
 from flowtrace.topology.drops import KernelExplainer
 from flowtrace.topology.route import Route, resolve_route
 
 if TYPE_CHECKING:
-    from flowtrace.endpoints.hosts import HostSpec, RemoteHost
+    from flowtrace.endpoints.host_spec import HostSpec
+    from flowtrace.endpoints.hosts import RemoteHost
     from flowtrace.run.legs import Legs
     from flowtrace.topology.nftrace import TraceMatch
 
@@ -244,14 +246,13 @@ class ProbeTrace:
         live = LiveRun(self.points, self.capture_filter(), hooks, hosts=self.hosts)
         first_leg_packet = 0
         write_error: str | None = None
-        from flowtrace.run.kernel_word import kernel_word
         from flowtrace.topology.netfilter.watch import RulesWatch  # subprocess: 7 ms
 
         netns = [p.netns for p in self.points]
         # The rules' fingerprints are read while the capture starts (and the tracing tables
         # of --rules kernel come, which they leave out), and are in before the first probe.
         watch = RulesWatch.begin(netns)
-        word = kernel_word(opts.rules, netns, self._trace_match(), [ns.label for ns in netns])
+        word = kernel_word(opts.rules, netns, self._trace_match, [ns.label for ns in netns])
         with word, live:
             if opts.record:
                 live.recorder = self._open_recorder()

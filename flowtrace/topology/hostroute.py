@@ -15,7 +15,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from flowtrace.endpoints.hosts import HostSet, RemoteHost, split_host
+from flowtrace.endpoints.host_spec import split_host
+from flowtrace.endpoints.hosts import HostSet, RemoteHost
 from flowtrace.endpoints.remote import (
     engine_containers,
     host_namespaces,

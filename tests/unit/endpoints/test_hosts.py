@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from flowtrace.endpoints.contexts import write_context
-from flowtrace.endpoints.hosts import HostSet, parse_host_option, skews, split_host
+from flowtrace.endpoints.host_spec import parse_host_option, split_host
+from flowtrace.endpoints.hosts import HostSet, skews
 from flowtrace.errors import ExitStatus, FlowtraceError, NotFoundError
 
 

@@ -3,7 +3,7 @@ pcapng descriptions with the clock offset applied."""
 
 from __future__ import annotations
 
-from flowtrace.endpoints.hosts import parse_host_option
+from flowtrace.endpoints.host_spec import parse_host_option
 from flowtrace.run.hosts import names_hosts, tunnels_record
 from flowtrace.topology.crossing import TunnelHop
 
