@@ -30,6 +30,30 @@ ICMP_TYPES = {
     "time-exceeded": 11,
     "parameter-problem": 12,
 }
+#: ICMPv6's, as nft and ip6tables name them (RFC 4443, RFC 4861): other numbers.
+ICMPV6_TYPES = {
+    "destination-unreachable": 1,
+    "packet-too-big": 2,
+    "time-exceeded": 3,
+    "parameter-problem": 4,
+    "echo-request": 128,
+    "echo-reply": 129,
+    "mld-listener-query": 130,
+    "mld-listener-report": 131,
+    "mld-listener-done": 132,
+    "nd-router-solicit": 133,
+    "nd-router-advert": 134,
+    "nd-neighbor-solicit": 135,
+    "nd-neighbor-advert": 136,
+    "nd-redirect": 137,
+    "router-solicitation": 133,
+    "router-advertisement": 134,
+    "neighbour-solicitation": 135,
+    "neighbour-advertisement": 136,
+    "neighbor-solicitation": 135,
+    "neighbor-advertisement": 136,
+    "redirect": 137,
+}
 
 
 @dataclass(frozen=True)
@@ -129,14 +153,17 @@ def _fits(c: Criterion, p: PacketView) -> Tristate:
             return False
         if p.icmp_type is None:
             return None
-        return any(_icmp_type_number(name) == p.icmp_type for name in c.names)
+        return any(_icmp_type_number(name, p.proto) == p.icmp_type for name in c.names)
     return None
 
 
-def _icmp_type_number(name: str) -> int:
-    """`echo-request`, `8` or `8/0` (iptables-save prints numbers) -> 8; -1 if unknown."""
+def _icmp_type_number(name: str, proto: int | None = 1) -> int:
+    """`echo-request`, `8` or `8/0` (iptables-save prints numbers) -> 8 for ICMP, 128 for
+    ICMPv6 (proto 58: the same names, other numbers); -1 if unknown."""
     head = name.split("/", 1)[0]
-    return int(head) if head.isdigit() else ICMP_TYPES.get(head, -1)
+    if head.isdigit():
+        return int(head)
+    return (ICMPV6_TYPES if proto == 58 else ICMP_TYPES).get(head, -1)
 
 
 def _iface_fits(pattern: str, iface: str | None) -> bool:

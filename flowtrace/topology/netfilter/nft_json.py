@@ -211,12 +211,15 @@ class _TableReader:
         values = self.values(right)
         if isinstance(left, dict) and "payload" in left:
             proto, field = left["payload"].get("protocol"), left["payload"].get("field")
+            # `ip ...` matches only IPv4 packets and `ip6 ...` only IPv6 ones (in an inet
+            # table nft adds that test itself): the family first, then the field.
+            family = Criterion("family", names=("4" if proto == "ip" else "6",), text=proto)
             if proto in ("ip", "ip6") and field in ("saddr", "daddr"):
                 kind = "source" if field == "saddr" else "destination"
                 networks = tuple(n for v in values for n in _networks(v))
-                return [Criterion(kind, negated, networks=networks, text=text)]
+                return [family, Criterion(kind, negated, networks=networks, text=text)]
             if (proto, field) in (("ip", "protocol"), ("ip6", "nexthdr")):
-                return [_protos(values, negated, text)]
+                return [family, _protos(values, negated, text)]
             if field in ("sport", "dport") and (proto in _L4 or proto == "th"):
                 ports = tuple(_port_range(v) for v in values)
                 port = Criterion(field, negated, ports=ports, text=text)

@@ -46,7 +46,11 @@ def test_rules_keep_their_printed_text_handle_and_comment() -> None:
     )
     assert drop.comment == "DROP DIRECT ACCESS" and drop.target == "DROP"
     assert drop.shown.startswith("table ip docker-bridges chain raw-PREROUTING handle ")
-    assert [(c.kind, c.negated) for c in drop.criteria] == [("destination", False), ("in", True)]
+    assert [(c.kind, c.negated) for c in drop.criteria] == [
+        ("family", False),
+        ("destination", False),
+        ("in", True),
+    ]
 
 
 def test_verdict_maps_become_entries_and_dnat_its_target() -> None:
@@ -131,3 +135,35 @@ def test_rule_texts_map_handles_to_lines() -> None:
         "iifname vmap @filter-forward-out-jumps",
     ]
     assert all(not v.endswith("{") for v in texts.values())
+
+
+def test_inet_rules_match_ipv6_packets_as_the_kernel_does() -> None:
+    """In an inet table `ip protocol tcp` matches IPv4 packets only (nft adds the family
+    test itself), and `icmpv6 type echo-request` is type 128, not ICMP's 8: both were
+    the other way round in flowtrace's reading, against what the kernel did."""
+    from flowtrace.topology.netfilter.matching import PacketView, rule_matches
+
+    doc = {"nftables": [
+        {"table": {"family": "inet", "name": "t", "handle": 1}},
+        {"chain": {"family": "inet", "table": "t", "name": "forward", "handle": 1,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+        {"rule": {"family": "inet", "table": "t", "chain": "forward", "handle": 2, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                       "right": "echo-request"}}, {"drop": None}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "forward", "handle": 3, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "protocol"}},
+                       "right": "tcp"}}, {"drop": None}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "forward", "handle": 4, "expr": [
+            {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                       "right": {"prefix": {"addr": "10.0.0.0", "len": 8}}}}, {"drop": None}]}},
+    ]}  # fmt: skip
+    (table,), _ = parse_nft_json(json.dumps(doc))
+    echo, tcp4, not_ten = table.chains["forward"].rules
+    echo6 = PacketView(58, "2001:db8:1::2", "2001:db8:2::2", icmp_type=128)
+    echo4 = PacketView(1, "10.1.0.2", "10.2.0.2", icmp_type=8)
+    tcp6 = PacketView(6, "2001:db8:1::2", "2001:db8:2::2", 40000, 80)
+    tcp_v4 = PacketView(6, "10.1.0.2", "10.2.0.2", 40000, 80)
+    assert rule_matches(echo, echo6) is True and rule_matches(echo, echo4) is False
+    assert rule_matches(tcp4, tcp6) is False and rule_matches(tcp4, tcp_v4) is True
+    assert rule_matches(not_ten, tcp6) is False  # not an IPv4 packet at all
+    assert rule_matches(not_ten, PacketView(6, "192.168.0.1", "10.2.0.2", 1, 80)) is True
